@@ -1,0 +1,206 @@
+"""User datasets as JSON Lines: one object per line with ``prompt`` and ``answer``.
+
+Optional fields are ``solution`` (a worked solution, needed for SFT) and ``difficulty`` (an
+integer); any other field is kept in :attr:`Example.meta`. Loading stops at the first bad line
+with a :class:`DataError` whose message is ``FILE:LINE: what was wrong (what was expected)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REQUIRED_KEYS = ("prompt", "answer")
+OPTIONAL_KEYS = ("solution", "difficulty")
+_ONE_OBJECT = 'expected one JSON object per line with "prompt" and "answer"'
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem: the prompt, its gold answer (a string), and optional extras."""
+
+    prompt: str
+    answer: str
+    solution: str | None = None
+    difficulty: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class DataError(ValueError):
+    """A problem in a data file, reported as ``FILE:LINE: what was wrong (what was expected)``.
+
+    ``line`` is 1-based; 0 means the file as a whole (missing or unreadable).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], line: int, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        super().__init__(f"{self.path}:{line}: {message}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _expected_keys(require_solution: bool) -> str:
+    required = [*REQUIRED_KEYS, "solution"] if require_solution else list(REQUIRED_KEYS)
+    optional = [key for key in OPTIONAL_KEYS if key not in required]
+    return f"expected keys: {', '.join(required)}; optional: {', '.join(optional)}"
+
+
+def example_from_dict(
+    row: Mapping[str, Any],
+    *,
+    require_solution: bool = False,
+    path: str | os.PathLike[str] = "<row>",
+    line: int = 0,
+) -> Example:
+    """Validate one decoded row and build an :class:`Example`; :class:`DataError` if invalid.
+
+    ``answer`` may be a JSON number (``12`` -> ``"12"``, ``2.5`` -> ``"2.5"``), never a boolean.
+    ``path`` and ``line`` only label the error.
+    """
+
+    def fail(message: str) -> DataError:
+        return DataError(path, line, message)
+
+    def text_field(key: str, *, numbers_ok: bool = False) -> str:
+        value = row[key]
+        if numbers_ok and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise fail(f'field "{key}" must be a finite number, got {value}')
+            value = str(value)
+        if not isinstance(value, str):
+            kinds = "a string or a number" if numbers_ok else "a string"
+            raise fail(f'field "{key}" must be {kinds}, got {_type_name(value)}')
+        if not value.strip():
+            raise fail(f'field "{key}" is empty (expected a non-empty string)')
+        return value
+
+    required = [*REQUIRED_KEYS, "solution"] if require_solution else list(REQUIRED_KEYS)
+    for key in required:
+        if key not in row or (key == "solution" and row[key] is None):
+            raise fail(f'field "{key}" is missing ({_expected_keys(require_solution)})')
+    prompt = text_field("prompt")
+    answer = text_field("answer", numbers_ok=True)
+    solution = text_field("solution") if row.get("solution") is not None else None
+    difficulty = row.get("difficulty")
+    if difficulty is not None and (not isinstance(difficulty, int) or isinstance(difficulty, bool)):
+        raise fail(f'field "difficulty" must be an integer, got {_type_name(difficulty)}')
+    meta = {key: value for key, value in row.items() if key not in (*REQUIRED_KEYS, *OPTIONAL_KEYS)}
+    return Example(prompt, answer, solution, difficulty, meta)
+
+
+def _decode_line(raw: bytes, path: str | os.PathLike[str], line: int) -> dict[str, Any] | None:
+    """One line of a JSON Lines file as a dict; ``None`` for a blank line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        message = f"invalid UTF-8 at byte {error.start + 1} (expected UTF-8 text)"
+        raise DataError(path, line, message) from None
+    if line == 1:
+        text = text.removeprefix("\ufeff")  # a byte-order mark some editors add
+    if not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(path, line, f"invalid JSON: {error.msg} (column {error.colno})") from None
+    if not isinstance(row, dict):
+        message = f"line is not a JSON object, got {_type_name(row)} ({_ONE_OBJECT})"
+        raise DataError(path, line, message)
+    return row
+
+
+def load_jsonl(
+    path: str | os.PathLike[str], *, require_solution: bool = False, limit: int | None = None
+) -> list[Example]:
+    """Read a JSON Lines file of examples, validating every line read.
+
+    Blank lines are skipped. The first invalid line raises :class:`DataError` with its 1-based
+    line number; a missing or unreadable file raises :class:`DataError` with line 0 (so callers
+    catch one exception type). ``limit`` stops reading after that many examples; lines past it
+    are not validated.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive integer or None, got {limit}")
+    examples: list[Example] = []
+    try:
+        handle = open(path, "rb")  # binary, so bad UTF-8 is reported with its line
+    except FileNotFoundError:
+        raise DataError(path, 0, "file not found (expected a JSON Lines file)") from None
+    except OSError as error:
+        message = f"cannot read file: {error.strerror} (expected a readable JSON Lines file)"
+        raise DataError(path, 0, message) from None
+    with handle:
+        for line, raw in enumerate(handle, start=1):
+            row = _decode_line(raw, path, line)
+            if row is None:
+                continue
+            examples.append(
+                example_from_dict(row, require_solution=require_solution, path=path, line=line)
+            )
+            if limit is not None and len(examples) >= limit:
+                break
+    if not examples:
+        raise DataError(path, 1, f"no examples found ({_ONE_OBJECT})")
+    return examples
+
+
+def example_to_dict(example: Example) -> dict[str, Any]:
+    """The flat JSON row for ``example``: its fields, then ``meta`` keys at top level.
+
+    ``solution`` and ``difficulty`` are left out when ``None``, so ``load_jsonl`` reads the row
+    back as the same example.
+    """
+    row: dict[str, Any] = {"prompt": example.prompt, "answer": example.answer}
+    if example.solution is not None:
+        row["solution"] = example.solution
+    if example.difficulty is not None:
+        row["difficulty"] = example.difficulty
+    clashes = sorted(set(example.meta) & {*REQUIRED_KEYS, *OPTIONAL_KEYS})
+    if clashes:
+        raise ValueError(f"Example.meta must not contain the field names {clashes}")
+    row.update(example.meta)
+    return row
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any] | Example]) -> int:
+    """Write ``rows`` (dicts or :class:`Example`) as JSON Lines, atomically; return the count.
+
+    The rows go to a temporary file in the destination directory which then replaces ``path``,
+    so an error (e.g. a row that is not JSON-serialisable, raised as :class:`DataError` with the
+    row's line number) leaves any previous file untouched and no partial file behind. Missing
+    parent directories are created.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    count = 0
+    try:
+        with open(temporary, "x", encoding="utf-8") as handle:
+            for count, row in enumerate(rows, start=1):
+                if not isinstance(row, (Example, Mapping)):
+                    message = f"row is a {_type_name(row)} (expected a dict or an Example)"
+                    raise DataError(path, count, message)
+                data = example_to_dict(row) if isinstance(row, Example) else dict(row)
+                try:
+                    line = json.dumps(data, ensure_ascii=False, allow_nan=False)
+                except (TypeError, ValueError) as error:
+                    expected = "expected str, number, bool, None, list or dict values"
+                    message = f"row is not JSON-serialisable: {error} ({expected})"
+                    raise DataError(path, count, message) from None
+                handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return count
