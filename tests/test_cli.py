@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from thinklean.cli import build_parser, main
+
+
+@pytest.mark.parametrize("command", ["demo", "data", "sft", "eval"])
+def test_every_command_has_help_with_defaults(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--seed" in out and "--output" in out and "default" in out
+
+
+def test_data_arith_writes_jsonl(tmp_path):
+    out = tmp_path / "test.jsonl"
+    assert main(["data", "arith", "--split", "test", "--n", "12", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 and {"prompt", "answer", "difficulty"} <= set(rows[0])
+
+
+def test_eval_with_bad_jsonl_reports_file_and_line_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Start with 1. What is the result?", "answer": "1"}\n{"prompt": "x"}\n')
+    out = tmp_path / "out"
+    code = main(["eval", "--model", str(tiny_model_dir), "--data", str(bad), "--output", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2:" in err and '"answer"' in err
+    assert not (out / "eval.json").exists()
+
+
+def test_eval_with_missing_model_dir_is_a_usage_error(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_eval_on_a_jsonl_file_writes_metrics(tmp_path, tiny_model_dir):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "Start with 1. Add 2. What is the result?", "answer": "3", "difficulty": 1}\n')
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--max-new-tokens", "8",
+                 "--output", str(out)]) == 0
+    summary = json.loads((out / "eval.json").read_text())["summary"]
+    assert summary["n"] == 1 and 0.0 <= summary["accuracy"] <= 1.0
+    assert summary["per_difficulty"]["1"]["n"] == 1

@@ -1,0 +1,183 @@
+"""``thinklean`` command line: demo | data | sft | eval.
+
+Every command accepts ``--seed`` and writes into ``--output``. Bad input (data file, model
+directory, config) ends with one ``error: ...`` line naming the file and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from thinklean.data.jsonl import DataError
+
+DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+
+
+class UsageError(Exception):
+    """A user-facing error; printed as one line, exit code 2."""
+
+
+def _add_common(p: argparse.ArgumentParser, output: str) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed (data order, sampling, init)")
+    p.add_argument("--output", type=Path, default=Path(output), help="output directory")
+
+
+def _load_examples(data: str, n: int, split: str, seed: int, require_solution: bool = False) -> list[Any]:
+    """``arith`` (the embedded task) or a JSONL file."""
+    from thinklean.data.jsonl import load_jsonl
+    from thinklean.eval.evaluate import arith_examples
+
+    if data == "arith":
+        return arith_examples(n, split, seed)
+    return load_jsonl(data, require_solution=require_solution, limit=n if n > 0 else None)
+
+
+def _load(model: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    from thinklean.models.tiny import load_pretrained
+
+    try:
+        return load_pretrained(model, trust_remote_code=trust_remote_code)
+    except (FileNotFoundError, OSError, ValueError) as e:
+        raise UsageError(f"--model {model}: {e}") from e
+
+
+# --------------------------------------------------------------------------------- commands
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from thinklean.data.arith import generate_problems, problem_record, sft_records
+    from thinklean.data.jsonl import write_jsonl
+
+    if args.task != "arith":
+        raise UsageError(f"unknown data task {args.task!r} (available: arith)")
+    if args.split == "train" and args.solutions:
+        rows = sft_records(args.n, seed=args.seed)
+    else:
+        rows = [problem_record(p) for p in generate_problems(args.n, args.split, args.seed)]
+    out = args.output if args.output.suffix == ".jsonl" else args.output / f"arith-{args.split}.jsonl"
+    write_jsonl(out, rows)
+    print(f"wrote {len(rows)} rows to {out}")
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from thinklean.data.arith import sft_records
+    from thinklean.data.jsonl import example_to_dict, load_jsonl
+    from thinklean.models.tiny import build_model, build_tokenizer
+    from thinklean.train.sft import SFTConfig, train_sft
+
+    if args.data == "arith":
+        rows = sft_records(args.n, seed=args.seed)
+    else:
+        rows = [example_to_dict(e) for e in load_jsonl(args.data, require_solution=True)]
+    if args.model == "tiny":
+        tokenizer = build_tokenizer(seed=args.seed)
+        model = build_model(tokenizer, seed=args.seed)
+    else:
+        model, tokenizer = _load(args.model, args.trust_remote_code)
+    config = SFTConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
+        seed=args.seed, save_every=args.save_every, grad_accum=args.grad_accum,
+    )
+    summary = train_sft(model, tokenizer, rows, config, args.output, resume=args.resume)
+    print(json.dumps(summary))
+    print(f"model saved to {args.output / 'model'}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from thinklean.eval.evaluate import EvalConfig, evaluate
+    from thinklean.eval.tables import print_eval
+
+    model, tokenizer = _load(args.model, args.trust_remote_code)
+    examples = _load_examples(args.data, args.n, "test", args.seed)
+    config = EvalConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, samples=args.samples,
+        batch_size=args.batch_size, seed=args.seed,
+    )
+    summary = evaluate(model, tokenizer, examples, config, output=args.output / "eval.json")
+    print_eval(summary, title=f"eval: {args.model}")
+    print(f"wrote {args.output / 'eval.json'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from thinklean.demo import run_demo
+
+    run_demo(output=args.output, quick=args.quick, rebuild=args.rebuild, seed=args.seed, n_eval=args.n)
+
+
+# ----------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="thinklean",
+        description="Train language models to reason with fewer thinking tokens.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", formatter_class=DEFAULTS, help="evaluate the shipped base model (and methods) end to end",
+                       description="Load the shipped base model, evaluate it on held-out problems and print a table.")
+    p.add_argument("--quick", action="store_true", help="small smoke run (fewer problems)")
+    p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model first (about 40 min on 2 cores)")
+    p.add_argument("--n", type=int, default=None, help="held-out problems to evaluate (default 500, --quick 60)")
+    _add_common(p, "demo-out")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", formatter_class=DEFAULTS, help="generate datasets as JSONL",
+                       description="Write embedded-task problems (optionally with mixed-style solutions) as JSONL.")
+    p.add_argument("task", choices=["arith"], help="dataset to build")
+    p.add_argument("--n", type=int, default=1000, help="number of rows")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="problem split (disjoint by hash)")
+    p.add_argument("--solutions", action="store_true", help="include mixed-verbosity think-mode solutions (SFT data)")
+    _add_common(p, "data")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("sft", formatter_class=DEFAULTS, help="supervised fine-tuning on prompt/solution pairs",
+                       description="SFT with loss on response tokens only; checkpoints in OUTPUT/checkpoints, final model in OUTPUT/model.")
+    p.add_argument("--model", default="tiny", help="'tiny' (fresh embedded model), 'base' (shipped) or a local HF directory")
+    p.add_argument("--data", default="arith", help="'arith' or a JSONL file with prompt, answer, solution")
+    p.add_argument("--n", type=int, default=30000, help="rows to generate when --data arith")
+    p.add_argument("--steps", type=int, default=800, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (warm-up then cosine to 0.1x)")
+    p.add_argument("--max-length", type=int, default=512, help="truncate prompt+response to this many tokens")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: final only)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
+    _add_common(p, "runs/sft")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("eval", formatter_class=DEFAULTS, help="accuracy and token statistics of a model",
+                       description="Generate on held-out problems, grade the last \\boxed{} answer, report accuracy and tokens.")
+    p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
+    p.add_argument("--data", default="arith", help="'arith' (held-out embedded problems) or a JSONL file with prompt, answer")
+    p.add_argument("--n", type=int, default=500, help="number of problems (JSONL: first N; 0 = all)")
+    p.add_argument("--max-new-tokens", type=int, default=320, help="generation cap per response")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k needs > 1 and temperature > 0)")
+    p.add_argument("--batch-size", type=int, default=128, help="sequences decoded together")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
+    _add_common(p, "runs/eval")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.time()
+    try:
+        args.func(args)
+    except (UsageError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"done in {time.time() - start:.1f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Evaluate a model on a set of problems: batched generation, grading, metrics, JSON output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from thinklean.data.arith import detect_style, generate_problems
+from thinklean.data.formats import format_prompt, response_mode
+from thinklean.data.grading import format_ok, grade, reasoning_span
+from thinklean.data.jsonl import Example
+from thinklean.eval.metrics import ResponseRecord, records_to_json, summarize, summarize_by_difficulty
+from thinklean.rollout import SamplingConfig, generate
+
+
+@dataclass
+class EvalConfig:
+    """Generation settings for evaluation (greedy by default)."""
+
+    max_new_tokens: int = 320
+    temperature: float = 0.0
+    top_p: float = 1.0
+    samples: int = 1
+    batch_size: int = 128
+    seed: int = 0
+
+
+def arith_examples(n: int = 500, split: str = "test", seed: int = 0) -> list[Example]:
+    """Held-out embedded-task problems (difficulties 1–6 in equal shares)."""
+    return [
+        Example(prompt=p.question, answer=str(p.answer), difficulty=p.difficulty)
+        for p in generate_problems(n, split, seed)
+    ]
+
+
+def _count_tokens(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
+
+
+def run_generation(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    config: EvalConfig,
+    forced_prefix: str | None = None,
+) -> list[ResponseRecord]:
+    """Generate ``config.samples`` responses per example and grade each one."""
+    prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
+    generator = torch.Generator().manual_seed(config.seed)
+    sampling = SamplingConfig(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        batch_size=config.batch_size,
+    )
+    prefixes = [forced_prefix] * (len(prompts) * config.samples) if forced_prefix else None
+    batch = generate(model, tokenizer, prompts, config.samples, sampling, forced_prefixes=prefixes, generator=generator)
+    records = []
+    for i, text in enumerate(batch.texts):
+        example = examples[int(batch.group_ids[i])]
+        records.append(
+            ResponseRecord(
+                prompt_index=int(batch.group_ids[i]),
+                difficulty=example.difficulty,
+                correct=grade(text, example.answer),
+                format_ok=format_ok(text),
+                response_tokens=int(batch.lengths[i]),
+                reasoning_tokens=_count_tokens(tokenizer, reasoning_span(text)),
+                mode=response_mode(text),
+                finished=bool(batch.finished[i]),
+                text=text,
+            )
+        )
+    return records
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    config: EvalConfig = EvalConfig(),
+    output: str | Path | None = None,
+) -> dict[str, Any]:
+    """Metrics overall, per difficulty and per reasoning style; optionally written as JSON.
+
+    ``output`` receives ``{"summary": ..., "responses": [...]}`` (the per-response records).
+    """
+    records = run_generation(model, tokenizer, examples, config)
+    ks = [k for k in (1, 2, 4, 8) if k <= config.samples] if config.samples > 1 else []
+    summary = summarize(records, ks)
+    summary["per_difficulty"] = summarize_by_difficulty(records)
+    styles: dict[str, list[int]] = {}
+    for r in records:
+        if r.mode == "think":
+            styles.setdefault(detect_style(r.text), []).append(r.response_tokens)
+    summary["per_style"] = {s: {"n": len(v), "mean_response_tokens": sum(v) / len(v)} for s, v in sorted(styles.items())}
+    summary["config"] = {**config.__dict__, "n_examples": len(examples)}
+    if output is not None:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"summary": summary, "responses": records_to_json(records)}, indent=1))
+        tmp.replace(path)
+    return summary

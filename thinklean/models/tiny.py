@@ -1,0 +1,118 @@
+"""The embedded tokenizer and tiny Qwen2 model, and loaders that accept any local HF causal LM.
+
+The tokenizer is a byte-level BPE trained on the arithmetic corpus with every digit its own
+token and the format tags as special tokens. The model is a ``Qwen2ForCausalLM`` (hidden 256,
+4 layers, 4 heads, FFN 1024, tied embeddings; about 4.4M parameters).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from thinklean.data.arith import tokenizer_corpus
+from thinklean.data.formats import EOS, PAD, SPECIAL_TOKENS
+
+BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base"
+TINY_CONFIG = dict(
+    hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=1024
+)
+
+
+def build_tokenizer(vocab_size: int = 512, corpus: list[str] | None = None, seed: int = 0) -> PreTrainedTokenizerFast:
+    """Train the embedded byte-level BPE (digits split, tags special) on the task corpus."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus if corpus is not None else tokenizer_corpus(seed=seed), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD,
+        eos_token=EOS,
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (PAD, EOS)],
+        model_max_length=1024,
+    )
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **overrides: int) -> Qwen2ForCausalLM:
+    """A freshly initialised tiny ``Qwen2ForCausalLM`` sized for ``tokenizer`` (float32)."""
+    torch.manual_seed(seed)
+    vocab = -(-len(tokenizer) // 64) * 64  # round up: friendlier matmul shapes
+    config = Qwen2Config(
+        vocab_size=vocab,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        **{**TINY_CONFIG, **overrides},
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a tokenizer directory as ``PreTrainedTokenizerFast``; the pad token falls back to EOS."""
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{path}: no tokenizer.json (expected a Hugging Face model directory)")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """Load a local HF causal-LM directory (safetensors weights only)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(f"{path}: no *.safetensors weights (thinklean loads safetensors only)")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    return model
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """``None`` or ``"base"`` means the shipped embedded base model."""
+    if path is None or str(path) == "base":
+        if not (BASE_MODEL_DIR / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the shipped base model is missing from {BASE_MODEL_DIR}; run `thinklean demo --rebuild`"
+            )
+        return BASE_MODEL_DIR
+    return Path(path)
+
+
+def load_pretrained(
+    path: str | Path | None = None, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Model and tokenizer from a local directory (default: the shipped base model)."""
+    resolved = resolve_model_path(path)
+    return load_model(resolved, dtype, trust_remote_code), load_tokenizer(resolved)
+
+
+def save_pretrained(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: str | Path, dtype: torch.dtype | None = None
+) -> None:
+    """Save model (safetensors) + tokenizer as a plain HF directory, optionally cast to ``dtype``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = None if dtype is None else {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
+    model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(str(path))

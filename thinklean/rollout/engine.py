@@ -1,0 +1,485 @@
+"""Batched sampling with a KV cache, per-token log-probs, forced prefixes and stop strings.
+
+One decode loop serves RL rollouts and evaluation. It calls the model directly
+(``model(input_ids, attention_mask, position_ids, past_key_values, use_cache=True)``) instead of
+``model.generate`` because the loss needs the log-prob of every sampled token under the exact
+sampling distribution, and because on CPU the per-step Python overhead of ``generate`` (logits
+processors, stopping criteria, mask bookkeeping) is a large share of a tiny model's step.
+
+Layout of one chunk of rows inside the loop::
+
+    [pad pad prompt prompt prefix prefix | gen gen gen ...]    (left-padded, one cache)
+
+Positions are ``cumsum(attention_mask) - 1``, so a row's tokens get the same positions whatever
+padding surrounds them. Rows that finish are dropped from the cache, so the loop only pays for
+rows still decoding, and it ends as soon as every row is done.
+
+LiteReason seam: ``_forward`` takes either ``input_ids`` or ``inputs_embeds`` and can return the
+last (post-norm) hidden state. A latent step is then: after a row writes the closing
+``</implicit_thought>`` token, feed ``projector(hidden)`` as ``inputs_embeds`` for N steps, append
+a 1 to the attention mask, write no token and no log-prob. The rows that are not in a latent
+segment would take an ordinary token step in the same forward (mixing ids and embeddings by
+embedding the ids first with ``model.get_input_embeddings()``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class SamplingConfig:
+    """How to sample.
+
+    ``max_new_tokens`` caps the whole response, forced prefix included: every row of
+    ``RolloutBatch.response_ids`` has at most ``max_new_tokens`` real tokens. ``temperature == 0``
+    is greedy. ``top_p < 1`` samples from the smallest set of tokens whose probability reaches
+    ``top_p`` (the recorded log-prob is still that of the full tempered distribution).
+    ``stop_strings``: a row stops once its response text contains one of them (the stop string
+    is kept in the response; the token that completes it may carry a few extra characters).
+    ``batch_size``: most rows decoded together; ``len(prompts) * num_samples`` rows are chunked.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+    batch_size: int = 64
+
+
+@dataclass
+class RolloutBatch:
+    """Sampled responses, ``B = len(prompts) * num_samples`` rows in prompt-major order.
+
+    prompt_ids:         LongTensor[B, P], left-padded with the pad token id.
+    prompt_mask:        LongTensor[B, P], 1 on prompt tokens.
+    response_ids:       LongTensor[B, T], right-padded; forced prefix tokens first.
+    response_mask:      LongTensor[B, T], 1 on response tokens (forced prefix and a generated
+                        EOS included), 0 on padding.
+    logprobs:           FloatTensor[B, T], log-prob (nats) of each response token under
+                        ``log_softmax(logits / temperature)`` (unscaled when greedy); forced
+                        prefix tokens included; 0 on padding.
+    lengths:            LongTensor[B] = ``response_mask.sum(1)``.
+    group_ids:          LongTensor[B], index of the row's prompt.
+    texts:              decoded responses (special tokens kept, padding and final EOS removed).
+    finished:           BoolTensor[B], True if stopped by EOS or a stop string, False if cut at
+                        ``max_new_tokens``.
+    forced_prefix_lens: LongTensor[B], number of forced prefix tokens at the start of each row.
+
+    All tensors are on the CPU. ``torch.cat([prompt_ids, response_ids], 1)`` with the
+    concatenated masks is the full sequence a training forward pass scores (positions =
+    ``cumsum(mask) - 1``).
+    """
+
+    prompt_ids: torch.LongTensor
+    prompt_mask: torch.LongTensor
+    response_ids: torch.LongTensor
+    response_mask: torch.LongTensor
+    logprobs: torch.FloatTensor
+    lengths: torch.LongTensor
+    group_ids: torch.LongTensor
+    texts: list[str]
+    finished: torch.BoolTensor
+    forced_prefix_lens: torch.LongTensor
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """``cumsum(mask) - 1`` with padding positions set to 0. ``[B, L] -> [B, L]``."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.clamp_(min=0)
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS id plus any EOS ids in ``model.generation_config``."""
+    ids = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    generation_config = getattr(model, "generation_config", None)
+    extra = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    if extra is not None:
+        ids.extend(int(i) for i in (extra if isinstance(extra, (list, tuple)) else [extra]))
+    if not ids:
+        raise ValueError("the tokenizer has no eos_token and model.generation_config names none")
+    return sorted(set(ids))
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    num_samples: int = 1,
+    config: SamplingConfig = SamplingConfig(),
+    forced_prefixes: list[str] | None = None,
+    generator: torch.Generator | None = None,
+) -> RolloutBatch:
+    """Sample ``num_samples`` responses for every prompt; see :class:`RolloutBatch`.
+
+    prompts:         already formatted prompt strings (``formats.format_prompt``).
+    forced_prefixes: None, or one string per row (``len(prompts) * num_samples``, prompt-major),
+                     e.g. ``"<think>"``; tokenized without special tokens and written as the
+                     start of that row's response ("" forces nothing).
+    generator:       torch.Generator on the model's device, for reproducible sampling (the
+                     global RNG when None).
+
+    Runs under ``torch.no_grad()`` with the model in eval mode; the training flag is restored.
+    """
+    _check_arguments(prompts, num_samples, config, forced_prefixes)
+    num_rows = len(prompts) * num_samples
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer needs a pad_token or an eos_token")
+    eos_ids = eos_token_ids(model, tokenizer)
+    device = next(model.parameters()).device
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but the model is on {device}; "
+                         f"create it with torch.Generator(device={str(device)!r})")
+
+    prompt_tokens = [_encode_prompt(tokenizer, p) for p in prompts]
+    if forced_prefixes is None:
+        prefix_tokens = [[] for _ in range(num_rows)]
+    else:
+        cache: dict[str, list[int]] = {}
+        prefix_tokens = [
+            cache.setdefault(p, tokenizer(p, add_special_tokens=False)["input_ids"]) if p else []
+            for p in forced_prefixes
+        ]
+    too_long = [i for i, t in enumerate(prefix_tokens) if len(t) > config.max_new_tokens]
+    if too_long:
+        raise ValueError(
+            f"forced_prefixes[{too_long[0]}] has {len(prefix_tokens[too_long[0]])} tokens, more than "
+            f"max_new_tokens={config.max_new_tokens}"
+        )
+
+    row_prompts = [prompt_tokens[i // num_samples] for i in range(num_rows)]
+    responses: list[list[int]] = []
+    logprobs: list[torch.Tensor] = []
+    finished: list[bool] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, num_rows, config.batch_size):
+                stop = min(start + config.batch_size, num_rows)
+                chunk = _decode_chunk(
+                    model, tokenizer, row_prompts[start:stop], prefix_tokens[start:stop],
+                    config, pad_id, eos_ids, generator,
+                )
+                responses.extend(chunk[0])
+                logprobs.extend(chunk[1])
+                finished.extend(chunk[2])
+    finally:
+        model.train(was_training)
+
+    return _assemble(
+        tokenizer, row_prompts, responses, logprobs, finished, prefix_tokens, num_samples,
+        pad_id, eos_ids,
+    )
+
+
+def _check_arguments(prompts, num_samples, config, forced_prefixes) -> None:
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, got a single string")
+    if not prompts:
+        raise ValueError("prompts is empty")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if config.max_new_tokens < 1:
+        raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {config.max_new_tokens}")
+    if config.temperature < 0:
+        raise ValueError(f"SamplingConfig.temperature must be >= 0 (0 = greedy), got {config.temperature}")
+    if not 0 < config.top_p <= 1:
+        raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {config.top_p}")
+    if config.batch_size < 1:
+        raise ValueError(f"SamplingConfig.batch_size must be >= 1, got {config.batch_size}")
+    if isinstance(config.stop_strings, str) or any(not s for s in config.stop_strings):
+        raise ValueError("SamplingConfig.stop_strings must be a tuple of non-empty strings")
+    if forced_prefixes is not None and len(forced_prefixes) != len(prompts) * num_samples:
+        raise ValueError(
+            f"forced_prefixes needs one string per sample (len(prompts) * num_samples = "
+            f"{len(prompts) * num_samples}), got {len(forced_prefixes)}"
+        )
+
+
+def _encode_prompt(tokenizer, prompt: str) -> list[int]:
+    # A chat-templated prompt already starts with the BOS text; adding special tokens again
+    # would double it (Llama). Plain prompts get the tokenizer's usual special tokens.
+    bos = tokenizer.bos_token
+    add_special = not (bos and prompt.startswith(bos))
+    ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+    if not ids:
+        raise ValueError(f"prompt {prompt!r} encodes to zero tokens")
+    return ids
+
+
+def _logits_to_keep_name(model) -> str | None:
+    """The forward argument that limits which positions get logits, if the model has one."""
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):  # new name, transformers < 4.50 name
+        if name in parameters:
+            return name
+    return None
+
+
+def _forward(model, past_key_values, attention_mask, position_ids, *, input_ids=None,
+             inputs_embeds=None, keep_last: int = 1, logits_to_keep_name: str | None = None,
+             output_hidden_states: bool = False):
+    """One cached forward over the new positions.
+
+    Returns ``(logits[b, keep_last, V] float32, past_key_values, hidden[b, L, d] or None)``
+    where ``hidden`` is the last (post-norm) hidden state, needed later by latent steps.
+    """
+    kwargs = {logits_to_keep_name: keep_last} if logits_to_keep_name else {}
+    out = model(
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        use_cache=True,
+        output_hidden_states=output_hidden_states,
+        **kwargs,
+    )
+    hidden = out.hidden_states[-1] if output_hidden_states else None
+    return out.logits[:, -keep_last:].float(), out.past_key_values, hidden
+
+
+try:  # transformers >= 4.54 keeps one object per layer in the cache
+    from transformers.cache_utils import DynamicLayer as _DynamicLayer
+except ImportError:  # older transformers: keep its DynamicCache as it is
+    _DynamicLayer = None
+
+if _DynamicLayer is not None:
+
+    class _PreallocatedLayer(_DynamicLayer):
+        """A ``DynamicLayer`` that writes new keys/values into spare capacity.
+
+        ``DynamicLayer.update`` concatenates, copying the whole cache at every decoded token;
+        on CPU that copy was ~15% of a decode step. ``keys``/``values`` stay views of the filled
+        part, so every other ``DynamicLayer`` method works unchanged.
+        """
+
+        _layer_type = None  # never register in transformers' layer-type mapping
+
+        def reserve(self, extra: int) -> None:
+            self._key_buffer = self._grow(self.keys, extra)
+            self._value_buffer = self._grow(self.values, extra)
+            self.keys = self._key_buffer[:, :, : self.keys.shape[-2]]
+            self.values = self._value_buffer[:, :, : self.values.shape[-2]]
+
+        @staticmethod
+        def _grow(filled: torch.Tensor, extra: int) -> torch.Tensor:
+            b, h, n, d = filled.shape
+            buffer = filled.new_empty((b, h, n + extra, d))
+            buffer[:, :, :n] = filled
+            return buffer
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            start = self.keys.shape[-2]
+            end = start + key_states.shape[-2]
+            if end > self._key_buffer.shape[-2]:
+                self.reserve(max(key_states.shape[-2], self._key_buffer.shape[-2]))
+            self._key_buffer[:, :, start:end] = key_states
+            self._value_buffer[:, :, start:end] = value_states
+            self.keys = self._key_buffer[:, :, :end]
+            self.values = self._value_buffer[:, :, :end]
+            return self.keys, self.values
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            n = self.keys.shape[-2]
+            self._key_buffer = self._key_buffer.index_select(0, beam_idx.to(self._key_buffer.device))
+            self._value_buffer = self._value_buffer.index_select(0, beam_idx.to(self._value_buffer.device))
+            self.keys = self._key_buffer[:, :, :n]
+            self.values = self._value_buffer[:, :, :n]
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self.reorder_cache(torch.as_tensor(indices, device=self._key_buffer.device))
+
+
+def _preallocate(cache, extra: int):
+    """Give the cache's plain dynamic layers room for ``extra`` more positions (in place)."""
+    layers = getattr(cache, "layers", None)
+    if _DynamicLayer is None or layers is None:
+        return cache
+    for i, layer in enumerate(layers):
+        if type(layer) is _DynamicLayer and layer.is_initialized and layer.keys is not None:
+            grown = _PreallocatedLayer()
+            grown.__dict__.update(layer.__dict__)
+            grown.reserve(extra)
+            layers[i] = grown
+    return cache
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float,
+            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits[b, V] -> (token ids[b], log-probs[b])`` under the tempered full distribution."""
+    if temperature == 0:
+        logprobs = torch.log_softmax(logits, dim=-1)
+        tokens = logprobs.argmax(dim=-1)
+        return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    probs = logprobs.exp()
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        tokens = order.gather(-1, choice).squeeze(-1)
+    else:
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _decode_chunk(model, tokenizer, prompts, prefixes, config, pad_id, eos_ids, generator):
+    """Decode one chunk of rows. Returns per-row (response token lists, log-prob tensors, finished)."""
+    device = next(model.parameters()).device
+    n = len(prompts)
+    prefix_lens = torch.tensor([len(p) for p in prefixes], device=device)
+    contexts = [p + f for p, f in zip(prompts, prefixes)]
+    width = max(len(c) for c in contexts)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, c in enumerate(contexts):
+        input_ids[i, width - len(c):] = torch.tensor(c)
+        attention_mask[i, width - len(c):] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    positions = position_ids_from_mask(attention_mask)
+
+    # The buffers hold whole responses: column j of row r is its j-th response token.
+    max_len = config.max_new_tokens
+    tokens_out = torch.full((n, max_len), pad_id, dtype=torch.long, device=device)
+    logprobs_out = torch.zeros((n, max_len), dtype=torch.float32, device=device)
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    lengths = prefix_lens.clone()  # tokens written so far per row
+
+    max_prefix = int(prefix_lens.max())
+    logits_to_keep_name = _logits_to_keep_name(model)
+    logits, cache, _ = _forward(model, None, attention_mask, positions, input_ids=input_ids,
+                                keep_last=max_prefix + 1, logits_to_keep_name=logits_to_keep_name)
+    if max_prefix > 0:
+        # Forced tokens are actions too: score them with the logits of the positions before them.
+        scale = config.temperature if config.temperature > 0 else 1.0
+        for i, prefix in enumerate(prefixes):
+            k = len(prefix)
+            if k:
+                row_logprobs = torch.log_softmax(logits[i, max_prefix - k: max_prefix] / scale, dim=-1)
+                target = torch.tensor(prefix, device=device)
+                tokens_out[i, :k] = target
+                logprobs_out[i, :k] = row_logprobs.gather(-1, target[:, None]).squeeze(-1)
+    logits = logits[:, -1]
+    cache = _preallocate(cache, extra=max_len - int(prefix_lens.min()))
+
+    eos = torch.tensor(eos_ids, device=device)
+    stop_strings = tuple(config.stop_strings)
+    stop_window = max((len(s) for s in stop_strings), default=0) + 2  # tokens >= 1 char, mostly
+    rows = torch.arange(n, device=device)  # original row index of each live batch row
+    last_positions = positions[:, -1]
+    live = lengths < max_len  # a prefix may already fill the budget
+    if not bool(live.all()):
+        rows, logits, last_positions, attention_mask = (
+            rows[live], logits[live], last_positions[live], attention_mask[live])
+        cache.reorder_cache(live.nonzero().squeeze(-1))
+
+    while rows.numel() > 0:
+        next_tokens, next_logprobs = _sample(logits, config.temperature, config.top_p, generator)
+        columns = lengths[rows]
+        tokens_out[rows, columns] = next_tokens
+        logprobs_out[rows, columns] = next_logprobs
+        lengths[rows] = columns + 1
+
+        done = torch.isin(next_tokens, eos)
+        if stop_strings:
+            done |= _hits_stop_string(tokenizer, tokens_out, rows, columns + 1, stop_strings,
+                                      stop_window, ~done)
+        finished[rows] = done
+        done |= columns + 1 >= max_len
+        if bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = ~done
+            rows, next_tokens, last_positions, attention_mask = (
+                rows[keep], next_tokens[keep], last_positions[keep], attention_mask[keep])
+            cache.reorder_cache(keep.nonzero().squeeze(-1))
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows.numel(), 1)], dim=1)
+        last_positions = last_positions + 1
+        logits, cache, _ = _forward(model, cache, attention_mask, last_positions[:, None],
+                                    input_ids=next_tokens[:, None], logits_to_keep_name=logits_to_keep_name)
+        logits = logits[:, -1]
+
+    lengths_list = lengths.tolist()
+    tokens_cpu, logprobs_cpu = tokens_out.cpu(), logprobs_out.cpu()
+    responses = [tokens_cpu[i, :lengths_list[i]].tolist() for i in range(n)]
+    row_logprobs = [logprobs_cpu[i, :lengths_list[i]] for i in range(n)]
+    return responses, row_logprobs, finished.cpu().tolist()
+
+
+def _hits_stop_string(tokenizer, tokens_out, rows, new_lengths, stop_strings, window,
+                      candidates) -> torch.Tensor:
+    """Which live rows' newest token completes a stop string (BoolTensor aligned with ``rows``).
+
+    Decodes only the last ``window`` response tokens of each candidate row, twice (with and
+    without the newest token), and accepts a match only if it ends inside the newest token's
+    text, so a stop string already present in the forced prefix does not count.
+    """
+    hits = torch.zeros(rows.numel(), dtype=torch.bool)
+    index = candidates.nonzero().squeeze(-1).tolist()
+    if not index:
+        return hits.to(rows.device)
+    ends = new_lengths.tolist()
+    candidate_tokens = tokens_out[rows[candidates]].tolist()  # one device->host copy per step
+    tails, heads = [], []
+    for j, b in enumerate(index):
+        end = ends[b]
+        tail = candidate_tokens[j][max(0, end - window): end]
+        tails.append(tail)
+        heads.append(tail[:-1])
+    texts = tokenizer.batch_decode(tails + heads, skip_special_tokens=False)
+    full, before = texts[: len(index)], texts[len(index):]
+    for j, b in enumerate(index):
+        text, head = full[j], before[j]
+        for s in stop_strings:
+            if text.find(s, max(0, len(head) - len(s) + 1)) >= 0:
+                hits[b] = True
+                break
+    return hits.to(rows.device)
+
+
+def _assemble(tokenizer, row_prompts, responses, logprobs, finished, prefix_tokens,
+              num_samples, pad_id, eos_ids) -> RolloutBatch:
+    num_rows = len(responses)
+    prompt_width = max(len(p) for p in row_prompts)
+    response_width = max(1, max(len(r) for r in responses))
+    prompt_ids = torch.full((num_rows, prompt_width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((num_rows, prompt_width), dtype=torch.long)
+    response_ids = torch.full((num_rows, response_width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((num_rows, response_width), dtype=torch.long)
+    response_logprobs = torch.zeros((num_rows, response_width), dtype=torch.float32)
+    eos_set = set(eos_ids)
+    text_tokens = []
+    for i in range(num_rows):
+        p, r = row_prompts[i], responses[i]
+        prompt_ids[i, prompt_width - len(p):] = torch.tensor(p)
+        prompt_mask[i, prompt_width - len(p):] = 1
+        if r:
+            response_ids[i, : len(r)] = torch.tensor(r)
+            response_mask[i, : len(r)] = 1
+            response_logprobs[i, : len(r)] = logprobs[i]
+        ended_by_eos = finished[i] and r and r[-1] in eos_set and len(r) > len(prefix_tokens[i])
+        text_tokens.append(r[:-1] if ended_by_eos else r)
+    texts = tokenizer.batch_decode(text_tokens, skip_special_tokens=False)
+    return RolloutBatch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logprobs=response_logprobs,
+        lengths=response_mask.sum(1),
+        group_ids=torch.arange(num_rows) // num_samples,
+        texts=texts,
+        finished=torch.tensor(finished, dtype=torch.bool),
+        forced_prefix_lens=torch.tensor([len(t) for t in prefix_tokens], dtype=torch.long),
+    )
