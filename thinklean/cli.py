@@ -1,4 +1,4 @@
-"""``thinklean`` command line: demo | data | sft | eval.
+"""``thinklean`` command line: demo | data | sft | train | eval.
 
 Every command accepts ``--seed`` and writes into ``--output``. Bad input (data file, model
 directory, config) ends with one ``error: ...`` line naming the file and exit code 2.
@@ -88,6 +88,36 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print(f"model saved to {args.output / 'model'}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from thinklean.methods import get_trainer_class
+    from thinklean.train.config import ConfigError, load_config, parse_overrides
+
+    overrides = parse_overrides(args.set or [])
+    for key in ("steps", "lr", "reward", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "eval_every"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = (value, 0)
+    overrides["seed"] = (args.seed, 0)
+    try:
+        trainer_class = get_trainer_class(args.method)
+        config = load_config(args.method, args.config, overrides)
+    except (ConfigError, KeyError) as e:
+        raise UsageError(str(e).strip("'\"")) from e
+    from thinklean.core import UnknownNameError, get_advantage, get_reward
+
+    try:
+        get_reward(config.reward)
+        get_advantage(config.advantage)
+    except UnknownNameError as e:
+        raise UsageError(str(e).strip("'\"")) from e
+    train_examples = _load_examples(args.data, config.train_problems, "train", args.seed)
+    eval_examples = _load_examples("arith", config.eval_problems, "test", args.seed) if args.data == "arith" else []
+    model, tokenizer = _load(args.model, args.trust_remote_code)
+    trainer = trainer_class(model, tokenizer, config, train_examples, args.output, eval_examples)
+    result = trainer.train(resume=args.resume)
+    print(json.dumps(result))
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from thinklean.eval.evaluate import EvalConfig, evaluate
     from thinklean.eval.tables import print_eval
@@ -151,6 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     _add_common(p, "runs/sft")
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("train", formatter_class=DEFAULTS, help="RL training (GRPO, Dr.GRPO, DAPO, RLOO, HMPO, ...)",
+                       description="Policy-gradient training from a base model. Settings come from "
+                       "thinklean/configs/METHOD.yaml, then --config, then flags and --set KEY=VALUE.")
+    p.add_argument("--method", default="grpo", help="grpo | drgrpo | dapo | rloo | hmpo")
+    p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
+    p.add_argument("--data", default="arith", help="'arith' or a JSONL file with prompt, answer")
+    p.add_argument("--config", type=Path, default=None, help="YAML file overriding the method's defaults")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
+    p.add_argument("--steps", type=int, default=None, help="rollout steps (config default: 100)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--reward", default=None, help="registered reward: correctness, hmpo, kimi, l1, thinkprune, shorterbetter, cosine, efficiency, overlong")
+    p.add_argument("--prompts-per-step", dest="prompts_per_step", type=int, default=None, help="prompts per rollout step")
+    p.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=int, default=None, help="G, samples per prompt")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None, help="response cap")
+    p.add_argument("--eval-every", dest="eval_every", type=int, default=None, help="evaluate on held-out problems every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
+    _add_common(p, "runs/train")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", formatter_class=DEFAULTS, help="accuracy and token statistics of a model",
                        description="Generate on held-out problems, grade the last \\boxed{} answer, report accuracy and tokens.")

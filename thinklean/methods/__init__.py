@@ -1,1 +1,21 @@
+"""Methods by name: each is the generic :class:`~thinklean.train.rl.RLTrainer` (or a small
+subclass overriding its hooks) plus a default config in ``thinklean/configs/NAME.yaml``."""
 
+from __future__ import annotations
+
+from thinklean.methods.hmpo import HMPOTrainer
+from thinklean.train.rl import RLTrainer
+
+METHODS: dict[str, type[RLTrainer]] = {
+    "grpo": RLTrainer,
+    "drgrpo": RLTrainer,
+    "dapo": RLTrainer,
+    "rloo": RLTrainer,
+    "hmpo": HMPOTrainer,
+}
+
+
+def get_trainer_class(method: str) -> type[RLTrainer]:
+    if method not in METHODS:
+        raise KeyError(f"unknown method {method!r} (available: {', '.join(sorted(METHODS))})")
+    return METHODS[method]

@@ -1,0 +1,151 @@
+import json
+
+import pytest
+import torch
+
+from thinklean.data.jsonl import Example
+from thinklean.methods.hmpo import budget_stats
+from thinklean.train.config import ConfigError, load_config, parse_overrides
+from thinklean.train.monitor import read_metrics
+from thinklean.train.rl import RLConfig, RLTrainer
+
+PROMPTS = [Example(prompt=f"Start with {i}. Add 1. What is the result?", answer=str(i + 1), difficulty=1) for i in range(1, 9)]
+
+
+class SevenTrainer(RLTrainer):
+    """Easy synthetic reward: the fraction of response tokens that are digits."""
+
+    def compute_rewards(self, batch, examples, correct):
+        digits = torch.tensor(self.tokenizer.convert_tokens_to_ids(list("0123456789")))
+        hits = (torch.isin(batch.response_ids, digits) & batch.response_mask.bool()).sum(1).float()
+        return hits / batch.lengths.clamp(min=1).float(), {}
+
+
+def _config(**kw):
+    base = dict(steps=8, prompts_per_step=4, samples_per_prompt=8, max_new_tokens=8, lr=5e-3, save_every=0,
+                loss_agg="token-mean", micro_batch_size=16)
+    return RLConfig(**{**base, **kw})
+
+
+def test_grpo_raises_an_easy_reward(tmp_path, tiny_model, tiny_tokenizer):
+    trainer = SevenTrainer(tiny_model, tiny_tokenizer, _config(steps=12), PROMPTS, tmp_path)
+    trainer.train(show_progress=False)
+    rewards = [m["reward"] for m in read_metrics(tmp_path / "metrics.jsonl")]
+    assert len(rewards) == 12
+    assert sum(rewards[-3:]) / 3 > 2 * sum(rewards[:3]) / 3 + 0.05
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_metrics_have_the_documented_fields(tmp_path, tiny_model, tiny_tokenizer):
+    SevenTrainer(tiny_model, tiny_tokenizer, _config(steps=1), PROMPTS, tmp_path).train(show_progress=False)
+    record = read_metrics(tmp_path / "metrics.jsonl")[0]
+    for key in ("reward", "accuracy", "length_mean", "length_min", "length_max", "kl", "entropy", "clip_frac",
+                "grad_norm", "step_time", "rollout_tokens_per_s", "train_tokens_per_s", "rollout_time", "update_time"):
+        assert key in record, key
+
+
+def test_resume_continues_bit_identically(tmp_path, tiny_tokenizer):
+    from thinklean.models.tiny import build_model
+
+    def fresh():
+        return build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=4, intermediate_size=128)
+
+    config = _config(steps=4, save_every=2, ppo_epochs=2, mini_batches=2)
+    SevenTrainer(fresh(), tiny_tokenizer, config, PROMPTS, tmp_path / "a").train(show_progress=False)
+    full = read_metrics(tmp_path / "a" / "metrics.jsonl")
+
+    SevenTrainer(fresh(), tiny_tokenizer, config, PROMPTS, tmp_path / "b").train(show_progress=False)
+    (tmp_path / "b" / "checkpoints" / "latest").write_text("step-00000002")  # as if killed after step 2
+    SevenTrainer(fresh(), tiny_tokenizer, config, PROMPTS, tmp_path / "b").train(resume=True, show_progress=False)
+    resumed = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    for key in ("loss", "reward", "length_mean", "grad_norm"):
+        assert resumed[2][key] == full[2][key] and resumed[3][key] == full[3][key], key
+
+
+def test_micro_batching_does_not_change_the_update(tmp_path, tiny_tokenizer):
+    """token-mean over the whole batch: 4 micro-batches of 8 give the gradient of one batch of 32."""
+    from thinklean.models.tiny import build_model
+
+    results = []
+    for micro in (32, 8):
+        model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=4, intermediate_size=128)
+        trainer = SevenTrainer(model, tiny_tokenizer, _config(steps=1, micro_batch_size=micro), PROMPTS, tmp_path / str(micro))
+        grads = []
+        step = trainer.optimizer.step
+        trainer.optimizer.step = lambda *a: (grads.extend(p.grad.clone() for p in model.parameters()), step(*a))
+        trainer.train(show_progress=False)
+        results.append((read_metrics(tmp_path / str(micro) / "metrics.jsonl")[0], grads))
+    (m32, g32), (m8, g8) = results
+    assert m32["loss"] == pytest.approx(m8["loss"], abs=1e-6)
+    assert m32["grad_norm"] == pytest.approx(m8["grad_norm"], rel=1e-4)
+    assert len(g32) == len(g8) > 0
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g32, g8))
+
+
+def test_dynamic_sampling_keeps_only_groups_with_reward_spread(tmp_path, tiny_model, tiny_tokenizer):
+    class HalfConstant(SevenTrainer):
+        def compute_rewards(self, batch, examples, correct):
+            # prompts with an even start value: constant reward (dropped); odd: reward varies
+            rewards, _ = super().compute_rewards(batch, examples, correct)
+            even = torch.tensor([int(examples[g].answer) % 2 == 1 for g in batch.group_ids.tolist()])
+            return torch.where(even, torch.zeros_like(rewards), rewards + torch.arange(len(rewards)) * 1e-3), {}
+
+    trainer = HalfConstant(tiny_model, tiny_tokenizer, _config(dynamic_sampling=True, max_resample_rounds=2), PROMPTS, tmp_path)
+    batch = trainer.collect(0)
+    groups = batch.rollout.group_ids.unique().tolist()
+    starts = [int(batch.examples[g].answer) - 1 for g in groups]
+    assert starts and all(s % 2 == 1 for s in starts)  # only the varying-reward prompts survive
+    assert len(groups) == batch.info["kept_groups"] == 4  # refilled to prompts_per_step by resampling
+    assert len(batch.rollout.lengths) == 8 * 4
+
+
+def test_kl_runs_with_a_reference_model_and_starts_at_zero(tmp_path, tiny_model, tiny_tokenizer):
+    SevenTrainer(tiny_model, tiny_tokenizer, _config(steps=1, kl_coef=0.1), PROMPTS, tmp_path).train(show_progress=False)
+    record = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert record["kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference before the first update
+
+
+def test_config_unknown_key_names_file_line_and_valid_keys(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 1.0e-5\nsteps: 10\nlearning_rate: 3\n")
+    with pytest.raises(ConfigError, match=rf"{cfg}:3: unknown key 'learning_rate' \(valid keys: .*lr.*\)"):
+        load_config("grpo", cfg)
+
+
+def test_config_wrong_type_is_reported_with_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: ten\n")
+    with pytest.raises(ConfigError, match=rf"{cfg}:1: key 'steps' must be int, got str"):
+        load_config("grpo", cfg)
+
+
+def test_config_layers_method_file_and_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 7\nlr: 1\n")
+    config = load_config("hmpo", cfg, parse_overrides(["lr=3e-4", "reward_kwargs={lam: 0.5}"]))
+    assert config.reward == "hmpo" and config.clip_high == 0.28 and config.dual_clip == 10.0  # method file
+    assert config.steps == 7  # user file
+    assert config.lr == 3e-4 and config.reward_kwargs == {"lam": 0.5}  # overrides win
+
+
+def test_cli_train_rejects_unknown_reward(tmp_path, tiny_model_dir, capsys):
+    from thinklean.cli import main
+
+    code = main(["train", "--model", str(tiny_model_dir), "--reward", "nope", "--output", str(tmp_path / "o")])
+    assert code == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_hmpo_budget_stats_by_hand():
+    # group 0: lengths 10,20,30,40 all correct -> budget 25, 2 of 4 correct above budget
+    # group 1: 12 (correct), 30 (wrong), 18 (correct) -> budget 15, 1 correct above
+    correct = torch.tensor([1, 1, 1, 1, 1, 0, 1])
+    lengths = torch.tensor([10, 20, 30, 40, 12, 30, 18])
+    groups = torch.tensor([0, 0, 0, 0, 5, 5, 5])
+    stats = budget_stats(correct, lengths, groups)
+    assert stats["budget_mean"] == pytest.approx((25 + 15) / 2)
+    assert stats["above_budget"] == pytest.approx(3 / 6)
+    assert stats["groups_with_budget"] == 2

@@ -1,0 +1,456 @@
+"""LiteReason latent steps: cached decoding, and the teacher-forced forward that training uses.
+
+A row that writes ``<implicit_thought>N</implicit_thought>`` continues with N *latent* steps
+(arXiv 2512.02240): step 1's input embedding is ``projector(h)`` with ``h`` the post-norm hidden
+state at the closing tag, step k+1's is ``projector(hidden at latent k)``. Latent steps write no
+token and no log-prob; the output at latent N predicts the next discrete token.
+
+Latent positions are left out of ``response_ids``/``response_mask``/``logprobs``/``lengths`` (so
+rewards and metrics count discrete tokens only) and recorded as ``latent_segments``: per row a
+list of ``(position, N)``, meaning N latent steps sit right after the first ``position`` response
+tokens (the closing tag is ``response_ids[row, position - 1]``). :func:`latent_forward` puts them
+back to score a batch.
+
+Detection works on decoded text, so it also covers tokenizers in which the tags are ordinary
+text spread over several tokens: the newest token must complete ``</implicit_thought>``, the last
+``<implicit_thought>`` must lie within a few tokens before it (the authors allow a gap of up to
+3 tokens), and the first run of digits between them is N (none: 1), clamped to
+``1..projector.max_steps``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from thinklean.data.formats import LATENT, LATENT_END
+from thinklean.models.projector import ReasoningProjector
+from thinklean.rollout.engine import (
+    RolloutBatch,
+    SamplingConfig,
+    _assemble,
+    _check_arguments,
+    _encode_prompt,
+    _forward,
+    _hits_stop_string,
+    _logits_to_keep_name,
+    _preallocate,
+    _sample,
+    eos_token_ids,
+    position_ids_from_mask,
+)
+
+MAX_GAP_TOKENS = 3  # tokens allowed between the tags (the number), as in the authors' detector
+_DIGITS = re.compile(r"[0-9]+")
+
+
+@dataclass
+class LatentRolloutBatch(RolloutBatch):
+    """A :class:`RolloutBatch` whose rows may contain latent steps (none of them in the tensors).
+
+    latent_steps:    LongTensor[B], latent steps run by each row (sum of its segments' N).
+    latent_segments: per row, ``[(position, N), ...]`` in order: N latent steps follow the first
+                     ``position`` response tokens. Feed it to :func:`latent_forward`.
+    """
+
+    latent_steps: torch.LongTensor
+    latent_segments: list[list[tuple[int, int]]]
+
+
+@dataclass
+class LatentForwardOutput:
+    """logits: [B, T, V] (model dtype), ``logits[b, t]`` scores ``response_ids[b, t]``;
+    hidden: [B, T, d], the post-norm hidden states those logits come from. Padding: garbage."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+class _SegmentDetector:
+    """Is a row's newest response token the end of ``<implicit_thought>N</implicit_thought>``?"""
+
+    def __init__(self, tokenizer, max_steps: int, device: torch.device):
+        self.tokenizer = tokenizer
+        self.max_steps = max_steps
+        # Only a token containing the tag's last character can complete it; other rows are not
+        # decoded. Raw token strings (byte-level or sentencepiece) keep '>' as it is.
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        ids = [i for i, token in enumerate(vocab) if token is not None and LATENT_END[-1] in token]
+        self.candidates = torch.tensor(ids, dtype=torch.long, device=device)
+        tag_tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (LATENT, LATENT_END))
+        self.window = tag_tokens + MAX_GAP_TOKENS + 1  # +1: a merged token around a tag
+
+    def steps(self, tokens: list[int]) -> int | None:
+        """N (clamped) if ``tokens[-1]`` completes a latent segment, else None."""
+        tail = tokens[-self.window:]
+        text, head = self.tokenizer.batch_decode([tail, tail[:-1]], skip_special_tokens=False)
+        end = text.rfind(LATENT_END)
+        if end < 0 or end + len(LATENT_END) <= len(head):  # absent, or closed before this token
+            return None
+        start = text.rfind(LATENT, 0, end)
+        if start < 0:
+            return None
+        digits = _DIGITS.search(text[start + len(LATENT): end])
+        steps = int(digits.group()) if digits else 1
+        return max(1, min(steps, self.max_steps))
+
+    def first_segment(self, tokens: list[int]) -> tuple[int, int] | None:
+        """``(position, N)`` of the first segment closed inside ``tokens`` (a forced prefix)."""
+        candidates = set(self.candidates.tolist())
+        for end in range(1, len(tokens) + 1):
+            if tokens[end - 1] in candidates:
+                steps = self.steps(tokens[:end])
+                if steps is not None:
+                    return end, steps
+        return None
+
+
+def generate_latent(
+    model,
+    tokenizer,
+    projector: ReasoningProjector,
+    prompts: list[str],
+    num_samples: int = 1,
+    config: SamplingConfig = SamplingConfig(),
+    generator: torch.Generator | None = None,
+    forced_prefixes: list[str] | None = None,
+) -> LatentRolloutBatch:
+    """:func:`thinklean.rollout.engine.generate` with LiteReason latent steps.
+
+    Same arguments and outputs as ``generate`` (``max_new_tokens`` caps discrete tokens; latent
+    steps are free), plus ``latent_steps`` and ``latent_segments``. A segment closed inside a
+    forced prefix runs its latent steps there too. Runs under ``torch.no_grad()`` with model and
+    projector in eval mode; their training flags are restored.
+    """
+    _check_arguments(prompts, num_samples, config, forced_prefixes)
+    num_rows = len(prompts) * num_samples
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer needs a pad_token or an eos_token")
+    eos_ids = eos_token_ids(model, tokenizer)
+    device = next(model.parameters()).device
+    _check_projector(model, projector)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but the model is on {device}; "
+                         f"create it with torch.Generator(device={str(device)!r})")
+
+    prompt_tokens = [_encode_prompt(tokenizer, p) for p in prompts]
+    cache: dict[str, list[int]] = {}
+    prefix_tokens = [
+        cache.setdefault(p, tokenizer(p, add_special_tokens=False)["input_ids"]) if p else []
+        for p in (forced_prefixes or [""] * num_rows)
+    ]
+    too_long = [i for i, t in enumerate(prefix_tokens) if len(t) > config.max_new_tokens]
+    if too_long:
+        raise ValueError(f"forced_prefixes[{too_long[0]}] has {len(prefix_tokens[too_long[0]])} tokens, more "
+                         f"than max_new_tokens={config.max_new_tokens}")
+    detector = _SegmentDetector(tokenizer, projector.max_steps, device)
+
+    row_prompts = [prompt_tokens[i // num_samples] for i in range(num_rows)]
+    responses, logprobs, finished, segments, latent_steps = [], [], [], [], []
+    model_was_training, projector_was_training = model.training, projector.training
+    model.eval()
+    projector.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, num_rows, config.batch_size):
+                stop = min(start + config.batch_size, num_rows)
+                chunk = _decode_latent_chunk(
+                    model, tokenizer, projector, detector, row_prompts[start:stop],
+                    prefix_tokens[start:stop], config, pad_id, eos_ids, generator,
+                )
+                for collected, part in zip((responses, logprobs, finished, segments, latent_steps), chunk):
+                    collected.extend(part)
+    finally:
+        model.train(model_was_training)
+        projector.train(projector_was_training)
+
+    batch = _assemble(tokenizer, row_prompts, responses, logprobs, finished, prefix_tokens, num_samples,
+                      pad_id, eos_ids)
+    return LatentRolloutBatch(
+        **vars(batch),
+        latent_steps=torch.tensor(latent_steps, dtype=torch.long),
+        latent_segments=segments,
+    )
+
+
+def _check_projector(model, projector: ReasoningProjector) -> None:
+    embedding = model.get_input_embeddings()
+    if projector.hidden_size != embedding.weight.shape[1]:
+        raise ValueError(f"the projector maps size {projector.hidden_size} but the model's embeddings have size "
+                         f"{embedding.weight.shape[1]}; build it with ReasoningProjector.from_model(model)")
+    if projector.device != embedding.weight.device:
+        raise ValueError(f"the projector is on {projector.device} but the model is on {embedding.weight.device}; "
+                         f"move it with projector.to(device)")
+
+
+def _decode_latent_chunk(model, tokenizer, projector, detector, prompts, prefixes, config, pad_id, eos_ids,
+                         generator):
+    """Decode one chunk of rows; per row: response tokens, log-probs, finished, segments, latent steps.
+
+    Each loop step feeds every live row one position: a latent row ``projector(hidden)``, any
+    other row the embedding of its next token (forced or sampled), all in one ``inputs_embeds``.
+    """
+    device = next(model.parameters()).device
+    embed = model.get_input_embeddings()
+    n = len(prompts)
+    max_len = config.max_new_tokens
+    scale = config.temperature if config.temperature > 0 else 1.0
+
+    # Latent steps of a segment closed inside a forced prefix must run before the rest of the
+    # prefix, so the prefill stops after that segment and the rest is forced one token per step.
+    first_segments = [detector.first_segment(prefix) for prefix in prefixes]
+    cuts = [segment[0] if segment else len(prefix) for segment, prefix in zip(first_segments, prefixes)]
+    contexts = [p + f[:c] for p, f, c in zip(prompts, prefixes, cuts)]
+    width = max(len(c) for c in contexts)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, c in enumerate(contexts):
+        input_ids[i, width - len(c):] = torch.tensor(c)
+        attention_mask[i, width - len(c):] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    positions = position_ids_from_mask(attention_mask)
+
+    tokens_out = torch.full((n, max_len), pad_id, dtype=torch.long, device=device)
+    logprobs_out = torch.zeros((n, max_len), dtype=torch.float32, device=device)
+    for i, prefix in enumerate(prefixes):
+        if prefix:
+            tokens_out[i, : len(prefix)] = torch.tensor(prefix, device=device)  # forced tokens, in order
+    prefix_lens = torch.tensor([len(p) for p in prefixes], device=device)
+    lengths = torch.tensor(cuts, device=device)  # response tokens written (and scored) so far
+    finished = torch.zeros(n, dtype=torch.bool, device=device)
+    latent_left = torch.zeros(n, dtype=torch.long, device=device)  # latent steps still to feed
+    latent_steps = [0] * n
+    segments: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for i, segment in enumerate(first_segments):
+        if segment and segment[0] < max_len:  # a segment that ends the budget is never continued
+            latent_left[i] = segment[1]
+            latent_steps[i] += segment[1]
+            segments[i].append(segment)
+
+    max_cut = max(cuts)
+    keep_name = _logits_to_keep_name(model)
+    logits, cache, hidden = _forward(model, None, attention_mask, positions, input_ids=input_ids,
+                                     keep_last=max_cut + 1, logits_to_keep_name=keep_name,
+                                     output_hidden_states=bool(latent_left.any()))
+    for i, k in enumerate(cuts):
+        if k:  # forced tokens are actions: score them with the logits of the positions before them
+            row_logprobs = torch.log_softmax(logits[i, max_cut - k: max_cut] / scale, dim=-1)
+            logprobs_out[i, :k] = row_logprobs.gather(-1, tokens_out[i, :k, None]).squeeze(-1)
+    logits = logits[:, -1]
+    hidden = hidden[:, -1] if hidden is not None else None
+    cache = _preallocate(cache, extra=max_len - min(cuts))
+
+    eos = torch.tensor(eos_ids, device=device)
+    stop_strings = tuple(config.stop_strings)
+    stop_window = max((len(s) for s in stop_strings), default=0) + 2
+    rows = torch.arange(n, device=device)  # original row index of each live batch row
+    last_positions = positions[:, -1]
+    live = lengths < max_len
+    if not bool(live.all()):
+        rows, logits, last_positions, attention_mask = rows[live], logits[live], last_positions[live], attention_mask[live]
+        hidden = hidden[live] if hidden is not None else None
+        cache.reorder_cache(live.nonzero().squeeze(-1))
+
+    while rows.numel() > 0:
+        latent = latent_left[rows] > 0
+        columns = lengths[rows]
+        forced = ~latent & (columns < prefix_lens[rows])
+        sampled = ~latent & ~forced
+        step_tokens = torch.full_like(rows, pad_id)
+        step_logprobs = torch.zeros(rows.numel(), dtype=torch.float32, device=device)
+        if bool(sampled.any()):
+            step_tokens[sampled], step_logprobs[sampled] = _sample(
+                logits[sampled], config.temperature, config.top_p, generator)
+        if bool(forced.any()):
+            forced_tokens = tokens_out[rows[forced], columns[forced]]
+            forced_logprobs = torch.log_softmax(logits[forced] / scale, dim=-1)
+            step_tokens[forced] = forced_tokens
+            step_logprobs[forced] = forced_logprobs.gather(-1, forced_tokens[:, None]).squeeze(-1)
+        discrete = ~latent
+        tokens_out[rows[discrete], columns[discrete]] = step_tokens[discrete]
+        logprobs_out[rows[discrete], columns[discrete]] = step_logprobs[discrete]
+        lengths[rows[discrete]] = columns[discrete] + 1
+
+        # As in the engine, a forced token never stops a row.
+        stopped = sampled & torch.isin(step_tokens, eos)
+        if stop_strings:
+            stopped |= _hits_stop_string(tokenizer, tokens_out, rows, columns + 1, stop_strings, stop_window,
+                                         sampled & ~stopped)
+        finished[rows] = finished[rows] | stopped
+        done = stopped | (discrete & (columns + 1 >= max_len))
+
+        closing = discrete & ~done & torch.isin(step_tokens, detector.candidates)
+        for b in closing.nonzero().flatten().tolist():
+            row, end = int(rows[b]), int(columns[b]) + 1
+            steps = detector.steps(tokens_out[row, max(0, end - detector.window): end].tolist())
+            if steps is not None:
+                latent_left[row] = steps
+                latent_steps[row] += steps
+                segments[row].append((end, steps))
+
+        if bool(latent.any()):  # latent rows never finish in this step, so this survives the drop
+            latent_inputs = projector(hidden[latent].to(projector.dtype))
+            latent_left[rows[latent]] -= 1
+
+        if bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = ~done
+            rows, step_tokens, latent, last_positions, attention_mask = (
+                rows[keep], step_tokens[keep], latent[keep], last_positions[keep], attention_mask[keep])
+            cache.reorder_cache(keep.nonzero().squeeze(-1))
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows.numel(), 1)], dim=1)
+        last_positions = last_positions + 1
+        need_hidden = bool((latent_left[rows] > 0).any())
+        if bool(latent.any()):
+            inputs_embeds = embed(step_tokens[:, None])  # pad ids on latent rows, overwritten below
+            inputs_embeds[latent, 0] = latent_inputs.to(inputs_embeds.dtype)
+            step = dict(inputs_embeds=inputs_embeds)
+        else:
+            step = dict(input_ids=step_tokens[:, None])
+        logits, cache, hidden = _forward(model, cache, attention_mask, last_positions[:, None],
+                                         logits_to_keep_name=keep_name, output_hidden_states=need_hidden, **step)
+        logits = logits[:, -1]
+        hidden = hidden[:, -1] if hidden is not None else None
+
+    lengths_list = lengths.tolist()
+    tokens_cpu, logprobs_cpu = tokens_out.cpu(), logprobs_out.cpu()
+    responses = [tokens_cpu[i, : lengths_list[i]].tolist() for i in range(n)]
+    row_logprobs = [logprobs_cpu[i, : lengths_list[i]] for i in range(n)]
+    return responses, row_logprobs, finished.cpu().tolist(), segments, latent_steps
+
+
+# ------------------------------------------------------------------------- training forward
+
+
+def latent_forward(
+    model,
+    projector: ReasoningProjector,
+    prompt_ids: torch.LongTensor,
+    prompt_mask: torch.LongTensor,
+    response_ids: torch.LongTensor,
+    response_mask: torch.LongTensor,
+    segments: list[list[tuple[int, int]]],
+    grad_through_projector: bool = False,
+) -> LatentForwardOutput:
+    """Score a (latent) rollout teacher-forced, rebuilding its latent steps with ``projector``.
+
+    prompt_ids, prompt_mask:     LongTensor[B, P], left-padded (as in :class:`RolloutBatch`).
+    response_ids, response_mask: LongTensor[B, T], right-padded, discrete tokens only.
+    segments:                    per row ``[(position, N), ...]`` (``LatentRolloutBatch.latent_segments``).
+    grad_through_projector:      False (RL): latent embeddings are computed under ``no_grad``,
+                                 part of the state, and the projector gets no gradient. True
+                                 (projector SFT): the loss backpropagates through the unrolled
+                                 latent steps into the projector (and into the LM's activations).
+
+    Returns :class:`LatentForwardOutput` with ``logits[B, T, V]`` in the same layout as a plain
+    forward's ``logits[:, P - 1: -1]``: ``log_softmax(logits / temperature)`` gathered at
+    ``response_ids`` equals the rollout's ``logprobs``. Without segments this is one ordinary
+    forward; each latent column costs one extra cached forward call (rows share calls: the
+    j-th segments of all rows are aligned, see :func:`_latent_layout`).
+    """
+    if len(segments) != response_ids.shape[0]:
+        raise ValueError(f"segments has {len(segments)} rows but response_ids has {response_ids.shape[0]}")
+    if model.training and getattr(model, "is_gradient_checkpointing", False):
+        raise ValueError("latent_forward joins its chunks through the KV cache, which gradient checkpointing "
+                         "switches off; call model.gradient_checkpointing_disable() first")
+    _check_projector(model, projector)
+    device = response_ids.device
+    ids, mask, latent, score_columns = (t.to(device) for t in _latent_layout(
+        prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments))
+    positions = position_ids_from_mask(mask)
+    embed = model.get_input_embeddings()
+    keep_name = _logits_to_keep_name(model)
+    extra = {keep_name: 1} if keep_name else {}  # logits come from the gathered hidden states below
+
+    latent_columns = latent.any(0).nonzero().flatten().tolist()
+    starts = [0] + latent_columns
+    ends = latent_columns + [ids.shape[1]]
+    cache, hidden_chunks = None, []
+    for start, end in zip(starts, ends):
+        inputs = embed(ids[:, start:end])
+        if start in latent_columns:
+            # The layout puts every latent right after its source position, the previous column.
+            rows = latent[:, start].nonzero().flatten()
+            source = hidden_chunks[-1][rows, -1]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and grad_through_projector):
+                vectors = projector(source.to(projector.dtype)).to(inputs.dtype)
+            first = inputs[:, 0].index_put((rows,), vectors)
+            inputs = torch.cat([first[:, None], inputs[:, 1:]], dim=1)
+        out = model(inputs_embeds=inputs, attention_mask=mask[:, :end], position_ids=positions[:, start:end],
+                    past_key_values=cache, use_cache=True, output_hidden_states=True, **extra)
+        cache = out.past_key_values
+        hidden_chunks.append(out.hidden_states[-1])
+    hidden_all = torch.cat(hidden_chunks, dim=1)
+    hidden = hidden_all.gather(1, score_columns[..., None].expand(-1, -1, hidden_all.shape[-1]))
+    return LatentForwardOutput(logits=model.get_output_embeddings()(hidden), hidden=hidden)
+
+
+def _latent_layout(prompt_ids, prompt_mask, response_ids, response_mask, segments):
+    """Lay out ``[prompt + response]`` with latent slots so that rows can share forward calls.
+
+    Blocks ``D0 L1 D1 L2 ... LS DS``: ``D0`` = prompt + response up to the first segment,
+    ``Dj`` = the response between segments j and j+1 (left-padded, so every closing tag is the
+    block's last column); ``Lj`` = the j-th segment's latents (left-aligned). So a latent's
+    source hidden state is always in the column just before it, and the j-th segments of all
+    rows share ``max N_j`` forward calls. Padding in the middle is masked and skipped by the
+    positions (``cumsum(mask) - 1``), so every row sees exactly its rollout's sequence.
+
+    Returns ``ids[B, W]`` (pad = 0), ``mask[B, W]``, ``latent[B, W]`` bool and
+    ``score_columns[B, T]``: the column whose output scores response token t.
+    """
+    num_rows, response_width = response_ids.shape
+    prompts, responses, cuts, latents = [], [], [], []
+    for b in range(num_rows):
+        length = int(response_mask[b].sum())
+        if not bool(response_mask[b, :length].all()):
+            raise ValueError(f"response_mask row {b} is not right-padded (1s then 0s)")
+        prompts.append(prompt_ids[b][prompt_mask[b].bool()].tolist())
+        responses.append(response_ids[b, :length].tolist())
+        row_segments = [(int(p), int(k)) for p, k in segments[b]]
+        bounds = [p for p, _ in row_segments]
+        if any(not 1 <= p <= length for p in bounds) or bounds != sorted(set(bounds)):
+            raise ValueError(f"segments[{b}] = {segments[b]}: positions must increase within 1..{length} "
+                             "(the row's response length)")
+        if any(k < 1 for _, k in row_segments):
+            raise ValueError(f"segments[{b}] = {segments[b]}: every N must be >= 1")
+        cuts.append([0] + bounds + [length])
+        latents.append([k for _, k in row_segments])
+    num_segments = max(len(k) for k in latents)
+    for b in range(num_rows):  # rows with fewer segments: empty blocks at the end
+        cuts[b] += [cuts[b][-1]] * (num_segments - len(latents[b]))
+        latents[b] += [0] * (num_segments - len(latents[b]))
+
+    def discrete_block(b, j):
+        block = responses[b][cuts[b][j]: cuts[b][j + 1]]
+        return prompts[b] + block if j == 0 else block
+
+    discrete_widths = [max(len(discrete_block(b, j)) for b in range(num_rows)) for j in range(num_segments + 1)]
+    latent_widths = [max(latents[b][j] for b in range(num_rows)) for j in range(num_segments)]
+    width = sum(discrete_widths) + sum(latent_widths)
+    ids = torch.zeros((num_rows, width), dtype=torch.long)
+    mask = torch.zeros((num_rows, width), dtype=torch.long)
+    latent = torch.zeros((num_rows, width), dtype=torch.bool)
+    score_columns = torch.zeros((num_rows, response_width), dtype=torch.long)
+    for b in range(num_rows):
+        column, previous, token_index = 0, None, -len(prompts[b])  # response index of the next token
+        for j in range(num_segments + 1):
+            block = discrete_block(b, j)
+            column += discrete_widths[j] - len(block)
+            for token in block:
+                ids[b, column], mask[b, column] = token, 1
+                if token_index >= 0:
+                    score_columns[b, token_index] = previous
+                token_index += 1
+                previous, column = column, column + 1
+            if j == num_segments:
+                break
+            for k in range(latents[b][j]):
+                assert previous == column - 1
+                mask[b, column], latent[b, column] = 1, True
+                previous, column = column, column + 1
+            column += latent_widths[j] - latents[b][j]
+    return ids, mask, latent, score_columns

@@ -1,0 +1,442 @@
+"""The generic RL loop on accelerate: rollout -> reward -> advantage -> old/ref logprobs -> update.
+
+Read top to bottom, one call of :meth:`RLTrainer.step` is::
+
+    examples  = sample_examples(step)                       # prompts_per_step problems
+    batch     = rollout(examples)                           # G samples each, KV-cached decoding
+    rewards   = compute_rewards(batch, examples)            # [B]   (registry: cfg.reward)
+    adv       = compute_advantages(batch, rewards, info)    # [B,T] (registry: cfg.advantage)
+    old, ref  = policy_logprobs(policy / reference)         # [B,T] under no_grad
+    for ppo_epochs x mini-batches: policy_loss (+ KL) -> backward -> clip -> optimizer step
+
+Methods customise the hooks (``build_prompts``, ``compute_rewards``, ``compute_advantages``,
+``policy_logprobs``, ``on_step_end``, ``on_epoch_end``) in a small subclass instead of forking
+the loop. Determinism: prompt choice and sampling at step ``s`` depend only on ``(seed, s)``,
+and checkpoints hold optimizer/scheduler/RNG states, so ``resume`` continues bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.optim.lr_scheduler import LambdaLR
+
+from thinklean.core import aggregate_loss, entropy_from_logits, get_advantage, get_reward, kl_penalty, policy_loss
+from thinklean.core.masked import group_max, group_min
+from thinklean.data.formats import format_prompt
+from thinklean.data.grading import format_ok, grade
+from thinklean.data.jsonl import Example
+from thinklean.eval.evaluate import EvalConfig, evaluate
+from thinklean.models.tiny import save_pretrained
+from thinklean.rollout import RolloutBatch, SamplingConfig, generate
+from thinklean.rollout.engine import position_ids_from_mask
+from thinklean.train.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint
+from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
+from thinklean.train.sft import warmup_cosine
+
+
+@dataclass
+class RLConfig:
+    """Every knob of the loop; YAML configs and CLI flags set these by name."""
+
+    method: str = "grpo"
+    steps: int = 100
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 8
+    max_new_tokens: int = 160
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # reward -> advantage -> loss, by registry name
+    reward: str = "correctness"
+    reward_kwargs: dict[str, Any] = field(default_factory=dict)
+    advantage: str = "grpo"
+    advantage_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss_agg: str = "token-mean"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    kl_coef: float = 0.0
+    kl_kind: str = "k3"
+    kl_in_reward: float = 0.0  # k1 per token x coef, summed and subtracted from the reward
+    # optimisation
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.99
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # or "cosine" (to 0.1x)
+    ppo_epochs: int = 1
+    mini_batches: int = 1  # optimizer steps per epoch over the rollout batch
+    micro_batch_size: int = 32  # sequences per forward/backward (gradient accumulation)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, resample
+    max_resample_rounds: int = 3
+    # bookkeeping
+    seed: int = 0
+    train_problems: int = 20000
+    eval_every: int = 0
+    eval_problems: int = 200
+    save_every: int = 50
+    keep_last: int = 2
+    rollout_batch_size: int = 128
+
+
+@dataclass
+class StepBatch:
+    """A rollout with everything the update needs, all ``[B]`` or ``[B, T]`` on the CPU."""
+
+    rollout: RolloutBatch
+    examples: list[Example]
+    correct: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor | None = None
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    info: dict[str, float] = field(default_factory=dict)
+
+
+def _select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
+    """The rows ``rows`` of a rollout (used by dynamic sampling and GFPO-style filters)."""
+    picked = {name: value[rows] for name, value in vars(batch).items() if isinstance(value, torch.Tensor)}
+    return RolloutBatch(**picked, texts=[batch.texts[i] for i in rows.tolist()])
+
+
+def concat_rollouts(batches: Sequence[RolloutBatch], group_counts: Sequence[int]) -> RolloutBatch:
+    """Stack rollouts of different padded widths; batch i's group ids are offset by the sum of
+    ``group_counts[:i]`` (its number of prompts), so they keep indexing the joined example list."""
+    def pad_cat(tensors: list[torch.Tensor], left: bool, value: int | float = 0) -> torch.Tensor:
+        width = max(t.shape[1] for t in tensors)
+        return torch.cat([
+            torch.nn.functional.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]), value=value)
+            for t in tensors
+        ])
+
+    offsets = [sum(group_counts[:i]) for i in range(len(batches))]
+    pad_id = int(batches[0].response_ids[batches[0].response_mask == 0][0]) if (batches[0].response_mask == 0).any() else 0
+    return RolloutBatch(
+        prompt_ids=pad_cat([b.prompt_ids for b in batches], True, pad_id),
+        prompt_mask=pad_cat([b.prompt_mask for b in batches], True),
+        response_ids=pad_cat([b.response_ids for b in batches], False, pad_id),
+        response_mask=pad_cat([b.response_mask for b in batches], False),
+        logprobs=pad_cat([b.logprobs for b in batches], False),
+        lengths=torch.cat([b.lengths for b in batches]),
+        group_ids=torch.cat([b.group_ids + o for b, o in zip(batches, offsets)]),
+        texts=[t for b in batches for t in b.texts],
+        finished=torch.cat([b.finished for b in batches]),
+        forced_prefix_lens=torch.cat([b.forced_prefix_lens for b in batches]),
+    )
+
+
+class RLTrainer:
+    """Generic policy-gradient trainer; subclass and override hooks for a method."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        config: RLConfig,
+        train_examples: Sequence[Example],
+        run_dir: str | Path,
+        eval_examples: Sequence[Example] = (),
+    ) -> None:
+        if not train_examples:
+            raise ValueError("no training examples")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.train_examples = list(train_examples)
+        self.eval_examples = list(eval_examples)
+        self.run_dir = Path(run_dir)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.reference = None
+        if config.kl_coef > 0 or config.kl_in_reward > 0:
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=config.lr,
+            weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2),
+        )
+        self.scheduler = LambdaLR(self.optimizer, self._lr_factor)
+        self.model = model
+        self.step_index = 0
+
+    def _lr_factor(self, step: int) -> float:
+        cfg = self.config
+        if cfg.lr_schedule == "cosine":
+            return warmup_cosine(cfg.steps, cfg.warmup_steps / max(1, cfg.steps), 0.1)(step)
+        return min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+
+    # ------------------------------------------------------------------ hooks (override these)
+
+    def build_prompts(self, examples: Sequence[Example]) -> tuple[list[str], list[str] | None]:
+        """Prompt strings (one per example) and optional forced prefixes (one per sample)."""
+        return [format_prompt(e.prompt, self.tokenizer) for e in examples], None
+
+    def compute_rewards(self, batch: RolloutBatch, examples: Sequence[Example], correct: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sequence rewards ``[B]`` from the registered reward ``config.reward``, plus log info."""
+        reward_fn = get_reward(self.config.reward)
+        rewards = reward_fn(correct, batch.lengths, batch.group_ids, **self.config.reward_kwargs)
+        return rewards, {}
+
+    def compute_advantages(self, step_batch: StepBatch) -> torch.Tensor:
+        """Token advantages ``[B, T]`` from the registered estimator ``config.advantage``."""
+        rollout = step_batch.rollout
+        advantage_fn = get_advantage(self.config.advantage)
+        return advantage_fn(step_batch.rewards, rollout.group_ids, rollout.response_mask, **self.config.advantage_kwargs)
+
+    def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, torch.Tensor], with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs ``[b, T]`` of the response tokens (temperature-scaled), and optionally entropy.
+
+        ``rows`` holds ``prompt_ids``/``prompt_mask`` ``[b, P]`` (left-padded) and
+        ``response_ids``/``response_mask`` ``[b, T]`` (right-padded).
+        """
+        input_ids = torch.cat([rows["prompt_ids"], rows["response_ids"]], 1)
+        attention_mask = torch.cat([rows["prompt_mask"], rows["response_mask"]], 1)
+        T = rows["response_ids"].shape[1]
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask), logits_to_keep=T + 1,
+        ).logits[:, :-1].float()
+        logits = logits / max(self.config.temperature, 1e-6)
+        logprobs = torch.log_softmax(logits, -1).gather(-1, rows["response_ids"].unsqueeze(-1)).squeeze(-1)
+        entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+        return logprobs, entropy
+
+    def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        """Called after each update with the step's metrics (already logged)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called when the loop has consumed ``len(train_examples)`` prompts since the last call."""
+
+    # ------------------------------------------------------------------------------- the loop
+
+    def sample_examples(self, step: int, round_: int = 0) -> list[Example]:
+        """``prompts_per_step`` distinct examples, a pure function of ``(seed, step, round)``."""
+        rng = random.Random(f"rl-{self.config.seed}-{step}-{round_}")
+        k = min(self.config.prompts_per_step, len(self.train_examples))
+        return [self.train_examples[i] for i in rng.sample(range(len(self.train_examples)), k)]
+
+    def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> RolloutBatch:
+        cfg = self.config
+        prompts, prefixes = self.build_prompts(examples)
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed * 1_000_003 + step * 101 + round_)
+        sampling = SamplingConfig(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+            batch_size=cfg.rollout_batch_size,
+        )
+        return generate(self.model, self.tokenizer, prompts, cfg.samples_per_prompt, sampling, prefixes, generator)
+
+    def _score(self, rollout: RolloutBatch, examples: Sequence[Example]) -> StepBatch:
+        answers = [examples[int(g)].answer for g in rollout.group_ids]
+        correct = torch.tensor([grade(t, a) for t, a in zip(rollout.texts, answers)])
+        rewards, info = self.compute_rewards(rollout, examples, correct)
+        info["format_ok"] = sum(format_ok(t) for t in rollout.texts) / max(1, len(rollout.texts))
+        return StepBatch(rollout, list(examples), correct, rewards.float(), info=info)
+
+    def collect(self, step: int) -> StepBatch:
+        """Roll out and score; with dynamic sampling keep only groups whose rewards differ,
+        resampling new prompts (up to ``max_resample_rounds``) until ``prompts_per_step``
+        groups are kept (DAPO)."""
+        examples = self.sample_examples(step)
+        batch = self._score(self.rollout(examples, step), examples)
+        if not self.config.dynamic_sampling:
+            return batch
+        kept: list[StepBatch] = []
+        n_groups = 0
+        for round_ in range(self.config.max_resample_rounds + 1):
+            if round_ > 0:
+                examples = self.sample_examples(step, round_)
+                batch = self._score(self.rollout(examples, step, round_), examples)
+            gids = batch.rollout.group_ids
+            spread = group_max(batch.rewards, gids) - group_min(batch.rewards, gids)
+            informative = list(dict.fromkeys(gids[spread > 0].tolist()))[: self.config.prompts_per_step - n_groups]
+            rows = torch.nonzero(torch.isin(gids, torch.tensor(informative, dtype=gids.dtype))).squeeze(1)
+            kept.append(StepBatch(_select_rows(batch.rollout, rows), batch.examples, batch.correct[rows], batch.rewards[rows], info=batch.info))
+            n_groups += len(informative)
+            if n_groups >= self.config.prompts_per_step:
+                break
+        merged = StepBatch(
+            concat_rollouts([k.rollout for k in kept], [len(k.examples) for k in kept]),
+            [e for k in kept for e in k.examples],
+            torch.cat([k.correct for k in kept]),
+            torch.cat([k.rewards for k in kept]),
+            info={**kept[0].info, "kept_groups": float(n_groups), "sampling_rounds": float(len(kept))},
+        )
+        return merged
+
+    def _rows(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Micro-batch tensors trimmed to the rows' real prompt/response widths, on device."""
+        r = batch.rollout
+        prompt_mask = r.prompt_mask[rows]
+        response_mask = r.response_mask[rows]
+        p_start = int((prompt_mask.sum(0) > 0).nonzero()[0]) if prompt_mask.any() else 0
+        t_end = max(1, int(response_mask.sum(1).max()))
+        out = {
+            "prompt_ids": r.prompt_ids[rows, p_start:], "prompt_mask": prompt_mask[:, p_start:],
+            "response_ids": r.response_ids[rows, :t_end], "response_mask": response_mask[:, :t_end],
+        }
+        for name in ("advantages", "old_logprobs", "ref_logprobs"):
+            value = getattr(batch, name)
+            if value is not None:
+                out[name] = value[rows, :t_end]
+        return {k: v.to(self.accelerator.device) for k, v in out.items()}
+
+    def _micro_batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        size = self.config.micro_batch_size
+        return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+    @torch.no_grad()
+    def _fill_logprobs(self, batch: StepBatch, model: torch.nn.Module, name: str) -> None:
+        r = batch.rollout
+        out = torch.zeros_like(r.logprobs)
+        was_training = model.training
+        model.eval()
+        for rows in self._micro_batches(torch.arange(len(r.lengths))):
+            micro = self._rows(batch, rows)
+            logprobs, _ = self.policy_logprobs(model, micro)
+            out[rows, : logprobs.shape[1]] = logprobs.cpu() * micro["response_mask"].cpu()
+        model.train(was_training)
+        setattr(batch, name, out)
+
+    def update(self, batch: StepBatch) -> dict[str, float]:
+        """``ppo_epochs`` x ``mini_batches`` optimizer steps over the rollout; returns metrics."""
+        cfg = self.config
+        B = len(batch.rollout.lengths)
+        generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.step_index)
+        totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+        n_updates = 0
+        self.model.train()
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(B, generator=generator) if cfg.mini_batches > 1 else torch.arange(B)
+            for mini in order.chunk(cfg.mini_batches):
+                mask = batch.rollout.response_mask[mini]
+                n_tokens, n_seqs = float(mask.sum()), float((mask.sum(1) > 0).sum())
+                for rows in self._micro_batches(mini):
+                    micro = self._rows(batch, rows)
+                    logprobs, entropy = self.policy_logprobs(self.model, micro, with_entropy=True)
+                    old = micro.get("old_logprobs", logprobs.detach())
+                    loss, metrics = policy_loss(
+                        logprobs, old, micro["advantages"], micro["response_mask"], cfg.clip_low, cfg.clip_high,
+                        cfg.dual_clip, cfg.loss_agg, max_len=cfg.max_new_tokens,
+                    )
+                    kl_value = torch.zeros(())
+                    if cfg.kl_coef > 0:
+                        kl = kl_penalty(logprobs, micro["ref_logprobs"], cfg.kl_kind)
+                        kl_value = aggregate_loss(kl, micro["response_mask"], cfg.loss_agg, cfg.max_new_tokens)
+                        loss = loss + cfg.kl_coef * kl_value
+                    # weight micro losses so the mini-batch loss equals the full-batch aggregate
+                    share = float(micro["response_mask"].sum()) / n_tokens if cfg.loss_agg == "token-mean" else len(rows) / n_seqs
+                    self.accelerator.backward(loss * share)
+                    totals["loss"] += float(loss.detach()) * share
+                    totals["clip_frac"] += float(metrics["clip_frac"]) * share
+                    totals["approx_kl"] += float(metrics["approx_kl"]) * share
+                    totals["kl"] += float(kl_value) * share
+                    totals["entropy"] += float((entropy * micro["response_mask"]).sum()) / n_tokens
+                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+                check_finite(self.step_index + 1, loss=totals["loss"], grad_norm=float(grad_norm))
+                totals["grad_norm"] += float(grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                n_updates += 1
+        self.scheduler.step()
+        return {k: v / n_updates for k, v in totals.items()}
+
+    def step(self) -> dict[str, float]:
+        """One rollout step + update; returns the logged metrics."""
+        cfg = self.config
+        t0 = time.time()
+        batch = self.collect(self.step_index)
+        t_rollout = time.time() - t0
+        r = batch.rollout
+        n_resp_tokens = int(r.lengths.sum())
+        metrics: dict[str, float] = {
+            "step": self.step_index + 1,
+            "reward": float(batch.rewards.mean()) if len(batch.rewards) else float("nan"),
+            "accuracy": float(batch.correct.float().mean()) if len(batch.correct) else float("nan"),
+            "length_mean": float(r.lengths.float().mean()) if len(r.lengths) else float("nan"),
+            "length_min": int(r.lengths.min()) if len(r.lengths) else 0,
+            "length_max": int(r.lengths.max()) if len(r.lengths) else 0,
+            "truncated": float((~r.finished).float().mean()) if len(r.finished) else 0.0,
+            **batch.info,
+        }
+        if len(r.lengths):
+            t1 = time.time()
+            if self.reference is not None:
+                self._fill_logprobs(batch, self.reference, "ref_logprobs")
+                if cfg.kl_in_reward > 0:
+                    k1 = kl_penalty(self.model_logprobs(batch), batch.ref_logprobs, "k1")
+                    batch.rewards = batch.rewards - cfg.kl_in_reward * (k1 * r.response_mask).sum(1)
+            if cfg.ppo_epochs > 1 or cfg.mini_batches > 1:
+                self._fill_logprobs(batch, self.model, "old_logprobs")
+            batch.advantages = self.compute_advantages(batch)
+            metrics.update(self.update(batch))
+            metrics["update_time"] = time.time() - t1
+            metrics["train_tokens_per_s"] = (n_resp_tokens * cfg.ppo_epochs) / max(1e-9, metrics["update_time"])
+        metrics["rollout_time"] = t_rollout
+        metrics["rollout_tokens_per_s"] = n_resp_tokens / max(1e-9, t_rollout)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["step_time"] = time.time() - t0
+        self.step_index += 1
+        return metrics
+
+    def model_logprobs(self, batch: StepBatch) -> torch.Tensor:
+        """Current-policy log-probs of the whole rollout (no grad), for the in-reward KL."""
+        if batch.old_logprobs is None:
+            self._fill_logprobs(batch, self.model, "old_logprobs")
+        return batch.old_logprobs
+
+    def evaluate(self, n: int | None = None) -> dict[str, Any]:
+        examples = self.eval_examples[: n or self.config.eval_problems]
+        return evaluate(self.model, self.tokenizer, examples, EvalConfig(max_new_tokens=self.config.max_new_tokens, seed=self.config.seed))
+
+    def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+        """Run ``config.steps`` steps (from the latest checkpoint when ``resume``)."""
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        start = 0
+        if resume and (path := latest_checkpoint(self.run_dir)) is not None:
+            ckpt = load_checkpoint(path)
+            restore_training_state(ckpt, self.model, self.optimizer, self.scheduler)
+            start = ckpt.step
+        self.step_index = start
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        log = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=start if resume else None)
+        prompts_per_epoch = max(1, len(self.train_examples) // cfg.prompts_per_step)
+        with progress_bar(disable=not show_progress) as bar:
+            task = bar.add_task(cfg.method, total=cfg.steps, completed=start, info="")
+            while self.step_index < cfg.steps:
+                metrics = self.step()
+                done = self.step_index
+                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps) and self.eval_examples:
+                    summary = self.evaluate()
+                    metrics["eval_accuracy"] = summary["accuracy"]
+                    metrics["eval_length_mean"] = summary["mean_response_tokens"]
+                log.write(metrics)
+                self.on_step_end(done, metrics)
+                if done % prompts_per_epoch == 0:
+                    self.on_epoch_end(done // prompts_per_epoch)
+                if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+                    save_checkpoint(self.run_dir, done, self.accelerator.unwrap_model(self.model), self.tokenizer,
+                                    self.optimizer, self.scheduler, {"config": asdict(cfg)}, cfg.keep_last)
+                bar.update(task, advance=1, info=f"reward {metrics['reward']:.2f} acc {metrics['accuracy']:.2f} len {metrics['length_mean']:.0f}")
+        final = self.run_dir / "model"
+        save_pretrained(self.accelerator.unwrap_model(self.model), self.tokenizer, final)
+        return {"steps": self.step_index, "model": str(final)}
+
+
+def summarize_run(metrics: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """First/last-10-step means of reward, accuracy and length, for notes and tests."""
+    def mean(rows: Sequence[dict[str, Any]], key: str) -> float:
+        values = [r[key] for r in rows if key in r and not math.isnan(r[key])]
+        return sum(values) / len(values) if values else float("nan")
+
+    head, tail = metrics[:10], metrics[-10:]
+    return {f"{k}_{w}": mean(rows, k) for k in ("reward", "accuracy", "length_mean") for w, rows in (("first", head), ("last", tail))}
