@@ -136,7 +136,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from thinklean.demo import run_demo
 
-    run_demo(output=args.output, quick=args.quick, rebuild=args.rebuild, seed=args.seed, n_eval=args.n)
+    from thinklean.demo import DEFAULT_METHODS, DEMO_METHODS
+
+    methods = tuple(DEMO_METHODS) if args.methods == "all" else tuple(m for m in args.methods.split(",") if m)
+    unknown = [m for m in methods if m not in DEMO_METHODS]
+    if unknown:
+        raise UsageError(f"--methods: unknown {', '.join(unknown)} (available: {', '.join(DEMO_METHODS)}, all)")
+    run_demo(output=args.output, quick=args.quick, rebuild=args.rebuild, seed=args.seed, n_eval=args.n,
+             methods=methods or DEFAULT_METHODS)
 
 
 # ----------------------------------------------------------------------------------- parser
@@ -149,11 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", formatter_class=DEFAULTS, help="evaluate the shipped base model (and methods) end to end",
-                       description="Load the shipped base model, evaluate it on held-out problems and print a table.")
-    p.add_argument("--quick", action="store_true", help="small smoke run (fewer problems)")
+    p = sub.add_parser("demo", formatter_class=DEFAULTS, help="base model -> RL methods -> held-out comparison",
+                       description="Train each method from the shipped base model with the same budget and seed, "
+                       "evaluate all on the same held-out problems, print the comparison and write OUTPUT/results.json. "
+                       "Finished methods are not re-run.")
+    p.add_argument("--methods", default="grpo,hmpo", help="comma-separated: grpo, hmpo, kimi, shorterbetter, or 'all'")
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
     p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model first (about 40 min on 2 cores)")
-    p.add_argument("--n", type=int, default=None, help="held-out problems to evaluate (default 500, --quick 60)")
+    p.add_argument("--n", type=int, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
     _add_common(p, "demo-out")
     p.set_defaults(func=cmd_demo)
 

@@ -31,10 +31,11 @@ class EvalConfig:
 
 
 def arith_examples(n: int = 500, split: str = "test", seed: int = 0) -> list[Example]:
-    """Held-out embedded-task problems (difficulties 1–6 in equal shares)."""
+    """Embedded-task problems (difficulties 1–6 in equal shares); test problems are distinct,
+    training problems may repeat (there are only about a thousand with one operation)."""
     return [
         Example(prompt=p.question, answer=str(p.answer), difficulty=p.difficulty)
-        for p in generate_problems(n, split, seed)
+        for p in generate_problems(n, split, seed, distinct=split == "test")
     ]
 
 

@@ -92,7 +92,10 @@ class _SegmentDetector:
         start = text.rfind(LATENT, 0, end)
         if start < 0:
             return None
-        digits = _DIGITS.search(text[start + len(LATENT): end])
+        between = text[start + len(LATENT): end]
+        if LATENT_END in between:  # that opening tag was already closed: this closing tag is a stray
+            return None
+        digits = _DIGITS.search(between)
         steps = int(digits.group()) if digits else 1
         return max(1, min(steps, self.max_steps))
 
@@ -250,7 +253,8 @@ def _decode_latent_chunk(model, tokenizer, projector, detector, prompts, prefixe
     last_positions = positions[:, -1]
     live = lengths < max_len
     if not bool(live.all()):
-        rows, logits, last_positions, attention_mask = rows[live], logits[live], last_positions[live], attention_mask[live]
+        rows, logits, last_positions, attention_mask = (
+            rows[live], logits[live], last_positions[live], attention_mask[live])
         hidden = hidden[live] if hidden is not None else None
         cache.reorder_cache(live.nonzero().squeeze(-1))
 
@@ -354,7 +358,10 @@ def latent_forward(
     """
     if len(segments) != response_ids.shape[0]:
         raise ValueError(f"segments has {len(segments)} rows but response_ids has {response_ids.shape[0]}")
-    if model.training and getattr(model, "is_gradient_checkpointing", False):
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5 name
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if model.training and checkpointing:
         raise ValueError("latent_forward joins its chunks through the KV cache, which gradient checkpointing "
                          "switches off; call model.gradient_checkpointing_disable() first")
     _check_projector(model, projector)

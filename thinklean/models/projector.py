@@ -1,0 +1,166 @@
+"""LiteReason's Reasoning Projector: the LM's last hidden state -> the next input embedding.
+
+``K`` gated-MLP blocks shaped like the base model's MLP (``down(act(gate(x)) * up(x))``), applied
+one after the other with no residual and no norm between them (as in the LiteReason authors'
+code, arXiv 2512.02240). Every block starts as a copy of the last decoder layer's MLP.
+
+The projector is saved on its own (``projector.safetensors`` + ``projector.json``) so the LM
+directory stays a plain Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.activations import ACT2FN
+
+WEIGHTS_NAME = "projector.safetensors"
+CONFIG_NAME = "projector.json"
+
+
+class GatedMLP(nn.Module):
+    """``down_proj(act(gate_proj(x)) * up_proj(x))``: the Llama/Qwen MLP. ``[.., d] -> [.., d]``."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act_fn = ACT2FN[hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ReasoningProjector(nn.Module):
+    """``num_blocks`` gated MLPs in sequence: post-final-norm hidden ``[.., d]`` -> embedding ``[.., d]``.
+
+    ``max_steps`` is the largest number of latent steps one ``<implicit_thought>N</implicit_thought>``
+    segment may ask for (larger N is clamped); it travels with the projector's config.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu",
+                 num_blocks: int = 3, max_steps: int = 5, bias: bool = False):
+        super().__init__()
+        if num_blocks < 1:
+            raise ValueError(f"ReasoningProjector: num_blocks must be >= 1, got {num_blocks}")
+        if max_steps < 1:
+            raise ValueError(f"ReasoningProjector: max_steps must be >= 1, got {max_steps}")
+        if hidden_act not in ACT2FN:
+            raise ValueError(
+                f"ReasoningProjector: unknown hidden_act {hidden_act!r}; accepted: {', '.join(sorted(ACT2FN))}"
+            )
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.num_blocks = num_blocks
+        self.max_steps = max_steps
+        self.bias = bias
+        self.blocks = nn.ModuleList(
+            GatedMLP(hidden_size, intermediate_size, hidden_act, bias) for _ in range(num_blocks)
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        # No residual, no norm between blocks: the authors' default.
+        out = hidden
+        for block in self.blocks:
+            out = block(out)
+        return out
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.blocks[0].down_proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.blocks[0].down_proj.weight.device
+
+    @classmethod
+    def from_model(cls, model: nn.Module, num_blocks: int = 3, max_steps: int = 5) -> "ReasoningProjector":
+        """A projector whose every block is a copy of ``model``'s last decoder-layer MLP.
+
+        Same dtype and device as that MLP; the weights are copies (training the projector leaves
+        the model untouched).
+        """
+        mlp = _last_mlp(model)
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        hidden_act = getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None)
+        if hidden_act is None:
+            raise ValueError(f"{type(model).__name__}.config names no hidden_act; cannot build a matching projector")
+        projector = cls(
+            hidden_size=mlp.gate_proj.in_features,
+            intermediate_size=mlp.gate_proj.out_features,
+            hidden_act=hidden_act,
+            num_blocks=num_blocks,
+            max_steps=max_steps,
+            bias=mlp.gate_proj.bias is not None,
+        ).to(device=mlp.gate_proj.weight.device, dtype=mlp.gate_proj.weight.dtype)
+        source = {k: v.detach() for k, v in mlp.state_dict().items()}
+        for block in projector.blocks:
+            block.load_state_dict(source)  # copies into the block's own parameters
+        return projector
+
+    def config_dict(self) -> dict:
+        return {
+            "num_blocks": self.num_blocks,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": self.hidden_act,
+            "max_steps": self.max_steps,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "bias": self.bias,
+        }
+
+    def save(self, path_dir: str | Path) -> Path:
+        """Write ``projector.safetensors`` and ``projector.json`` into ``path_dir`` (created if needed)."""
+        path = Path(path_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        (path / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path_dir: str | Path, device: str | torch.device = "cpu") -> "ReasoningProjector":
+        """The projector saved by :meth:`save`, in its saved dtype, bit-identical."""
+        path = Path(path_dir)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path}: no {name} (expected a directory written by ReasoningProjector.save)")
+        config = json.loads((path / CONFIG_NAME).read_text())
+        missing = [k for k in ("num_blocks", "hidden_size", "intermediate_size", "hidden_act", "max_steps", "dtype")
+                   if k not in config]
+        if missing:
+            raise ValueError(f"{path / CONFIG_NAME}: missing keys {missing}")
+        dtype = getattr(torch, config["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"{path / CONFIG_NAME}: unknown dtype {config['dtype']!r} (e.g. 'float32', 'bfloat16')")
+        projector = cls(
+            hidden_size=config["hidden_size"],
+            intermediate_size=config["intermediate_size"],
+            hidden_act=config["hidden_act"],
+            num_blocks=config["num_blocks"],
+            max_steps=config["max_steps"],
+            bias=config.get("bias", False),
+        ).to(dtype=dtype)
+        projector.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=True)
+        return projector.to(device)
+
+
+def _last_mlp(model: nn.Module) -> nn.Module:
+    """The MLP of ``model``'s last decoder layer, which must have gate/up/down projections."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    layers = getattr(decoder, "layers", None)
+    mlp = getattr(layers[-1], "mlp", None) if isinstance(layers, nn.ModuleList) and len(layers) else None
+    projections = ("gate_proj", "up_proj", "down_proj")
+    if mlp is None or not all(isinstance(getattr(mlp, n, None), nn.Linear) for n in projections):
+        raise ValueError(
+            f"{type(model).__name__}: the Reasoning Projector copies the last decoder layer's gated MLP; "
+            "expected model.get_decoder().layers[-1].mlp with gate_proj/up_proj/down_proj Linear layers "
+            "(Llama/Qwen/Mistral style)"
+        )
+    return mlp
