@@ -4,6 +4,7 @@ subclass overriding its hooks) plus a default config in ``thinklean/configs/NAME
 from __future__ import annotations
 
 from thinklean.methods.hmpo import HMPOTrainer
+from thinklean.methods.length_baselines import L1Trainer, ThinkPruneTrainer
 from thinklean.train.rl import RLTrainer
 
 METHODS: dict[str, type[RLTrainer]] = {
@@ -12,6 +13,8 @@ METHODS: dict[str, type[RLTrainer]] = {
     "dapo": RLTrainer,
     "rloo": RLTrainer,
     "hmpo": HMPOTrainer,
+    "l1": L1Trainer,
+    "thinkprune": ThinkPruneTrainer,
 }
 
 
