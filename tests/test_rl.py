@@ -128,7 +128,8 @@ def test_config_layers_method_file_and_overrides(tmp_path):
     config = load_config("hmpo", cfg, parse_overrides(["lr=3e-4", "reward_kwargs={lam: 0.5}"]))
     assert config.reward == "hmpo" and config.clip_high == 0.28 and config.dual_clip == 10.0  # method file
     assert config.steps == 7  # user file
-    assert config.lr == 3e-4 and config.reward_kwargs == {"lam": 0.5}  # overrides win
+    assert config.lr == 3e-4  # overrides win
+    assert config.reward_kwargs == {"beta": 1.0, "lam": 0.5, "combine": "multiply"}  # dicts merge key by key
 
 
 def test_cli_train_rejects_unknown_reward(tmp_path, tiny_model_dir, capsys):
@@ -149,3 +150,27 @@ def test_hmpo_budget_stats_by_hand():
     assert stats["budget_mean"] == pytest.approx((25 + 15) / 2)
     assert stats["above_budget"] == pytest.approx(3 / 6)
     assert stats["groups_with_budget"] == 2
+
+
+def test_bupo_ipa_phase_trains_only_lower_layers_then_full_model(tmp_path, tiny_tokenizer):
+    from thinklean.methods.bupo import BuPOTrainer
+    from thinklean.models.tiny import build_model
+
+    model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                        num_key_value_heads=4, intermediate_size=128)
+    config = _config(steps=2, method="bupo", method_kwargs={"layer": 1, "s_inter": 1})
+    with pytest.warns(UserWarning, match="s_inter"):
+        trainer = BuPOTrainer(model, tiny_tokenizer, config, PROMPTS, tmp_path)
+    seen = []
+    step = trainer.optimizer.step
+    layers = model.model.layers
+
+    def record(*a):
+        seen.append([all(p.grad is None for p in layer.parameters()) for layer in layers])
+        return step(*a)
+
+    trainer.optimizer.step = record
+    trainer.train(show_progress=False)
+    # step 1 (IPA on layer 1): layers 2 and 3 untouched by the loss; step 2 (GRPO): all layers get grads
+    assert seen == [[False, True, True], [False, False, False]]
+    assert [m["ipa_phase"] for m in read_metrics(tmp_path / "metrics.jsonl")] == [1.0, 0.0]

@@ -98,6 +98,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         if value is not None:
             overrides[key] = (value, 0)
     overrides["seed"] = (args.seed, 0)
+    bupo = {k: v for k, v in (("layer", args.layer), ("s_inter", args.s_inter)) if v is not None}
+    if bupo:
+        overrides["method_kwargs"] = (bupo, 0)
     try:
         trainer_class = get_trainer_class(args.method)
         config = load_config(args.method, args.config, overrides)
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", formatter_class=DEFAULTS, help="RL training (GRPO, Dr.GRPO, DAPO, RLOO, HMPO, ...)",
                        description="Policy-gradient training from a base model. Settings come from "
                        "thinklean/configs/METHOD.yaml, then --config, then flags and --set KEY=VALUE.")
-    p.add_argument("--method", default="grpo", help="grpo | drgrpo | dapo | rloo | hmpo | l1 | thinkprune")
+    p.add_argument("--method", default="grpo", help="grpo | drgrpo | dapo | rloo | hmpo | l1 | thinkprune | bupo")
     p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
     p.add_argument("--data", default="arith", help="'arith' or a JSONL file with prompt, answer")
     p.add_argument("--config", type=Path, default=None, help="YAML file overriding the method's defaults")
@@ -207,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=int, default=None, help="G, samples per prompt")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None, help="response cap")
     p.add_argument("--eval-every", dest="eval_every", type=int, default=None, help="evaluate on held-out problems every N steps")
+    p.add_argument("--layer", type=int, default=None, help="BuPO: internal layer optimised during IPA (1-based)")
+    p.add_argument("--s-inter", dest="s_inter", type=int, default=None, help="BuPO: IPA rollout steps before full GRPO")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     _add_common(p, "runs/train")

@@ -3,6 +3,7 @@ subclass overriding its hooks) plus a default config in ``thinklean/configs/NAME
 
 from __future__ import annotations
 
+from thinklean.methods.bupo import BuPOTrainer
 from thinklean.methods.hmpo import HMPOTrainer
 from thinklean.methods.length_baselines import L1Trainer, ThinkPruneTrainer
 from thinklean.train.rl import RLTrainer
@@ -15,6 +16,7 @@ METHODS: dict[str, type[RLTrainer]] = {
     "hmpo": HMPOTrainer,
     "l1": L1Trainer,
     "thinkprune": ThinkPruneTrainer,
+    "bupo": BuPOTrainer,
 }
 
 

@@ -71,7 +71,8 @@ def answer_entropies(
         next token after ``prompt_b, response_b[:t], exit_ids``; 0 where ``response_mask`` is 0.
 
     Runs under ``torch.no_grad()`` in eval mode; the training flag is restored. The KV cache of
-    ``prompt + response`` is computed once per sub-batch and cropped back after every chunk.
+    ``prompt + response`` is computed once per sub-batch; chunks run last-first, each on the
+    cache cropped to the prefix it may see, so no chunk sees another chunk's exit tokens.
     """
     _check_inputs(prompt_ids, prompt_mask, response_ids, response_mask, exit_ids, temperature)
     if chunk_size < 1:
@@ -134,9 +135,11 @@ def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exi
         use_cache=True,
         **({keep: 1} if keep else {}),
     ).past_key_values
-    cache_length = prompt_width + num_positions
 
     # 2) Chunks of C positions: C copies of the exit string as new queries over that cache.
+    # Last chunk first: a chunk needs only the keys before its largest t, so the cache is cropped
+    # to that prefix (which also drops the previous chunk's exit tokens) — about half the
+    # attention work of always attending over the whole response.
     exit_tensor = torch.tensor(exit_ids, dtype=torch.long, device=device)
     num_exit = exit_tensor.numel()
     dtype = model.get_input_embeddings().weight.dtype
@@ -144,19 +147,22 @@ def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exi
     response_before = response_mask.long().cumsum(1) - response_mask.long()  # real o_u with u < t
     tokens_before = prompt_mask.long().sum(1, keepdim=True) + response_before  # [b, T'] position of exit[0]
     response_index = torch.arange(num_positions, device=device)
+    offset = torch.arange(num_exit, device=device)
     pieces = []
-    for chunk_start in range(0, num_positions, chunk_size):
+    for chunk_start in reversed(range(0, num_positions, chunk_size)):
         t = response_index[chunk_start: chunk_start + chunk_size]  # [C]
         copies = t.numel()
-        offset = torch.arange(num_exit, device=device)
-        copy_of_query = torch.arange(copies, device=device).repeat_interleave(num_exit)  # [C*E]
-        offset_of_query = offset.repeat(copies)  # [C*E]
+        seen_response = int(t[-1])  # response keys any copy of this chunk may see
+        _crop(cache, prompt_width + seen_response)
 
         # Keys of the cache: the real prompt, and real response tokens before the copy's t.
-        sees_response = (response_index[None, None, :] < t[None, :, None]) & response_mask[:, None, :]
+        sees_response = (response_index[None, None, :seen_response] < t[None, :, None]) & (
+            response_mask[:, None, :seen_response])
         sees_prompt = prompt_mask[:, None, :].expand(rows, copies, prompt_width)
         sees_cache = torch.cat([sees_prompt, sees_response], 2).repeat_interleave(num_exit, dim=1)
         # New keys: causal within the copy's own exit string.
+        copy_of_query = torch.arange(copies, device=device).repeat_interleave(num_exit)  # [C*E]
+        offset_of_query = offset.repeat(copies)  # [C*E]
         sees_exit = (copy_of_query[:, None] == copy_of_query[None, :]) & (
             offset_of_query[None, :] <= offset_of_query[:, None])
         allowed = torch.cat([sees_cache, sees_exit.expand(rows, -1, -1)], 2)
@@ -176,13 +182,19 @@ def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exi
         if not kwargs:
             logits = logits[:, last_exit_token]
         pieces.append(entropy_from_logits(logits, temperature=temperature))
-        cache.crop(-copies * num_exit)  # negative = tokens to remove, on old and new transformers
-        if cache.get_seq_length() != cache_length:
-            raise RuntimeError(
-                f"{type(cache).__name__} did not crop back to {cache_length} tokens "
-                f"(has {cache.get_seq_length()}); answer_entropies needs a croppable (dynamic) cache"
-            )
-    return torch.cat(pieces, 1)
+    return torch.cat(pieces[::-1], 1)
+
+
+def _crop(cache, length: int) -> None:
+    """Cut ``cache`` back to its first ``length`` positions (in place)."""
+    excess = cache.get_seq_length() - length
+    if excess > 0:  # crop(0) would empty the cache on older transformers
+        cache.crop(-excess)  # negative = tokens to remove, on old and new transformers
+    if cache.get_seq_length() != length:
+        raise RuntimeError(
+            f"{type(cache).__name__} holds {cache.get_seq_length()} positions after cropping to {length}; "
+            f"answer_entropies needs a croppable (dynamic) KV cache"
+        )
 
 
 def naive_answer_entropies(

@@ -20,7 +20,7 @@ from thinklean.data.arith import BASE_STYLE_WEIGHTS, sft_records
 from thinklean.models.tiny import build_model, build_tokenizer, load_model, save_pretrained
 from thinklean.train.sft import SFTConfig, train_sft
 
-BASE_SFT = SFTConfig(steps=800, batch_size=32, lr=1.5e-3, warmup_ratio=0.03, save_every=100, log_every=10)
+BASE_SFT = SFTConfig(steps=500, batch_size=32, lr=2e-3, warmup_ratio=0.03, save_every=100, log_every=10)
 BASE_ROWS = 30_000
 
 

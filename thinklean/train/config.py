@@ -82,7 +82,11 @@ def read_yaml_config(path: str | Path) -> dict[str, tuple[Any, int]]:
 
 
 def apply_values(config: RLConfig, values: dict[str, tuple[Any, int]], source: str) -> RLConfig:
-    """Return ``config`` with ``values`` applied; ``source`` names the file (or ``--set``)."""
+    """Return ``config`` with ``values`` applied; ``source`` names the file (or ``--set``).
+
+    Dict-valued settings (``reward_kwargs``, ``advantage_kwargs``, ``method_kwargs``) are
+    merged key by key, so overriding one keyword keeps the method's other defaults.
+    """
     types_ = _field_types()
     changes = {}
     for key, (value, line) in values.items():
@@ -90,6 +94,8 @@ def apply_values(config: RLConfig, values: dict[str, tuple[Any, int]], source: s
             raise ConfigError(f"{source}:{line}: unknown key {key!r} (valid keys: {', '.join(sorted(types_))})")
         try:
             changes[key] = _accepts(types_[key], value)
+            if isinstance(changes[key], dict):  # dict settings (reward_kwargs, ...) merge key by key
+                changes[key] = {**getattr(config, key), **changes[key]}
         except TypeError:
             raise ConfigError(
                 f"{source}:{line}: key {key!r} must be {_type_name(types_[key])}, got {type(value).__name__} {value!r}"

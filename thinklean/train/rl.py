@@ -68,6 +68,7 @@ class RLConfig:
     kl_coef: float = 0.0
     kl_kind: str = "k3"
     kl_in_reward: float = 0.0  # k1 per token x coef, summed and subtracted from the reward
+    method_kwargs: dict[str, Any] = field(default_factory=dict)  # method-specific (e.g. BuPO layer, s_inter)
     # optimisation
     lr: float = 5e-5
     weight_decay: float = 0.0
@@ -200,14 +201,17 @@ class RLTrainer:
         input_ids = torch.cat([rows["prompt_ids"], rows["response_ids"]], 1)
         attention_mask = torch.cat([rows["prompt_mask"], rows["response_mask"]], 1)
         T = rows["response_ids"].shape[1]
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask), logits_to_keep=T + 1,
-        ).logits[:, :-1].float()
-        logits = logits / max(self.config.temperature, 1e-6)
+        logits = self.response_logits(model, input_ids, attention_mask, position_ids_from_mask(attention_mask), T)
+        logits = logits.float() / max(self.config.temperature, 1e-6)
         logprobs = torch.log_softmax(logits, -1).gather(-1, rows["response_ids"].unsqueeze(-1)).squeeze(-1)
         entropy = entropy_from_logits(logits.detach()) if with_entropy else None
         return logprobs, entropy
+
+    def response_logits(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        position_ids: torch.Tensor, T: int) -> torch.Tensor:
+        """Logits ``[b, T, V]`` scoring the last ``T`` tokens of ``input_ids`` (the response)."""
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     logits_to_keep=T + 1).logits[:, :-1]
 
     def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
         """Called after each update with the step's metrics (already logged)."""
