@@ -5,7 +5,7 @@ import pytest
 from thinklean.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["demo", "data", "sft", "eval"])
+@pytest.mark.parametrize("command", ["demo", "data", "sft", "train", "eval", "analyze"])
 def test_every_command_has_help_with_defaults(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -46,3 +46,11 @@ def test_eval_on_a_jsonl_file_writes_metrics(tmp_path, tiny_model_dir):
     summary = json.loads((out / "eval.json").read_text())["summary"]
     assert summary["n"] == 1 and 0.0 <= summary["accuracy"] <= 1.0
     assert summary["per_difficulty"]["1"]["n"] == 1
+
+
+def test_analyze_writes_plots_and_json(tmp_path, tiny_model_dir):
+    out = tmp_path / "an"
+    assert main(["analyze", "--model", str(tiny_model_dir), "--n", "2", "--max-new-tokens", "4", "--output", str(out)]) == 0
+    result = json.loads((out / "analysis.json").read_text())
+    assert len(result["H"]) == 3  # embeddings + 2 layers
+    assert (out / "entropy.png").stat().st_size > 1000

@@ -1,4 +1,4 @@
-"""``thinklean`` command line: demo | data | sft | train | eval.
+"""``thinklean`` command line: demo | data | sft | train | eval | analyze.
 
 Every command accepts ``--seed`` and writes into ``--output``. Bad input (data file, model
 directory, config) ends with one ``error: ...`` line naming the file and exit code 2.
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from thinklean.data.formats import format_prompt
 from thinklean.data.jsonl import DataError
 
 DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
@@ -136,6 +137,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {args.output / 'eval.json'}")
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from thinklean.analysis.entropy import analyze_model, print_analysis, write_analysis
+
+    examples = _load_examples(args.data, args.n, "test", args.seed)
+
+    def run(model_path: str) -> dict[str, Any]:
+        model, tokenizer = _load(model_path, args.trust_remote_code)
+        prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
+        try:
+            return analyze_model(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                 variant=args.variant, name=model_path)
+        except ValueError as e:  # unsupported architecture
+            raise UsageError(f"--model {model_path}: {e}") from e
+
+    if args.compare:
+        before, after = (run(m) for m in args.compare)
+        print_analysis(before)
+        print_analysis(after)
+        paths = write_analysis(after, args.output, compare=before)
+    else:
+        result = run(args.model)
+        print_analysis(result)
+        paths = write_analysis(result, args.output)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from thinklean.demo import run_demo
 
@@ -216,6 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     _add_common(p, "runs/train")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("analyze", formatter_class=DEFAULTS, help="BuPO per-layer entropy diagnostics of a model",
+                       description="Sample responses and measure, per layer, the entropy of the internal layer policy "
+                       "softmax(h^l E_u^T) and the entropy change of attention and FFN modules; table, JSON/CSV and PNGs.")
+    p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="overlay two models (e.g. before/after training)")
+    p.add_argument("--data", default="arith", help="'arith' or a JSONL file with prompt, answer")
+    p.add_argument("--n", type=int, default=64, help="prompts to sample")
+    p.add_argument("--max-new-tokens", type=int, default=160, help="response cap")
+    p.add_argument("--variant", choices=["module", "residual"], default="module",
+                   help="module entropy change against the normed input (authors) or along the residual stream")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
+    _add_common(p, "runs/analyze")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("eval", formatter_class=DEFAULTS, help="accuracy and token statistics of a model",
                        description="Generate on held-out problems, grade the last \\boxed{} answer, report accuracy and tokens.")

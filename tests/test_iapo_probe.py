@@ -1,0 +1,141 @@
+"""IAPO early-exit probe: the chunked KV-cache probe equals one forward per prefix; information gain."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thinklean.methods.iapo_probe import answer_entropies, information_gain, naive_answer_entropies
+from thinklean.rollout.engine import SamplingConfig, generate
+
+EXIT_STRING = "</think> \\boxed{"  # four tokens with the embedded tokenizer
+PROMPT_LENGTHS = [6, 3, 1, 4]
+RESPONSE_LENGTHS = [9, 5, 1, 7]
+
+
+def _sharpen(model, seed: int):
+    """Re-draw the weights larger than the default init so entropies differ clearly between
+    prefixes (a freshly initialised model is near-uniform and would hide position/mask bugs)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15)
+    return model
+
+
+def _padded_batch(seed: int = 0):
+    """Left-padded prompts and right-padded responses of different lengths, RolloutBatch layout.
+
+    Padding slots hold random token ids, not the pad id: attending to a pad key would change the
+    result.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rows, prompt_width, response_width = len(PROMPT_LENGTHS), max(PROMPT_LENGTHS), max(RESPONSE_LENGTHS)
+    prompt_ids = torch.randint(10, 390, (rows, prompt_width), generator=generator)
+    response_ids = torch.randint(10, 390, (rows, response_width), generator=generator)
+    prompt_mask = torch.zeros(rows, prompt_width, dtype=torch.long)
+    response_mask = torch.zeros(rows, response_width, dtype=torch.long)
+    for row, (p, r) in enumerate(zip(PROMPT_LENGTHS, RESPONSE_LENGTHS)):
+        prompt_mask[row, prompt_width - p:] = 1
+        response_mask[row, :r] = 1
+    return prompt_ids, prompt_mask, response_ids, response_mask
+
+
+@pytest.fixture()
+def exit_ids(tiny_tokenizer):
+    ids = tiny_tokenizer(EXIT_STRING, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1  # the multi-token case is the one the block mask must get right
+    return ids
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_chunked_probe_equals_one_forward_per_prefix(tiny_model, exit_ids, attention, seed):
+    model = _sharpen(tiny_model, seed)
+    model.set_attn_implementation(attention)
+    batch = _padded_batch(seed)
+    expected = naive_answer_entropies(model, *batch, exit_ids)
+    valid = batch[3].bool()
+    assert expected[valid].std() > 0.02  # the model is not uniform: a wrong prefix would show
+    for chunk_size in (1, 3, 7, 50):  # 50 > T: the whole response in one chunk
+        got = answer_entropies(model, *batch, exit_ids, chunk_size=chunk_size)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_temperature_scales_the_probed_distribution(tiny_model, exit_ids):
+    model = _sharpen(tiny_model, 3)
+    batch = _padded_batch(3)
+    expected = naive_answer_entropies(model, *batch, exit_ids, temperature=0.7)
+    got = answer_entropies(model, *batch, exit_ids, chunk_size=4, temperature=0.7)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert not torch.allclose(got, answer_entropies(model, *batch, exit_ids, chunk_size=4), atol=1e-3)
+
+
+@pytest.mark.parametrize("max_batch_tokens", [1, 60])  # one row, then 60 // (6 + 9 + 3 * 4) = 2 rows
+def test_max_batch_tokens_splits_rows_without_changing_result(tiny_model, exit_ids, max_batch_tokens):
+    model = _sharpen(tiny_model, 4)
+    batch = _padded_batch(4)
+    whole = answer_entropies(model, *batch, exit_ids, chunk_size=3)
+    split = answer_entropies(model, *batch, exit_ids, chunk_size=3, max_batch_tokens=max_batch_tokens)
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
+
+
+def test_probe_on_sampled_rollout_matches_naive(tiny_model, tiny_tokenizer, exit_ids):
+    model = _sharpen(tiny_model, 5)
+    prompts = ["3 + 4 =\n", "12 * 7 - 5 =\n", "9 =\n"]
+    batch = generate(model, tiny_tokenizer, prompts, num_samples=2, config=SamplingConfig(max_new_tokens=6),
+                     generator=torch.Generator().manual_seed(0))
+    tensors = (batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+    expected = naive_answer_entropies(model, *tensors, exit_ids)
+    torch.testing.assert_close(answer_entropies(model, *tensors, exit_ids, chunk_size=4), expected,
+                               atol=1e-4, rtol=0)
+
+
+def test_padding_positions_are_zero_and_training_flag_is_restored(tiny_model, exit_ids):
+    model = _sharpen(tiny_model, 6)
+    batch = _padded_batch(6)
+    model.train()
+    entropy = answer_entropies(model, *batch, exit_ids, chunk_size=2)
+    assert model.training
+    padding = ~batch[3].bool()
+    assert torch.equal(entropy[padding], torch.zeros(int(padding.sum())))
+    assert bool((entropy[~padding] > 0).all())
+    model.eval()
+    naive_answer_entropies(model, *batch, exit_ids)
+    answer_entropies(model, *batch, exit_ids)
+    assert not model.training
+
+
+def test_probe_rejects_bad_arguments(tiny_model, exit_ids):
+    batch = _padded_batch()
+    with pytest.raises(ValueError, match="exit_ids is empty"):
+        answer_entropies(tiny_model, *batch, [])
+    with pytest.raises(ValueError, match="chunk_size"):
+        answer_entropies(tiny_model, *batch, exit_ids, chunk_size=0)
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        answer_entropies(tiny_model, batch[0], batch[1], batch[2], batch[3][:, :-1], exit_ids)
+
+
+def test_information_gain_by_hand():
+    # Row 0: H = [3, 2, 2, 0.5], full length.
+    #   g = [3-2, 2-2, 2-0.5, 0.5-0.5]                       = [1, 0, 1.5, 0]
+    #   s = [(3+3)/2-2, (3+2)/2-2, (2+2)/2-0.5, (2+0.5)/2-0.5] = [1, 0.5, 1.5, 0.75]
+    # Row 1: length 2, H = [4, 1] (+ junk in the padding): g = [3, 0]; s = [(4+4)/2-1, (4+1)/2-1] = [3, 1.5]
+    # Row 2: length 1: no neighbour on either side, g = s = 0.
+    # Row 3: empty.
+    entropy = torch.tensor([[3.0, 2.0, 2.0, 0.5], [4.0, 1.0, 7.0, 9.0], [2.5, 8.0, 8.0, 8.0], [5.0, 5.0, 5.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    gain = information_gain(entropy, mask, smooth=False)
+    smoothed = information_gain(entropy, mask)
+    torch.testing.assert_close(gain, torch.tensor([[1.0, 0.0, 1.5, 0.0], [3.0, 0, 0, 0], [0.0, 0, 0, 0], [0.0, 0, 0, 0]]))
+    torch.testing.assert_close(
+        smoothed, torch.tensor([[1.0, 0.5, 1.5, 0.75], [3.0, 1.5, 0, 0], [0.0, 0, 0, 0], [0.0, 0, 0, 0]])
+    )
+
+
+def test_information_gain_rejects_left_padded_or_mismatched_masks():
+    with pytest.raises(ValueError, match="right-padded"):
+        information_gain(torch.ones(1, 3), torch.tensor([[0, 1, 1]]))
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        information_gain(torch.ones(2, 3), torch.ones(2, 4))
