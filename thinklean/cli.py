@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", formatter_class=DEFAULTS, help="RL training (GRPO, Dr.GRPO, DAPO, RLOO, HMPO, ...)",
                        description="Policy-gradient training from a base model. Settings come from "
                        "thinklean/configs/METHOD.yaml, then --config, then flags and --set KEY=VALUE.")
-    p.add_argument("--method", default="grpo", help="grpo | drgrpo | dapo | rloo | hmpo | l1 | thinkprune | bupo")
+    p.add_argument("--method", default="grpo", help="grpo | drgrpo | dapo | rloo | hmpo | l1 | thinkprune | bupo | iapo")
     p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
     p.add_argument("--data", default="arith", help="'arith' or a JSONL file with prompt, answer")
     p.add_argument("--config", type=Path, default=None, help="YAML file overriding the method's defaults")

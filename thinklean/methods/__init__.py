@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from thinklean.methods.bupo import BuPOTrainer
 from thinklean.methods.hmpo import HMPOTrainer
+from thinklean.methods.iapo import IAPOTrainer
 from thinklean.methods.length_baselines import L1Trainer, ThinkPruneTrainer
 from thinklean.train.rl import RLTrainer
 
@@ -17,6 +18,7 @@ METHODS: dict[str, type[RLTrainer]] = {
     "l1": L1Trainer,
     "thinkprune": ThinkPruneTrainer,
     "bupo": BuPOTrainer,
+    "iapo": IAPOTrainer,
 }
 
 

@@ -81,6 +81,7 @@ class RLConfig:
     micro_batch_size: int = 32  # sequences per forward/backward (gradient accumulation)
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, resample
     max_resample_rounds: int = 3
+    keep_shortest: int = 0  # GFPO-style: of each group's G samples, update on the k shortest (0 = all)
     # bookkeeping
     seed: int = 0
     train_problems: int = 20000
@@ -250,6 +251,8 @@ class RLTrainer:
         groups are kept (DAPO)."""
         examples = self.sample_examples(step)
         batch = self._score(self.rollout(examples, step), examples)
+        if self.config.keep_shortest:
+            batch = self.keep_shortest(batch, self.config.keep_shortest)
         if not self.config.dynamic_sampling:
             return batch
         kept: list[StepBatch] = []
@@ -274,6 +277,24 @@ class RLTrainer:
             info={**kept[0].info, "kept_groups": float(n_groups), "sampling_rounds": float(len(kept))},
         )
         return merged
+
+    @staticmethod
+    def keep_shortest(batch: StepBatch, k: int) -> StepBatch:
+        """GFPO-style filter: the ``k`` shortest responses of each group (ties: lower index).
+
+        Rewards were computed on whole groups; advantages are then computed on the kept rows.
+        """
+        gids, lengths = batch.rollout.group_ids, batch.rollout.lengths
+        order = sorted(range(len(gids)), key=lambda i: (int(gids[i]), int(lengths[i]), i))
+        kept, count = [], {}
+        for i in order:
+            g = int(gids[i])
+            if count.get(g, 0) < k:
+                kept.append(i)
+                count[g] = count.get(g, 0) + 1
+        rows = torch.tensor(sorted(kept), dtype=torch.long)
+        return StepBatch(_select_rows(batch.rollout, rows), batch.examples, batch.correct[rows], batch.rewards[rows],
+                         info={**batch.info, "kept_fraction": len(rows) / max(1, len(gids))})
 
     def _rows(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Micro-batch tensors trimmed to the rows' real prompt/response widths, on device."""
