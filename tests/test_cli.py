@@ -5,7 +5,7 @@ import pytest
 from thinklean.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["demo", "data", "sft", "train", "eval", "analyze"])
+@pytest.mark.parametrize("command", ["demo", "data", "sft", "train", "eval", "analyze", "explain-tokens"])
 def test_every_command_has_help_with_defaults(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -54,3 +54,11 @@ def test_analyze_writes_plots_and_json(tmp_path, tiny_model_dir):
     result = json.loads((out / "analysis.json").read_text())
     assert len(result["H"]) == 3  # embeddings + 2 layers
     assert (out / "entropy.png").stat().st_size > 1000
+
+
+def test_explain_tokens_writes_a_coloured_page(tmp_path, tiny_model_dir):
+    out = tmp_path / "ex"
+    assert main(["explain-tokens", "--model", str(tiny_model_dir), "--n", "2", "--max-new-tokens", "5",
+                 "--output", str(out)]) == 0
+    page = (out / "tokens.html").read_text()
+    assert page.count("<h3>") == 2 and page.count("title=\"s̃=") >= 2 and "rgba(" in page

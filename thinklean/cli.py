@@ -1,4 +1,4 @@
-"""``thinklean`` command line: demo | data | sft | train | eval | analyze.
+"""``thinklean`` command line: demo | data | sft | train | eval | analyze | explain-tokens.
 
 Every command accepts ``--seed`` and writes into ``--output``. Bad input (data file, model
 directory, config) ends with one ``error: ...`` line naming the file and exit code 2.
@@ -163,6 +163,15 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def cmd_explain_tokens(args: argparse.Namespace) -> None:
+    from thinklean.eval.explain import explain_tokens, write_explanation
+
+    model, tokenizer = _load(args.model, args.trust_remote_code)
+    examples = _load_examples(args.data, args.n, "test", args.seed)
+    items = explain_tokens(model, tokenizer, examples, args.max_new_tokens, args.temperature, args.seed)
+    print(f"wrote {write_explanation(items, args.output)}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from thinklean.demo import run_demo
 
@@ -257,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     _add_common(p, "runs/analyze")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("explain-tokens", formatter_class=DEFAULTS, help="HTML page colouring tokens by IAPO information gain",
+                       description="Sample responses and colour each token by its normalised information gain about "
+                       "the final answer (IAPO's early-exit probe); writes OUTPUT/tokens.html.")
+    p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
+    p.add_argument("--data", default="arith", help="'arith' or a JSONL file with prompt, answer")
+    p.add_argument("--n", type=int, default=5, help="responses to show")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="response cap")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
+    _add_common(p, "runs/explain")
+    p.set_defaults(func=cmd_explain_tokens)
 
     p = sub.add_parser("eval", formatter_class=DEFAULTS, help="accuracy and token statistics of a model",
                        description="Generate on held-out problems, grade the last \\boxed{} answer, report accuracy and tokens.")
