@@ -341,6 +341,8 @@ class RLTrainer:
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(B, generator=generator) if cfg.mini_batches > 1 else torch.arange(B)
             for mini in order.chunk(cfg.mini_batches):
+                # length-sorted micro-batches pad less; the aggregate loss does not depend on order
+                mini = mini[torch.argsort(batch.rollout.lengths[mini], stable=True)]
                 mask = batch.rollout.response_mask[mini]
                 n_tokens, n_seqs = float(mask.sum()), float((mask.sum(1) > 0).sum())
                 for rows in self._micro_batches(mini):

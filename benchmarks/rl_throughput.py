@@ -1,0 +1,325 @@
+"""RL step throughput: thinklean's ``RLTrainer`` against TRL's ``GRPOTrainer``, same GRPO setup.
+
+    python benchmarks/rl_throughput.py                       # shipped base model, 5 timed steps
+    python benchmarks/rl_throughput.py --model fresh --steps 2 --threads 1   # untrained tiny model
+
+Both trainers run in this one process on copies of the same weights: 8 prompts x 8 samples per
+step and one optimizer step over the 64 completions (micro-batches of 32), at most 160 new
+tokens, temperature 1, one PPO epoch (TRL ``num_iterations=1``), no KL (``beta=0``), the same lr,
+clip, Adam betas and grad clip, the correctness reward on the embedded arithmetic task, and
+the loss aggregation of ``--loss-agg`` mapped to TRL's ``loss_type``. TRL gets plain-text
+prompts formatted by ``format_prompt`` (no chat template), HF ``generate`` (no vLLM), no
+gradient checkpointing, no logging. Each trainer warms up for ``--warmup`` steps, then
+``--steps`` steps are timed wall-clock, step end to step end.
+
+Completion lengths are printed next to the times: a policy that writes longer takes longer,
+so compare completion tokens/s as well as seconds/step. Where the time goes: thinklean's own
+``rollout_time``/``update_time`` metrics; for TRL, timers around ``_generate`` (tokenize,
+``generate``, decode), ``_generate_and_score_completions`` (that plus rewards and advantages:
+the counterpart of thinklean's rollout) and the rest of the step (the update).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# TRL's loss aggregation for each of thinklean's (the ones both implement).
+LOSS_TYPES = {"token-mean": "dapo", "seq-mean-token-mean": "grpo", "seq-mean-token-sum-norm": "dr_grpo"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="base", help="HF model directory, 'base' (the shipped model) or 'fresh' (new untrained tiny model)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per trainer")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    p.add_argument("--samples", type=int, default=8, help="completions per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--micro-batch", type=int, default=32, help="sequences per forward/backward")
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--loss-agg", default="token-mean", choices=sorted(LOSS_TYPES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--only", choices=("both", "thinklean", "trl"), default="both")
+    p.add_argument("--out", default="benchmarks/results/rl_throughput.json")
+    args = p.parse_args(argv)
+    if (args.prompts * args.samples) % args.micro_batch:
+        p.error(f"--micro-batch {args.micro_batch} must divide prompts x samples = {args.prompts * args.samples}")
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    return args
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def resolve_model(name: str, workdir: Path) -> Path:
+    """A model directory; ``fresh`` builds and saves an untrained tiny model into ``workdir``."""
+    from thinklean.models.tiny import build_model, build_tokenizer, resolve_model_path, save_pretrained
+
+    if name == "fresh":
+        tokenizer = build_tokenizer()
+        path = workdir / "fresh-model"
+        save_pretrained(build_model(tokenizer, seed=0), tokenizer, path)
+        return path
+    path = resolve_model_path(name)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
+    return path
+
+
+def summarize(steps: list[dict[str, float]]) -> dict[str, float]:
+    """Means over the timed steps (and the std of the step time)."""
+    times = [s["step_time"] for s in steps]
+    completions = sum(s["completions"] for s in steps)
+    tokens = sum(s["completion_tokens"] for s in steps)
+    out = {
+        "seconds_per_step": statistics.mean(times),
+        "seconds_per_step_std": statistics.stdev(times) if len(times) > 1 else 0.0,
+        "steps_per_second": len(times) / sum(times),
+        "completions_per_second": completions / sum(times),
+        "completion_tokens_per_second": tokens / sum(times),
+        "mean_completion_length": tokens / completions,
+    }
+    for key in ("rollout_time", "generate_time", "update_time", "accuracy"):
+        values = [s[key] for s in steps if s.get(key) is not None]
+        if values:
+            out[key] = statistics.mean(values)
+    return out
+
+
+# ----------------------------------------------------------------------------------- thinklean
+
+
+def run_thinklean(args: argparse.Namespace, model_dir: Path, examples: list[Any], workdir: Path) -> list[dict[str, float]]:
+    from thinklean.models.tiny import load_pretrained
+    from thinklean.train.rl import RLConfig, RLTrainer
+
+    model, tokenizer = load_pretrained(model_dir)
+    config = RLConfig(
+        method="grpo", steps=args.warmup + args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples,
+        max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, reward="correctness", advantage="grpo",
+        loss_agg=args.loss_agg, clip_low=0.2, clip_high=0.2, kl_coef=0.0, lr=args.lr, adam_beta2=0.99, grad_clip=1.0,
+        ppo_epochs=1, mini_batches=1, micro_batch_size=args.micro_batch, rollout_batch_size=args.prompts * args.samples,
+        save_every=0, seed=args.seed,
+    )
+    trainer = RLTrainer(model, tokenizer, config, examples, workdir / "thinklean-run")
+    trainer.model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)  # as train() does
+    records = []
+    for i in range(config.steps):
+        _sync()
+        start = time.perf_counter()
+        metrics = trainer.step()
+        _sync()
+        elapsed = time.perf_counter() - start
+        n = args.prompts * args.samples
+        records.append({
+            "step_time": elapsed, "completions": n, "completion_tokens": metrics["length_mean"] * n,
+            "mean_completion_length": metrics["length_mean"], "accuracy": metrics["accuracy"],
+            "rollout_time": metrics["rollout_time"], "update_time": metrics.get("update_time", 0.0), "warmup": i < args.warmup,
+        })
+        print(f"  thinklean step {i + 1}/{config.steps}: {elapsed:.2f}s, mean length {metrics['length_mean']:.1f}", flush=True)
+    return records
+
+
+# ----------------------------------------------------------------------------------------- TRL
+
+
+def trl_config_kwargs(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
+    """GRPOConfig arguments matching thinklean's RLConfig in :func:`run_thinklean`."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    batch = args.prompts * args.samples
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir), max_steps=args.warmup + args.steps,
+        per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=batch // args.micro_batch,
+        num_generations=args.samples, max_completion_length=args.max_new_tokens,  # generation batch = one step's 64
+        temperature=1.0, top_p=1.0, top_k=0, num_iterations=1, beta=0.0, epsilon=0.2, epsilon_high=0.2,
+        loss_type=LOSS_TYPES[args.loss_agg], scale_rewards="group", mask_truncated_completions=False,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9,
+        adam_beta2=0.99, max_grad_norm=1.0, use_vllm=False, bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
+        logging_strategy="no", report_to="none", save_strategy="no", disable_tqdm=True, log_completions=False,
+        dataloader_num_workers=0, seed=args.seed,
+    )
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    # transformers 5 renamed gradient checkpointing; TRL's default for it is True
+    kwargs["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
+    return kwargs
+
+
+def run_trl(args: argparse.Namespace, model_dir: Path, examples: list[Any], workdir: Path) -> list[dict[str, float]]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from thinklean.data.formats import format_prompt
+    from thinklean.integrations.trl import reward_funcs
+    from thinklean.models.tiny import load_pretrained
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        """Accumulates seconds spent in generation and in generate-and-score, and completion lengths."""
+
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.timers = {"generate_time": 0.0, "rollout_time": 0.0}
+            self.completion_lengths: list[int] = []
+
+        def _generate(self, prompts):
+            _sync()
+            start = time.perf_counter()
+            out = super()._generate(prompts)
+            _sync()
+            self.timers["generate_time"] += time.perf_counter() - start
+            return out
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            self.completion_lengths.extend(len(ids) for ids in completion_ids_list)  # EOS included, as in thinklean
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+        def _generate_and_score_completions(self, inputs):
+            _sync()
+            start = time.perf_counter()
+            out = super()._generate_and_score_completions(inputs)
+            _sync()
+            self.timers["rollout_time"] += time.perf_counter() - start
+            return out
+
+    model, tokenizer = load_pretrained(model_dir)
+    dataset = Dataset.from_list([{"prompt": format_prompt(e.prompt, tokenizer), "answer": e.answer} for e in examples])
+    trainer = TimedGRPOTrainer(
+        model=model, reward_funcs=reward_funcs(["correctness"], tokenizer=tokenizer),
+        args=GRPOConfig(**trl_config_kwargs(args, workdir / "trl-run")), train_dataset=dataset, processing_class=tokenizer,
+    )
+    records: list[dict[str, float]] = []
+    total = args.warmup + args.steps
+
+    class StepTimer(TrainerCallback):
+        """Wall-clock between consecutive optimizer steps, split by the trainer's timers."""
+
+        def on_train_begin(self, *a: Any, **kw: Any) -> None:
+            _sync()
+            self.last = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **kw: Any) -> None:
+            _sync()
+            now = time.perf_counter()
+            elapsed, self.last = now - self.last, now
+            lengths = trainer.completion_lengths
+            accuracy = trainer._metrics["train"]["rewards/correctness/mean"]  # logging is off: never cleared
+            records.append({
+                "step_time": elapsed, "completions": len(lengths), "completion_tokens": float(sum(lengths)),
+                "mean_completion_length": sum(lengths) / max(1, len(lengths)), "accuracy": accuracy[-1] if accuracy else None,
+                "generate_time": trainer.timers["generate_time"], "rollout_time": trainer.timers["rollout_time"],
+                "update_time": elapsed - trainer.timers["rollout_time"], "warmup": len(records) < args.warmup,
+            })
+            print(f"  TRL step {len(records)}/{total}: {elapsed:.2f}s, mean length {records[-1]['mean_completion_length']:.1f}", flush=True)
+            trainer.timers = dict.fromkeys(trainer.timers, 0.0)
+            trainer.completion_lengths = []
+
+    trainer.add_callback(StepTimer())
+    trainer.train()
+    return records
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def print_table(results: dict[str, dict[str, float]], ratio: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="RL step throughput (timed steps only)")
+    # rollout = sampling + rewards + advantages; "generate" = TRL's share of it spent in _generate
+    for column in ("trainer", "s/step", "compl/s", "tokens/s", "mean len", "rollout s", "generate s", "update s"):
+        table.add_column(column, justify="left" if column == "trainer" else "right")
+    for name, s in results.items():
+        def cell(key: str, fmt: str = "{:.2f}") -> str:
+            return fmt.format(s[key]) if key in s else "-"
+
+        table.add_row(
+            name, f"{s['seconds_per_step']:.2f} ± {s['seconds_per_step_std']:.2f}", cell("completions_per_second", "{:.1f}"),
+            cell("completion_tokens_per_second", "{:.0f}"), cell("mean_completion_length", "{:.1f}"),
+            cell("rollout_time"), cell("generate_time"), cell("update_time"),
+        )
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    if ratio:
+        console.print(f"thinklean / TRL steps per second: [bold]{ratio['steps_per_second']:.2f}x[/bold]   "
+                      f"completion tokens per second: [bold]{ratio['completion_tokens_per_second']:.2f}x[/bold]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from thinklean.eval.evaluate import arith_examples
+
+    examples = arith_examples(2000, "train", args.seed)
+    with tempfile.TemporaryDirectory(prefix="thinklean-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            model_dir = resolve_model(args.model, workdir)
+        except FileNotFoundError as error:
+            print(f"error: {error} (use --model fresh for an untrained tiny model)", file=sys.stderr)
+            return 2
+        runs: dict[str, list[dict[str, float]]] = {}
+        if args.only in ("both", "thinklean"):
+            print("thinklean RLTrainer", flush=True)
+            runs["thinklean"] = run_thinklean(args, model_dir, examples, workdir)
+        if args.only in ("both", "trl"):
+            import trl
+
+            print(f"TRL {trl.__version__} GRPOTrainer", flush=True)
+            runs["trl"] = run_trl(args, model_dir, examples, workdir)
+
+    results = {name: summarize([s for s in steps if not s["warmup"]]) for name, steps in runs.items()}
+    ratio = {}
+    if "thinklean" in results and "trl" in results:
+        ratio = {key: results["thinklean"][key] / results["trl"][key]
+                 for key in ("steps_per_second", "completions_per_second", "completion_tokens_per_second")}
+    print_table(results, ratio)
+
+    import accelerate
+    import transformers
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+                "accelerate": accelerate.__version__}
+    try:
+        import trl
+
+        versions["trl"] = trl.__version__
+    except ImportError:
+        pass
+    report = {
+        "config": {k: v for k, v in vars(args).items() if k != "out"} | {"trl_loss_type": LOSS_TYPES[args.loss_agg]},
+        "environment": versions | {
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+            "torch_threads": torch.get_num_threads(),
+        },
+        "results": results,
+        "thinklean_over_trl": ratio,
+        "steps": runs,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
