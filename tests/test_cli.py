@@ -5,7 +5,7 @@ import pytest
 from thinklean.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["demo", "data", "sft", "train", "eval", "analyze", "explain-tokens"])
+@pytest.mark.parametrize("command", ["demo", "data", "sft", "train", "eval", "analyze", "explain-tokens", "report"])
 def test_every_command_has_help_with_defaults(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])

@@ -1,4 +1,4 @@
-"""``thinklean`` command line: demo | data | sft | train | eval | analyze | explain-tokens.
+"""``thinklean`` command line: demo | data | sft | train | eval | analyze | explain-tokens | report.
 
 Every command accepts ``--seed`` and writes into ``--output``. Bad input (data file, model
 directory, config) ends with one ``error: ...`` line naming the file and exit code 2.
@@ -172,6 +172,16 @@ def cmd_explain_tokens(args: argparse.Namespace) -> None:
     print(f"wrote {write_explanation(items, args.output)}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from thinklean.eval.report import write_report
+
+    try:
+        paths = write_report(args.runs, args.output)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+    print(f"wrote {paths['markdown']} and {paths['html']}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from thinklean.demo import run_demo
 
@@ -278,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     _add_common(p, "runs/explain")
     p.set_defaults(func=cmd_explain_tokens)
+
+    p = sub.add_parser("report", formatter_class=DEFAULTS, help="Markdown + HTML report comparing runs",
+                       description="Comparison table, accuracy-vs-tokens Pareto plot and training curves for demo "
+                       "output directories or training runs; images embedded in the HTML.")
+    p.add_argument("runs", nargs="+", type=Path, help="demo output dirs (results.json) or training run dirs")
+    _add_common(p, "report")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", formatter_class=DEFAULTS, help="accuracy and token statistics of a model",
                        description="Generate on held-out problems, grade the last \\boxed{} answer, report accuracy and tokens.")

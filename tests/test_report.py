@@ -1,0 +1,53 @@
+import json
+import re
+
+import pytest
+from matplotlib.image import imread
+
+from thinklean.cli import main
+from thinklean.eval.report import comparison_rows, write_report
+
+
+def _demo_fixture(root):
+    methods = {
+        "base": {"accuracy": 0.8, "mean_response_tokens": 100.0, "format_error_rate": 0.0},
+        "grpo": {"accuracy": 0.82, "mean_response_tokens": 90.0, "format_error_rate": 0.0},
+        "hmpo": {"accuracy": 0.81, "mean_response_tokens": 45.0, "format_error_rate": 0.01},
+    }
+    (root / "results.json").write_text(json.dumps({"methods": methods, "config": {"methods": ["grpo", "hmpo"], "quick": False}}))
+    for name, start in (("grpo", 95), ("hmpo", 95)):
+        (root / name).mkdir()
+        lines = [{"step": s, "reward": 0.5, "accuracy": 0.8, "length_mean": start - s * (5 if name == "hmpo" else 1),
+                  **({"eval_accuracy": 0.8, "eval_length_mean": start - s} if s % 2 == 0 else {})} for s in range(1, 5)]
+        (root / name / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return methods
+
+
+def test_compression_columns_by_hand(tmp_path):
+    _demo_fixture(tmp_path)
+    from thinklean.eval.report import collect_runs
+
+    rows = {r["method"]: r for r in comparison_rows(collect_runs([tmp_path]))}
+    assert rows["hmpo"]["compression_vs_base"] == pytest.approx(0.55)  # 1 - 45/100
+    assert rows["hmpo"]["compression_vs_grpo"] == pytest.approx(0.5)  # 1 - 45/90
+    assert rows["grpo"]["compression_vs_grpo"] is None and rows["base"]["compression_vs_base"] is None
+
+
+def test_report_html_images_decode_and_table_matches_json(tmp_path):
+    methods = _demo_fixture(tmp_path)
+    paths = write_report([tmp_path], tmp_path / "report")
+    page = paths["html"].read_text()
+    for name in ("pareto", "curves"):
+        assert imread(paths[name]).shape[0] > 100
+    assert page.count("data:image/png;base64,") == 2
+    cells = re.findall(r"<tr><td>(\w+)</td><td>([\d.]+)%</td><td>([\d.]+)</td>", page)
+    assert {m: (float(a) / 100, float(t)) for m, a, t in cells} == {
+        m: (pytest.approx(s["accuracy"]), pytest.approx(s["mean_response_tokens"])) for m, s in methods.items()
+    }
+    assert "thinklean demo --methods grpo,hmpo" in page
+    assert json.loads(paths["table"].read_text())[2]["method"] == "hmpo"
+
+
+def test_report_on_a_missing_dir_is_a_usage_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope"), "--output", str(tmp_path / "r")]) == 2
+    assert "results.json" in capsys.readouterr().err

@@ -1,0 +1,171 @@
+"""``thinklean report``: Markdown + self-contained HTML comparing runs.
+
+Inputs are demo output directories (``results.json`` + one sub-directory per method with
+``metrics.jsonl`` and ``eval.json``) or single training runs (``metrics.jsonl``, ``config.json``,
+``eval.json``). The report has the comparison table, an accuracy-vs-tokens Pareto plot (final
+evaluations and, when logged, periodic evaluations along training), training curves (reward,
+accuracy and mean length vs step) and the command lines that reproduce each run. Images are
+PNG files next to ``report.md`` and base64-embedded in ``report.html``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from thinklean.eval.metrics import compression
+from thinklean.train.monitor import read_metrics
+
+
+def _eval_summary(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text())["summary"] if path.is_file() else None
+
+
+def collect_runs(run_dirs: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
+    """``name -> {"summary", "metrics", "config", "command"}`` for every method found."""
+    runs: dict[str, dict[str, Any]] = {}
+    for run_dir in map(Path, run_dirs):
+        results = run_dir / "results.json"
+        if results.is_file():
+            data = json.loads(results.read_text())
+            budget = data.get("config", {}).get("budget", {})
+            for name, summary in data["methods"].items():
+                metrics_path = run_dir / name / "metrics.jsonl"
+                runs[name] = {
+                    "summary": summary,
+                    "metrics": read_metrics(metrics_path) if metrics_path.is_file() else [],
+                    "command": f"thinklean demo --methods {','.join(data['config'].get('methods', []))} --output {run_dir}"
+                    + (" --quick" if data["config"].get("quick") else ""),
+                    "budget": budget,
+                }
+        elif (run_dir / "metrics.jsonl").is_file() or (run_dir / "eval.json").is_file():
+            config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+            runs[run_dir.name] = {
+                "summary": _eval_summary(run_dir / "eval.json"),
+                "metrics": read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else [],
+                "command": f"thinklean train --method {config.get('method', '?')} --steps {config.get('steps', '?')} --output {run_dir}",
+                "budget": {},
+            }
+        else:
+            raise FileNotFoundError(f"{run_dir}: neither results.json (demo) nor metrics.jsonl/eval.json (run) found")
+    return runs
+
+
+def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run with a final evaluation: accuracy, tokens, compression vs base/GRPO."""
+    summaries = {n: r["summary"] for n, r in runs.items() if r.get("summary")}
+    base = summaries.get("base", {}).get("mean_response_tokens")
+    grpo = summaries.get("grpo", {}).get("mean_response_tokens")
+    rows = []
+    for name, s in summaries.items():
+        tokens = s["mean_response_tokens"]
+        rows.append({
+            "method": name,
+            "accuracy": s["accuracy"],
+            "mean_response_tokens": tokens,
+            "compression_vs_base": compression(tokens, base) if base and name != "base" else None,
+            "compression_vs_grpo": compression(tokens, grpo) if grpo and name not in ("base", "grpo") else None,
+            "format_error_rate": s.get("format_error_rate"),
+        })
+    return rows
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if pct else f"{value:.1f}"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["| method | accuracy | mean tokens | saved vs base | saved vs GRPO | format errors |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {_fmt(r['accuracy'], True)} | {_fmt(r['mean_response_tokens'])} | "
+            f"{_fmt(r['compression_vs_base'], True)} | {_fmt(r['compression_vs_grpo'], True)} | {_fmt(r['format_error_rate'], True)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_pareto(runs: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """Accuracy vs mean response tokens: final evals (large markers), periodic evals (lines)."""
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.add_subplot()
+    for i, (name, run) in enumerate(runs.items()):
+        colour = f"C{i % 10}"
+        trail = [(m["eval_length_mean"], m["eval_accuracy"]) for m in run["metrics"] if "eval_accuracy" in m]
+        if trail:
+            ax.plot([t for t, _ in trail], [100 * a for _, a in trail], "-", color=colour, alpha=0.4, marker=".")
+        if run.get("summary"):
+            s = run["summary"]
+            ax.scatter([s["mean_response_tokens"]], [100 * s["accuracy"]], s=70, color=colour, label=name, zorder=3)
+    ax.set_xlabel("mean response tokens (held-out, greedy)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy vs tokens (up-left is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_curves(runs: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """Reward, sampled accuracy and mean response length per training step."""
+    fig = Figure(figsize=(10, 3.2), dpi=120)
+    axes = fig.subplots(1, 3)
+    for i, (name, run) in enumerate(runs.items()):
+        metrics = run["metrics"]
+        if not metrics:
+            continue
+        steps = [m["step"] for m in metrics]
+        for ax, key in zip(axes, ("reward", "accuracy", "length_mean")):
+            ax.plot(steps, [m.get(key) for m in metrics], color=f"C{i % 10}", label=name, lw=1.2)
+    for ax, title in zip(axes, ("reward", "rollout accuracy", "mean rollout length (tokens)")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, extra_images: Sequence[Path] = ()) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html``, ``table.json`` and PNGs into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = collect_runs(run_dirs)
+    rows = comparison_rows(runs)
+    images = [plot_pareto(runs, out / "pareto.png"), plot_curves(runs, out / "curves.png"), *map(Path, extra_images)]
+    commands = sorted({r["command"] for r in runs.values()})
+    (out / "table.json").write_text(json.dumps(rows, indent=1))
+    md = ["# thinklean report", "", markdown_table(rows), ""]
+    md += [f"![{p.stem}]({p.name})" for p in images]
+    md += ["", "Reproduce:", "", "```bash", *commands, "```", ""]
+    (out / "report.md").write_text("\n".join(md))
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (
+            r["method"], _fmt(r["accuracy"], True), _fmt(r["mean_response_tokens"]), _fmt(r["compression_vs_base"], True),
+            _fmt(r["compression_vs_grpo"], True), _fmt(r["format_error_rate"], True))) + "</tr>"
+        for r in rows
+    )
+    embedded = "".join(
+        f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
+        for p in images
+    )
+    page = (
+        "<!doctype html><meta charset=utf-8><title>thinklean report</title>"
+        "<style>body{font-family:sans-serif;max-width:64em;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}img{max-width:100%}</style>"
+        "<h1>thinklean report</h1><table id=results><tr><th>method</th><th>accuracy</th><th>mean tokens</th>"
+        "<th>saved vs base</th><th>saved vs GRPO</th><th>format errors</th></tr>" + cells + "</table>"
+        + embedded + "<h2>Reproduce</h2><pre>" + html.escape("\n".join(commands)) + "</pre>"
+    )
+    (out / "report.html").write_text(page)
+    return {"markdown": out / "report.md", "html": out / "report.html", "table": out / "table.json",
+            **{p.stem: p for p in images}}
