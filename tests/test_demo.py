@@ -16,6 +16,7 @@ def test_demo_trains_each_method_evaluates_all_and_resumes(tmp_path, tiny_model_
     assert saved["config"]["budget"]["steps"] == 1
     assert (out / "hmpo" / "model" / "model.safetensors").is_file()
     assert results["methods"]["grpo"]["n"] == 4
+    assert "hmpo" in (out / "report" / "report.html").read_text()
 
     stamp = (out / "grpo" / "eval.json").stat().st_mtime_ns
     run_demo(out, methods=("grpo", "hmpo"), budget=budget, base_model=tiny_model_dir)

@@ -84,8 +84,11 @@ def test_max_batch_tokens_splits_rows_without_changing_result(tiny_model, exit_i
 def test_probe_on_sampled_rollout_matches_naive(tiny_model, tiny_tokenizer, exit_ids):
     model = _sharpen(tiny_model, 5)
     prompts = ["3 + 4 =\n", "12 * 7 - 5 =\n", "9 =\n"]
-    batch = generate(model, tiny_tokenizer, prompts, num_samples=2, config=SamplingConfig(max_new_tokens=6),
+    # Stop strings that random text hits early, so the responses end at different lengths.
+    config = SamplingConfig(max_new_tokens=8, stop_strings=("e", "a"))
+    batch = generate(model, tiny_tokenizer, prompts, num_samples=2, config=config,
                      generator=torch.Generator().manual_seed(0))
+    assert len(set(batch.lengths.tolist())) > 1 and len(set(batch.prompt_mask.sum(1).tolist())) > 1
     tensors = (batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
     expected = naive_answer_entropies(model, *tensors, exit_ids)
     torch.testing.assert_close(answer_entropies(model, *tensors, exit_ids, chunk_size=4), expected,

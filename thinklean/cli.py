@@ -28,6 +28,14 @@ def _add_common(p: argparse.ArgumentParser, output: str) -> None:
     p.add_argument("--output", type=Path, default=Path(output), help="output directory")
 
 
+def _add_model_and_data(p: argparse.ArgumentParser, model: str = "base",
+                        model_help: str = "'base' (shipped) or a local HF model directory",
+                        data_help: str = "'arith' (embedded task) or a JSONL file with prompt, answer") -> None:
+    p.add_argument("--model", default=model, help=model_help)
+    p.add_argument("--data", default="arith", help=data_help)
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
+
+
 def _load_examples(data: str, n: int, split: str, seed: int, require_solution: bool = False) -> list[Any]:
     """``arith`` (the embedded task) or a JSONL file."""
     from thinklean.data.jsonl import load_jsonl
@@ -227,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sft", formatter_class=DEFAULTS, help="supervised fine-tuning on prompt/solution pairs",
                        description="SFT with loss on response tokens only; checkpoints in OUTPUT/checkpoints, final model in OUTPUT/model.")
-    p.add_argument("--model", default="tiny", help="'tiny' (fresh embedded model), 'base' (shipped) or a local HF directory")
-    p.add_argument("--data", default="arith", help="'arith' or a JSONL file with prompt, answer, solution")
+    _add_model_and_data(p, model="tiny", model_help="'tiny' (fresh embedded model), 'base' (shipped) or a local HF directory",
+                        data_help="'arith' or a JSONL file with prompt, answer, solution")
     p.add_argument("--n", type=int, default=30000, help="rows to generate when --data arith")
     p.add_argument("--steps", type=int, default=800, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch")
@@ -237,7 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512, help="truncate prompt+response to this many tokens")
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: final only)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     _add_common(p, "runs/sft")
     p.set_defaults(func=cmd_sft)
 
@@ -245,8 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Policy-gradient training from a base model. Settings come from "
                        "thinklean/configs/METHOD.yaml, then --config, then flags and --set KEY=VALUE.")
     p.add_argument("--method", default="grpo", help="grpo | drgrpo | dapo | rloo | hmpo | l1 | thinkprune | bupo | iapo")
-    p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
-    p.add_argument("--data", default="arith", help="'arith' or a JSONL file with prompt, answer")
+    _add_model_and_data(p)
     p.add_argument("--config", type=Path, default=None, help="YAML file overriding the method's defaults")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--steps", type=int, default=None, help="rollout steps (config default: 100)")
@@ -259,33 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=None, help="BuPO: internal layer optimised during IPA (1-based)")
     p.add_argument("--s-inter", dest="s_inter", type=int, default=None, help="BuPO: IPA rollout steps before full GRPO")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     _add_common(p, "runs/train")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("analyze", formatter_class=DEFAULTS, help="BuPO per-layer entropy diagnostics of a model",
                        description="Sample responses and measure, per layer, the entropy of the internal layer policy "
                        "softmax(h^l E_u^T) and the entropy change of attention and FFN modules; table, JSON/CSV and PNGs.")
-    p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
+    _add_model_and_data(p)
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="overlay two models (e.g. before/after training)")
-    p.add_argument("--data", default="arith", help="'arith' or a JSONL file with prompt, answer")
     p.add_argument("--n", type=int, default=64, help="prompts to sample")
     p.add_argument("--max-new-tokens", type=int, default=160, help="response cap")
     p.add_argument("--variant", choices=["module", "residual"], default="module",
                    help="module entropy change against the normed input (authors) or along the residual stream")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     _add_common(p, "runs/analyze")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("explain-tokens", formatter_class=DEFAULTS, help="HTML page colouring tokens by IAPO information gain",
                        description="Sample responses and colour each token by its normalised information gain about "
                        "the final answer (IAPO's early-exit probe); writes OUTPUT/tokens.html.")
-    p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
-    p.add_argument("--data", default="arith", help="'arith' or a JSONL file with prompt, answer")
+    _add_model_and_data(p)
     p.add_argument("--n", type=int, default=5, help="responses to show")
     p.add_argument("--max-new-tokens", type=int, default=200, help="response cap")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     _add_common(p, "runs/explain")
     p.set_defaults(func=cmd_explain_tokens)
 
@@ -298,14 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", formatter_class=DEFAULTS, help="accuracy and token statistics of a model",
                        description="Generate on held-out problems, grade the last \\boxed{} answer, report accuracy and tokens.")
-    p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
-    p.add_argument("--data", default="arith", help="'arith' (held-out embedded problems) or a JSONL file with prompt, answer")
+    _add_model_and_data(p)
     p.add_argument("--n", type=int, default=500, help="number of problems (JSONL: first N; 0 = all)")
     p.add_argument("--max-new-tokens", type=int, default=320, help="generation cap per response")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k needs > 1 and temperature > 0)")
     p.add_argument("--batch-size", type=int, default=128, help="sequences decoded together")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     _add_common(p, "runs/eval")
     p.set_defaults(func=cmd_eval)
     return parser

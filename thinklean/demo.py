@@ -1,4 +1,4 @@
-"""``thinklean demo``: base model -> RL methods with one budget -> held-out eval -> comparison.
+"""``thinklean demo``: base model -> RL methods with one budget -> held-out eval -> report.
 
 A thin script over library calls. Every method starts from the shipped base model with the
 same step budget, prompts, samples and seed, and is evaluated greedily on the same held-out
@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from thinklean.eval.evaluate import EvalConfig, arith_examples, evaluate
+from thinklean.eval.report import write_report
 from thinklean.eval.tables import print_comparison, print_eval
 from thinklean.models.tiny import BASE_MODEL_DIR, load_pretrained
 
@@ -125,5 +126,6 @@ def run_demo(
     print_comparison(results["methods"], console)
     results["config"]["total_seconds"] = round(time.time() - start, 1)
     (output / "results.json").write_text(json.dumps(results, indent=1))
-    console.print(f"wrote {output / 'results.json'}; total {time.time() - start:.0f}s")
+    report = write_report([output], output / "report")
+    console.print(f"wrote {output / 'results.json'} and {report['html']}; total {time.time() - start:.0f}s")
     return results

@@ -11,7 +11,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -20,8 +20,25 @@ from thinklean.data.arith import BASE_STYLE_WEIGHTS, sft_records
 from thinklean.models.tiny import build_model, build_tokenizer, load_model, save_pretrained
 from thinklean.train.sft import SFTConfig, train_sft
 
-BASE_SFT = SFTConfig(steps=500, batch_size=32, lr=2e-3, warmup_ratio=0.03, save_every=100, log_every=10)
-BASE_ROWS = 30_000
+@dataclass(frozen=True)
+class BuildStage:
+    """One SFT stage of the base-model recipe: its settings, style mix and number of rows."""
+
+    name: str
+    config: SFTConfig
+    style_weights: dict[str, float]
+    rows: int
+
+
+# Stage 1 teaches the arithmetic on short terse/normal solutions (dense signal per token: the
+# model must learn to copy numbers from the prompt); stage 2 adds the verbose style, so the
+# base model is accurate *and* often verbose — the redundancy the RL methods remove.
+BASE_STAGES = (
+    BuildStage("arithmetic", SFTConfig(steps=800, batch_size=32, lr=2e-3, warmup_ratio=0.03, save_every=100),
+               {"terse": 0.6, "normal": 0.4, "verbose": 0.0}, 30_000),
+    BuildStage("styles", SFTConfig(steps=200, batch_size=32, lr=5e-4, warmup_ratio=0.05, save_every=50),
+               BASE_STYLE_WEIGHTS, 8_000),
+)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -35,25 +52,31 @@ def sha256_file(path: str | Path) -> str:
 def build_base_model(
     output_dir: str | Path,
     work_dir: str | Path,
-    config: SFTConfig = BASE_SFT,
-    rows: int = BASE_ROWS,
+    stages: tuple[BuildStage, ...] = BASE_STAGES,
     seed: int = 0,
-    resume: bool = False,
+    resume: bool = True,
     show_progress: bool = True,
 ) -> dict:
-    """Train the base model in ``work_dir`` and export it (bf16) to ``output_dir``; returns BUILD info."""
+    """Train the base model stage by stage in ``work_dir`` (each stage resumable) and export it
+    (bf16) to ``output_dir``; returns the BUILD info written next to the weights."""
     t0 = time.time()
+    work_dir = Path(work_dir)
     tokenizer = build_tokenizer(seed=seed)
     model = build_model(tokenizer, seed=seed)
-    data = sft_records(rows, seed=seed, style_weights=BASE_STYLE_WEIGHTS)
-    summary = train_sft(model, tokenizer, data, config, work_dir, resume=resume, show_progress=show_progress)
-    return export_base_model(Path(work_dir) / "model", output_dir, {
+    summaries = []
+    for i, stage in enumerate(stages):
+        stage_dir = work_dir / stage.name
+        if (stage_dir / "model" / "model.safetensors").is_file():
+            model = load_model(stage_dir / "model")
+            continue
+        data = sft_records(stage.rows, seed=seed + i, style_weights=stage.style_weights)
+        summary = train_sft(model, tokenizer, data, stage.config, stage_dir, resume=resume, show_progress=show_progress)
+        summaries.append({"stage": stage.name, **summary})
+    return export_base_model(work_dir / stages[-1].name / "model", output_dir, {
         "command": "thinklean demo --rebuild",
-        "sft": asdict(config),
-        "rows": rows,
+        "stages": [{"name": s.name, "sft": asdict(s.config), "style_weights": s.style_weights, "rows": s.rows} for s in stages],
         "seed": seed,
-        "style_weights": BASE_STYLE_WEIGHTS,
-        "final_loss": summary["final_loss"],
+        "summaries": summaries,
         "build_seconds": round(time.time() - t0, 1),
     })
 

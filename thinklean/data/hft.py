@@ -1,0 +1,229 @@
+"""Hybrid fine-tuning (HFT) data: one SFT set mixing think and no-think rows (lhrm.md, stage 1).
+
+Think row:    ``prompt -> <think> reasoning </think> \\boxed{N}``
+No-think row: ``prompt -> <no_think> \\boxed{N} </no_think>``
+
+After SFT on the mixture the model can be forced into a mode by writing its opening tag, and
+picks a mode itself (its first token) when not forced. Every row carries ``mode``
+(``"think"`` / ``"no_think"``) next to ``prompt``, ``answer``, ``solution`` and, when known,
+``difficulty``.
+
+Which problems get no-think rows is a rule: ``"difficulty<=2"`` (the default on the embedded
+task), any function ``row -> bool``, or a measured set (:func:`measured_no_think`: problems a
+model already answers right without reasoning)::
+
+    problems = generate_problems(n, "train", seed, distinct=False)   # what hft_records draws
+    direct = measured_no_think(model, tokenizer, problems)
+    rows = hft_records(n, seed, no_think_rule=lambda row: row["prompt"] in direct)
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from thinklean.data.arith import (
+    BASE_STYLE_WEIGHTS,
+    ArithProblem,
+    direct_solution_text,
+    generate_problems,
+    problem_record,
+    sample_style,
+    solution_text,
+)
+from thinklean.data.formats import NO_THINK, THINK, boxed, format_prompt, no_think_response, think_response
+from thinklean.data.grading import grade
+from thinklean.data.jsonl import DataError, Example, _decode_line, example_from_dict, example_to_dict
+from thinklean.rollout import SamplingConfig, generate
+
+MODES = ("think", "no_think")
+NoThinkRule = str | Callable[[Mapping[str, Any]], bool]
+# Forcing the box too lets a model that never saw a no-think row still answer directly.
+DIRECT_ANSWER_PREFIX = f"{NO_THINK} {boxed('')[:-1]}"  # "<no_think> \boxed{"
+
+_RULE = re.compile(r"^\s*difficulty\s*(<=|>=|==|<|>)\s*(\d+)\s*$")
+_COMPARE = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt}
+_RULES_ACCEPTED = "accepted: 'difficulty<=K' (or <, ==, >=, >), 'none', 'all', or a function row -> bool"
+
+
+def parse_no_think_rule(rule: NoThinkRule) -> Callable[[Mapping[str, Any]], bool]:
+    """``rule`` as a function ``row -> bool`` (True: the row's problem may go to no-think).
+
+    A difficulty rule raises ``ValueError`` on a row without an integer ``difficulty``.
+    """
+    if callable(rule):
+        return rule
+    if isinstance(rule, str) and rule.strip() in ("none", "all"):
+        everything = rule.strip() == "all"
+        return lambda row: everything
+    match = _RULE.match(rule) if isinstance(rule, str) else None
+    if match is None:
+        raise ValueError(f"no_think_rule {rule!r} is not understood ({_RULES_ACCEPTED})")
+    compare, bound = _COMPARE[match.group(1)], int(match.group(2))
+
+    def by_difficulty(row: Mapping[str, Any]) -> bool:
+        difficulty = row.get("difficulty")
+        if not isinstance(difficulty, int) or isinstance(difficulty, bool):
+            raise ValueError(f"no_think_rule {rule!r} needs an integer \"difficulty\" field, got {difficulty!r}")
+        return compare(difficulty, bound)
+
+    return by_difficulty
+
+
+def hft_records(
+    n: int,
+    seed: int = 0,
+    no_think_rule: NoThinkRule = "difficulty<=2",
+    style_weights: dict[str, float] = BASE_STYLE_WEIGHTS,
+    no_think_share: float = 0.5,
+) -> list[dict]:
+    """``n`` embedded-task HFT rows (problems ``generate_problems(n, "train", seed, distinct=False)``).
+
+    A problem the rule selects becomes a no-think row with probability ``no_think_share``,
+    every other problem a think row with a style drawn from ``style_weights``. So think rows
+    cover all difficulties and the selected (easy) problems are seen in both modes: forcing
+    either mode works on them, and the model's unforced choice there is left for HGPO to learn.
+    """
+    if not 0.0 <= no_think_share <= 1.0:
+        raise ValueError(f"no_think_share must be in [0, 1], got {no_think_share}")
+    selects = parse_no_think_rule(no_think_rule)
+    rng = random.Random(f"arith-hft-{seed}")
+    rows = []
+    for problem in generate_problems(n, "train", seed, distinct=False):
+        row = problem_record(problem)
+        if selects(row) and rng.random() < no_think_share:
+            rows.append({**row, "solution": direct_solution_text(problem), "mode": "no_think"})
+        else:
+            style = sample_style(rng, style_weights)
+            rows.append({**row, "solution": solution_text(problem, style, rng), "mode": "think", "style": style})
+    return rows
+
+
+def _numbered_rows(rows: str | os.PathLike[str] | Iterable[Mapping[str, Any] | Example], source: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """``(line, row)`` pairs: file lines (blank ones skipped) or 1-based positions in ``rows``."""
+    if isinstance(rows, (str, os.PathLike)):
+        try:
+            handle = open(rows, "rb")
+        except OSError as error:
+            raise DataError(rows, 0, f"cannot read file: {error.strerror} (expected a JSON Lines file)") from None
+        with handle:
+            for line, raw in enumerate(handle, start=1):
+                row = _decode_line(raw, source, line)
+                if row is not None:
+                    yield line, row
+        return
+    for line, row in enumerate(rows, start=1):
+        if isinstance(row, Example):
+            row = example_to_dict(row)
+        if not isinstance(row, Mapping):
+            raise DataError(source, line, f"row is a {type(row).__name__} (expected a dict or an Example)")
+        yield line, row
+
+
+def hft_from_jsonl(
+    rows: str | os.PathLike[str] | Iterable[Mapping[str, Any] | Example],
+    mode_field: str = "mode",
+    no_think_rule: NoThinkRule | None = None,
+    source: str | None = None,
+) -> list[dict]:
+    """HFT rows from user data: a JSONL path, or dicts / :class:`Example` s.
+
+    Each row's mode is its ``mode_field`` (``"think"`` or ``"no_think"``); rows without the
+    field take it from ``no_think_rule`` (selected -> no-think) when one is given. Think rows
+    need ``solution``: kept as is when it starts with ``<think>``, else wrapped as
+    ``<think> solution </think> \\boxed{answer}``. No-think rows need only ``answer``
+    (solution ``<no_think> \\boxed{answer} </no_think>``); a solution they do give must start
+    with ``<no_think>``. Errors are :class:`DataError` ``SOURCE:LINE: ...`` naming the row.
+    """
+    source = source or (str(rows) if isinstance(rows, (str, os.PathLike)) else "<rows>")
+    selects = parse_no_think_rule(no_think_rule) if no_think_rule is not None else None
+    out = []
+    for line, row in _numbered_rows(rows, source):
+        example = example_from_dict(row, path=source, line=line)
+        mode = row.get(mode_field)
+        if mode is None:
+            if selects is None:
+                raise DataError(source, line, f'field "{mode_field}" is missing (expected "think" or "no_think", '
+                                              f"or give a no_think_rule for rows without it)")
+            try:
+                mode = "no_think" if selects(row) else "think"
+            except ValueError as error:
+                raise DataError(source, line, str(error)) from None
+        if mode not in MODES:
+            raise DataError(source, line, f'field "{mode_field}" must be "think" or "no_think", got {mode!r}')
+        solution = example.solution
+        if mode == "think":
+            if solution is None:
+                raise DataError(source, line, 'a think row needs a "solution" (its reasoning; wrapped as '
+                                              '<think> solution </think> \\boxed{answer} unless it starts with <think>)')
+            if not solution.lstrip().startswith(THINK):
+                solution = think_response(solution.strip(), example.answer)
+        elif solution is None:
+            solution = no_think_response(example.answer)
+        elif not solution.lstrip().startswith(NO_THINK):
+            raise DataError(source, line, 'a no_think row\'s "solution" must start with <no_think> or be left out '
+                                          '(it is then built from "answer")')
+        meta = {k: v for k, v in example.meta.items() if k not in (mode_field, "mode")}
+        out.append({**example_to_dict(replace(example, solution=solution, meta=meta)), "mode": mode})
+    if not out:
+        raise DataError(source, 1, "no rows found (expected JSON objects with prompt, answer and a mode)")
+    return out
+
+
+def mix_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts of the mixture: overall and per difficulty (string keys; ``"none"`` if unknown)."""
+    totals = Counter(row["mode"] for row in rows)
+    per: dict[Any, Counter] = {}
+    for row in rows:
+        per.setdefault(row.get("difficulty"), Counter())[row["mode"]] += 1
+    order = sorted((d for d in per if d is not None)) + ([None] if None in per else [])
+    return {
+        "n": len(rows),
+        "think": totals["think"],
+        "no_think": totals["no_think"],
+        "per_difficulty": {("none" if d is None else str(d)): {m: per[d][m] for m in MODES} for d in order},
+    }
+
+
+def format_mix_stats(stats: Mapping[str, Any]) -> str:
+    """``mix_stats`` as a few lines for the terminal."""
+    lines = [f"{stats['n']} rows: {stats['think']} think, {stats['no_think']} no_think"]
+    for d, counts in stats["per_difficulty"].items():
+        lines.append(f"  difficulty {d}: {counts['think']} think, {counts['no_think']} no_think")
+    return "\n".join(lines)
+
+
+def as_example(problem: ArithProblem | Example) -> Example:
+    """An embedded-task problem or an :class:`Example` as an :class:`Example`."""
+    if isinstance(problem, Example):
+        return problem
+    return Example(prompt=problem.question, answer=str(problem.answer), difficulty=problem.difficulty)
+
+
+@torch.no_grad()
+def measured_no_think(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    problems: Sequence[ArithProblem | Example],
+    forced_prefix: str = DIRECT_ANSWER_PREFIX,
+    max_new_tokens: int = 16,
+    batch_size: int = 128,
+) -> set[str]:
+    """Prompts whose greedy answer, forced to start with ``forced_prefix``, is right.
+
+    The default prefix ``<no_think> \\boxed{`` asks for the number straight away, so a base
+    model trained on think rows only can be measured too.
+    """
+    examples = [as_example(p) for p in problems]
+    prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
+    batch = generate(model, tokenizer, prompts, 1, sampling, [forced_prefix] * len(prompts))
+    return {e.prompt for e, text in zip(examples, batch.texts) if grade(text, e.answer)}

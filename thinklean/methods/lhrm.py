@@ -1,0 +1,156 @@
+"""LHRM stage 2, HGPO (lhrm.md), on the generic loop, plus the HFT + RFT baseline.
+
+Of each prompt's N rollouts the first N/2 are forced to open with ``<think>`` and the rest with
+``<no_think>``. Rewards come from the registered ``config.reward`` (correctness by default).
+:func:`thinklean.core.advantages.hgpo_advantages` gives every token the within-mode signal
+(best rollout of its mode half) and the mode-tag token, in addition, ``alpha`` times the
+between-mode signal (was this rollout's mode the winner, with margin ``delta`` for no-think).
+
+``config.method_kwargs``: ``alpha`` (1.0), ``delta`` (0.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from thinklean.core.advantages import hgpo_advantages
+from thinklean.data.arith import ArithProblem
+from thinklean.data.formats import NO_THINK, THINK, format_prompt, response_mode
+from thinklean.data.grading import format_ok, grade
+from thinklean.data.hft import as_example
+from thinklean.data.jsonl import Example
+from thinklean.rollout import RolloutBatch, SamplingConfig, generate
+from thinklean.train.config import ConfigError
+from thinklean.train.rl import RLConfig, RLTrainer, StepBatch
+
+METHOD_KWARGS = {"alpha": 1.0, "delta": 0.2}
+
+
+def forced_mode_prefixes(num_prompts: int, samples_per_prompt: int) -> list[str]:
+    """One forced prefix per sample, prompt-major: N/2 ``<think>`` then N/2 ``<no_think>``."""
+    if samples_per_prompt < 2 or samples_per_prompt % 2:
+        raise ConfigError(
+            f"samples_per_prompt: hgpo forces half of each prompt's samples into <think> and half into "
+            f"<no_think>, so it needs an even number >= 2, got {samples_per_prompt} (paper: 4)"
+        )
+    half = samples_per_prompt // 2
+    return ([THINK] * half + [NO_THINK] * half) * num_prompts
+
+
+def rollout_modes(texts: Sequence[str]) -> torch.Tensor:
+    """``LongTensor[B]``: 1 for responses opening with ``<think>``, 0 for ``<no_think>``."""
+    modes = [response_mode(t) for t in texts]
+    if None in modes:
+        i = modes.index(None)
+        raise ValueError(f"response {i} opens with no mode tag ({texts[i][:40]!r}); HGPO rollouts must be forced")
+    return torch.tensor([int(m == "think") for m in modes], dtype=torch.long)
+
+
+def tag_token_index(tokenizer: Any) -> int:
+    """Response position of the token that decides the mode: the first where the two tags'
+    tokenizations differ (0 when each tag is one token, as in the embedded tokenizer)."""
+    think = tokenizer(THINK, add_special_tokens=False).input_ids
+    no_think = tokenizer(NO_THINK, add_special_tokens=False).input_ids
+    return next((i for i, (a, b) in enumerate(zip(think, no_think)) if a != b), 0)
+
+
+def mode_token_mask(response_mask: torch.Tensor, index: int = 0) -> torch.Tensor:
+    """``[B, T]`` mask with a 1 at response position ``index`` (the mode tag) of every non-empty row."""
+    mask = torch.zeros_like(response_mask)
+    mask[:, index] = response_mask[:, index]
+    return mask
+
+
+def mode_stats(rewards: torch.Tensor, correct: torch.Tensor, lengths: torch.Tensor, modes: torch.Tensor,
+               group_ids: torch.Tensor, delta: float) -> dict[str, float]:
+    """Accuracy and mean length (tokens) per mode, and ``think_wins``: the fraction of groups
+    with both modes where ``mean_think_reward > mean_no_think_reward + delta`` (HGPO's rule)."""
+    out: dict[str, float] = {}
+    for name, value in (("think", 1), ("no_think", 0)):
+        rows = modes == value
+        out[f"{name}_accuracy"] = float(correct[rows].float().mean()) if rows.any() else float("nan")
+        out[f"{name}_length_mean"] = float(lengths[rows].float().mean()) if rows.any() else float("nan")
+    wins, groups = 0, 0
+    for g in group_ids.unique():
+        in_group = group_ids == g
+        think, no_think = rewards[in_group & (modes == 1)], rewards[in_group & (modes == 0)]
+        if len(think) and len(no_think):
+            groups += 1
+            wins += int(float(think.double().mean()) > float(no_think.double().mean()) + delta)
+    out["think_wins"] = wins / groups if groups else float("nan")
+    return out
+
+
+class HGPOTrainer(RLTrainer):
+    """GRPO loop with mode-forced rollouts and HGPO advantages."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: RLConfig, train_examples: Sequence[Example],
+                 run_dir: str | Path, eval_examples: Sequence[Example] = ()) -> None:
+        forced_mode_prefixes(1, config.samples_per_prompt)  # fail on an odd N before building anything
+        unknown = sorted(set(config.method_kwargs) - set(METHOD_KWARGS))
+        if unknown:
+            raise ConfigError(f"method_kwargs: unknown key(s) {', '.join(unknown)} for hgpo (valid: alpha, delta)")
+        super().__init__(model, tokenizer, config, train_examples, run_dir, eval_examples)
+        self.tag_index = tag_token_index(tokenizer)
+
+    def _kwarg(self, name: str) -> float:
+        return float(self.config.method_kwargs.get(name, METHOD_KWARGS[name]))
+
+    def build_prompts(self, examples: Sequence[Example]) -> tuple[list[str], list[str]]:
+        prompts, _ = super().build_prompts(examples)
+        return prompts, forced_mode_prefixes(len(prompts), self.config.samples_per_prompt)
+
+    def compute_rewards(self, batch: RolloutBatch, examples: Sequence[Example], correct: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        rewards, info = super().compute_rewards(batch, examples, correct)
+        stats = mode_stats(rewards, correct, batch.lengths, rollout_modes(batch.texts), batch.group_ids, self._kwarg("delta"))
+        return rewards, {**info, **stats}
+
+    def compute_advantages(self, step_batch: StepBatch) -> torch.Tensor:
+        rollout = step_batch.rollout
+        return hgpo_advantages(
+            step_batch.rewards, rollout.lengths, rollout_modes(rollout.texts), rollout.group_ids,
+            rollout.response_mask, mode_token_mask(rollout.response_mask, self.tag_index),
+            alpha=self._kwarg("alpha"), delta=self._kwarg("delta"),
+        )
+
+
+@torch.no_grad()
+def rft_records(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    problems: Sequence[ArithProblem | Example],
+    k: int = 4,
+    seed: int = 0,
+    max_new_tokens: int = 320,
+    temperature: float = 1.0,
+    batch_size: int = 128,
+) -> list[dict]:
+    """HFT + RFT baseline data: ``k`` sampled rollouts per mode per problem; of the finished,
+    well-formed, correct ones keep the shortest (ties: no-think, then lower index), so when
+    both modes are right the cheaper mode's answer is kept. Problems with no correct rollout
+    are dropped. Returns SFT rows (``prompt``, ``answer``, ``solution``, ``mode``, ``difficulty``)."""
+    examples = [as_example(p) for p in problems]
+    prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+    batch = generate(model, tokenizer, prompts, 2 * k, sampling, forced_mode_prefixes(len(prompts), 2 * k), generator)
+    best: dict[int, tuple[tuple[int, int, int], str]] = {}
+    for i, text in enumerate(batch.texts):
+        g = int(batch.group_ids[i])
+        if not (bool(batch.finished[i]) and format_ok(text) and grade(text, examples[g].answer)):
+            continue
+        key = (int(batch.lengths[i]), int(response_mode(text) == "think"), i)
+        if g not in best or key < best[g][0]:
+            best[g] = (key, text.strip())
+    rows = []
+    for g in sorted(best):
+        e, text = examples[g], best[g][1]
+        row = {"prompt": e.prompt, "answer": e.answer, "solution": text, "mode": response_mode(text)}
+        if e.difficulty is not None:
+            row["difficulty"] = e.difficulty
+        rows.append(row)
+    return rows
