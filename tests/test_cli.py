@@ -62,3 +62,14 @@ def test_explain_tokens_writes_a_coloured_page(tmp_path, tiny_model_dir):
                  "--output", str(out)]) == 0
     page = (out / "tokens.html").read_text()
     assert page.count("<h3>") == 2 and page.count("title=\"s̃=") >= 2 and "rgba(" in page
+
+
+def test_data_hft_writes_both_modes_and_rejects_bad_rules(tmp_path, capsys):
+    out = tmp_path / "hft.jsonl"
+    assert main(["data", "hft", "--n", "60", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    modes = {r["mode"] for r in rows}
+    assert len(rows) == 60 and modes == {"think", "no_think"}
+    assert all(r["difficulty"] <= 2 for r in rows if r["mode"] == "no_think")
+    assert main(["data", "hft", "--no-think-rule", "easy", "--output", str(tmp_path / "x.jsonl")]) == 2
+    assert "--no-think-rule" in capsys.readouterr().err

@@ -62,14 +62,43 @@ def cmd_data(args: argparse.Namespace) -> None:
     from thinklean.data.arith import generate_problems, problem_record, sft_records
     from thinklean.data.jsonl import write_jsonl
 
+    if args.task == "hft":
+        return _data_hft(args)
     if args.task != "arith":
-        raise UsageError(f"unknown data task {args.task!r} (available: arith)")
+        raise UsageError(f"unknown data task {args.task!r} (available: arith, hft)")
     if args.split == "train" and args.solutions:
         rows = sft_records(args.n, seed=args.seed)
     else:
         rows = [problem_record(p) for p in generate_problems(args.n, args.split, args.seed)]
     out = args.output if args.output.suffix == ".jsonl" else args.output / f"arith-{args.split}.jsonl"
     write_jsonl(out, rows)
+    print(f"wrote {len(rows)} rows to {out}")
+
+
+def _data_hft(args: argparse.Namespace) -> None:
+    """Hybrid SFT mixture (lhrm.md): the embedded task by rule or measurement, or a JSONL naming each row's mode."""
+    from thinklean.data.arith import generate_problems
+    from thinklean.data.hft import format_mix_stats, hft_from_jsonl, hft_records, measured_no_think, mix_stats, parse_no_think_rule
+    from thinklean.data.jsonl import load_jsonl, write_jsonl
+
+    rule = args.no_think_rule or ("difficulty<=2" if args.data == "arith" else None)
+    try:
+        if rule is not None:
+            parse_no_think_rule(rule)
+    except ValueError as e:
+        raise UsageError(f"--no-think-rule: {e}") from e
+    if args.model:  # measured: no-think = problems the model already answers right without reasoning
+        model, tokenizer = _load(args.model, args.trust_remote_code)
+        problems = generate_problems(args.n, "train", args.seed, distinct=False) if args.data == "arith" else load_jsonl(args.data)
+        direct = measured_no_think(model, tokenizer, problems)
+        rule = lambda row: row["prompt"] in direct  # noqa: E731
+    if args.data == "arith":
+        rows = hft_records(args.n, seed=args.seed, no_think_rule=rule, no_think_share=args.no_think_share)
+    else:
+        rows = hft_from_jsonl(args.data, mode_field=args.mode_field, no_think_rule=rule)
+    out = args.output if args.output.suffix == ".jsonl" else args.output / "hft.jsonl"
+    write_jsonl(out, rows)
+    print(format_mix_stats(mix_stats(rows)))
     print(f"wrote {len(rows)} rows to {out}")
 
 
@@ -125,7 +154,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_examples = _load_examples(args.data, config.train_problems, "train", args.seed)
     eval_examples = _load_examples("arith", config.eval_problems, "test", args.seed) if args.data == "arith" else []
     model, tokenizer = _load(args.model, args.trust_remote_code)
-    trainer = trainer_class(model, tokenizer, config, train_examples, args.output, eval_examples)
+    try:
+        trainer = trainer_class(model, tokenizer, config, train_examples, args.output, eval_examples)
+    except ConfigError as e:  # e.g. hgpo with an odd samples_per_prompt
+        raise UsageError(str(e)) from e
     result = trainer.train(resume=args.resume)
     print(json.dumps(result))
 
@@ -136,6 +168,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     model, tokenizer = _load(args.model, args.trust_remote_code)
     examples = _load_examples(args.data, args.n, "test", args.seed)
+    if args.hybrid:
+        from thinklean.eval.hybrid import hybrid_accuracy, print_hybrid
+
+        summary = hybrid_accuracy(
+            model, tokenizer, examples, k=args.k, margin=args.margin, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature if args.temperature > 0 else 1.0, seed=args.seed,
+            batch_size=args.batch_size, output=args.output / "hybrid.json",
+        )
+        print_hybrid(summary, title=f"hybrid accuracy: {args.model}")
+        print(f"wrote {args.output / 'hybrid.json'}")
+        return
     config = EvalConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, samples=args.samples,
         batch_size=args.batch_size, seed=args.seed,
@@ -226,10 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", formatter_class=DEFAULTS, help="generate datasets as JSONL",
                        description="Write embedded-task problems (optionally with mixed-style solutions) as JSONL.")
-    p.add_argument("task", choices=["arith"], help="dataset to build")
+    p.add_argument("task", choices=["arith", "hft"], help="dataset to build (hft: think/no-think SFT mixture)")
     p.add_argument("--n", type=int, default=1000, help="number of rows")
     p.add_argument("--split", choices=["train", "test"], default="train", help="problem split (disjoint by hash)")
     p.add_argument("--solutions", action="store_true", help="include mixed-verbosity think-mode solutions (SFT data)")
+    _add_model_and_data(p, model=None, model_help="hft: send to no-think the problems this model answers right "
+                        "when forced to '<no_think> \\boxed{' (replaces the rule)",
+                        data_help="hft: 'arith' or a JSONL file whose rows name their mode")
+    p.add_argument("--mode-field", dest="mode_field", default="mode", help="hft JSONL: field holding think / no_think")
+    p.add_argument("--no-think-rule", dest="no_think_rule", default=None,
+                   help="hft: problems that may go no-think: 'difficulty<=2' (arith default), 'none', 'all'")
+    p.add_argument("--no-think-share", dest="no_think_share", type=float, default=0.5,
+                   help="hft arith: share of rule-selected problems written as no-think (the rest think)")
     _add_common(p, "data")
     p.set_defaults(func=cmd_data)
 
@@ -251,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", formatter_class=DEFAULTS, help="RL training (GRPO, Dr.GRPO, DAPO, RLOO, HMPO, ...)",
                        description="Policy-gradient training from a base model. Settings come from "
                        "thinklean/configs/METHOD.yaml, then --config, then flags and --set KEY=VALUE.")
-    p.add_argument("--method", default="grpo", help="grpo | drgrpo | dapo | rloo | hmpo | l1 | thinkprune | bupo | iapo")
+    p.add_argument("--method", default="grpo", help="grpo | drgrpo | dapo | rloo | hmpo | l1 | thinkprune | bupo | iapo | hgpo")
     _add_model_and_data(p)
     p.add_argument("--config", type=Path, default=None, help="YAML file overriding the method's defaults")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
@@ -305,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k needs > 1 and temperature > 0)")
     p.add_argument("--batch-size", type=int, default=128, help="sequences decoded together")
+    p.add_argument("--hybrid", action="store_true", help="hybrid accuracy (HAcc): K sampled rollouts forced into each "
+                   "mode decide the right mode; the unforced greedy answer's first tag is the chosen one")
+    p.add_argument("--k", type=int, default=4, help="--hybrid: forced samples per mode (temperature 1 unless --temperature > 0)")
+    p.add_argument("--margin", type=float, default=0.2, help="--hybrid: think is right only if it beats no-think by more")
     _add_common(p, "runs/eval")
     p.set_defaults(func=cmd_eval)
     return parser
