@@ -41,3 +41,12 @@ def test_keep_shortest_keeps_k_shortest_per_group(tmp_path, tiny_model, tiny_tok
         kept_lengths = sorted(kept.rollout.lengths[kept.rollout.group_ids == g].tolist())
         assert kept_lengths == all_lengths[:2]
     assert kept.info["kept_fraction"] == 4 / 12
+
+
+def test_iapo_answer_entropy_reaches_the_metrics_log(tmp_path, tiny_model, tiny_tokenizer):
+    from thinklean.train.monitor import read_metrics
+
+    config = RLConfig(method="iapo", advantage="iapo", prompts_per_step=2, samples_per_prompt=2, max_new_tokens=5,
+                      save_every=0, steps=1)
+    IAPOTrainer(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path).train(show_progress=False)
+    assert read_metrics(tmp_path / "metrics.jsonl")[0]["answer_entropy"] > 0

@@ -52,7 +52,7 @@ def run_generation(
 ) -> list[ResponseRecord]:
     """Generate ``config.samples`` responses per example and grade each one."""
     prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from thinklean.methods.bupo import BuPOTrainer
 from thinklean.methods.hmpo import HMPOTrainer
 from thinklean.methods.iapo import IAPOTrainer
+from thinklean.methods.lhrm import HGPOTrainer
 from thinklean.methods.length_baselines import L1Trainer, ThinkPruneTrainer
 from thinklean.train.rl import RLTrainer
 
@@ -19,6 +20,7 @@ METHODS: dict[str, type[RLTrainer]] = {
     "thinkprune": ThinkPruneTrainer,
     "bupo": BuPOTrainer,
     "iapo": IAPOTrainer,
+    "hgpo": HGPOTrainer,
 }
 
 

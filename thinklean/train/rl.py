@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -364,7 +363,7 @@ class RLTrainer:
                     totals["loss"] += float(loss.detach()) * share
                     totals["clip_frac"] += float(metrics["clip_frac"]) * share
                     totals["approx_kl"] += float(metrics["approx_kl"]) * share
-                    totals["kl"] += float(kl_value) * share
+                    totals["kl"] += float(kl_value.detach()) * share
                     totals["entropy"] += float((entropy * micro["response_mask"]).sum()) / n_tokens
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
                 check_finite(self.step_index + 1, loss=totals["loss"], grad_norm=float(grad_norm))
@@ -391,7 +390,6 @@ class RLTrainer:
             "length_min": int(r.lengths.min()) if len(r.lengths) else 0,
             "length_max": int(r.lengths.max()) if len(r.lengths) else 0,
             "truncated": float((~r.finished).float().mean()) if len(r.finished) else 0.0,
-            **batch.info,
         }
         if len(r.lengths):
             t1 = time.time()
@@ -406,6 +404,7 @@ class RLTrainer:
             metrics.update(self.update(batch))
             metrics["update_time"] = time.time() - t1
             metrics["train_tokens_per_s"] = (n_resp_tokens * cfg.ppo_epochs) / max(1e-9, metrics["update_time"])
+        metrics.update(batch.info)  # method extras, including those set in compute_advantages
         metrics["rollout_time"] = t_rollout
         metrics["rollout_tokens_per_s"] = n_resp_tokens / max(1e-9, t_rollout)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -457,13 +456,3 @@ class RLTrainer:
         final = self.run_dir / "model"
         save_pretrained(self.accelerator.unwrap_model(self.model), self.tokenizer, final)
         return {"steps": self.step_index, "model": str(final)}
-
-
-def summarize_run(metrics: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """First/last-10-step means of reward, accuracy and length, for notes and tests."""
-    def mean(rows: Sequence[dict[str, Any]], key: str) -> float:
-        values = [r[key] for r in rows if key in r and not math.isnan(r[key])]
-        return sum(values) / len(values) if values else float("nan")
-
-    head, tail = metrics[:10], metrics[-10:]
-    return {f"{k}_{w}": mean(rows, k) for k in ("reward", "accuracy", "length_mean") for w, rows in (("first", head), ("last", tail))}
