@@ -36,7 +36,7 @@ class BuildStage:
 BASE_STAGES = (
     BuildStage("arithmetic", SFTConfig(steps=800, batch_size=32, lr=2e-3, warmup_ratio=0.03, save_every=100),
                {"terse": 0.6, "normal": 0.4, "verbose": 0.0}, 30_000),
-    BuildStage("styles", SFTConfig(steps=200, batch_size=32, lr=5e-4, warmup_ratio=0.05, save_every=50),
+    BuildStage("styles", SFTConfig(steps=100, batch_size=32, lr=5e-4, warmup_ratio=0.05, save_every=50),
                BASE_STYLE_WEIGHTS, 8_000),
 )
 
