@@ -19,6 +19,11 @@ probe drops both the explicit positions and the prompt's padding mask (shifted R
 attention to pad keys); here both are kept, and a test checks the result against
 :func:`naive_answer_entropies` (one unpadded forward per prefix).
 
+The probe still runs ``E`` exit tokens per response token, so it costs about
+``(P + T + E * T) / (P + T)`` plain forwards (measured on CPU, tiny Qwen2, 64 x ~175 tokens:
+4.0x with the 4-token ``"</think> \\boxed{"``, 1.8x with ``"</think>"`` alone); chunk size
+8-32 is best, larger chunks pay for attention over the other copies' masked keys.
+
 Mask format (checked on transformers 5.23): a 4-D ``attention_mask [B, 1, q, k]`` bypasses
 ``create_causal_mask`` and reaches the attention function as-is. ``eager`` *adds* it to the scores
 (a bool mask would be added as 0/1 — silently wrong), ``sdpa`` takes bool or additive float,
@@ -268,7 +273,8 @@ def information_gain(answer_entropy: Tensor, response_mask: Tensor, smooth: bool
 def _check_inputs(prompt_ids, prompt_mask, response_ids, response_mask, exit_ids, temperature) -> None:
     if prompt_ids.dim() != 2 or prompt_mask.shape != prompt_ids.shape:
         raise ValueError(
-            f"prompt_ids and prompt_mask must both be [B, P], got {tuple(prompt_ids.shape)} and {tuple(prompt_mask.shape)}"
+            f"prompt_ids and prompt_mask must both be [B, P], got {tuple(prompt_ids.shape)} "
+            f"and {tuple(prompt_mask.shape)}"
         )
     if response_ids.dim() != 2 or response_mask.shape != response_ids.shape:
         raise ValueError(

@@ -12,9 +12,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as hf_logging
 
 from thinklean.data.arith import tokenizer_corpus
 from thinklean.data.formats import EOS, PAD, SPECIAL_TOKENS
+
+hf_logging.disable_progress_bar()  # per-file load/save bars drown thinklean's own progress output
 
 BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base"
 TINY_CONFIG = dict(
