@@ -131,7 +131,9 @@ def test_information_gain_by_hand():
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
     gain = information_gain(entropy, mask, smooth=False)
     smoothed = information_gain(entropy, mask)
-    torch.testing.assert_close(gain, torch.tensor([[1.0, 0.0, 1.5, 0.0], [3.0, 0, 0, 0], [0.0, 0, 0, 0], [0.0, 0, 0, 0]]))
+    torch.testing.assert_close(
+        gain, torch.tensor([[1.0, 0.0, 1.5, 0.0], [3.0, 0, 0, 0], [0.0, 0, 0, 0], [0.0, 0, 0, 0]])
+    )
     torch.testing.assert_close(
         smoothed, torch.tensor([[1.0, 0.5, 1.5, 0.75], [3.0, 1.5, 0, 0], [0.0, 0, 0, 0], [0.0, 0, 0, 0]])
     )
