@@ -79,7 +79,8 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
 def _fmt(value: Any, pct: bool = False) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.1f}%" if pct else f"{value:.1f}"
+    text = f"{100 * value:.1f}%" if pct else f"{value:.1f}"
+    return "0.0%" if text == "-0.0%" else text
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
