@@ -93,6 +93,18 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
     return positions.clamp_(min=0)
 
 
+def left_pad(contexts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids``, ``attention_mask`` and ``position_ids``, each ``[n, max len]``."""
+    width = max(len(c) for c in contexts)
+    input_ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for i, c in enumerate(contexts):
+        input_ids[i, width - len(c):] = torch.tensor(c)
+        attention_mask[i, width - len(c):] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    return input_ids, attention_mask, position_ids_from_mask(attention_mask)
+
+
 def eos_token_ids(model, tokenizer) -> list[int]:
     """The tokenizer's EOS id plus any EOS ids in ``model.generation_config``."""
     ids = []
@@ -339,15 +351,7 @@ def _decode_chunk(model, tokenizer, prompts, prefixes, config, pad_id, eos_ids, 
     device = next(model.parameters()).device
     n = len(prompts)
     prefix_lens = torch.tensor([len(p) for p in prefixes], device=device)
-    contexts = [p + f for p, f in zip(prompts, prefixes)]
-    width = max(len(c) for c in contexts)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    for i, c in enumerate(contexts):
-        input_ids[i, width - len(c):] = torch.tensor(c)
-        attention_mask[i, width - len(c):] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    positions = position_ids_from_mask(attention_mask)
+    input_ids, attention_mask, positions = left_pad([p + f for p, f in zip(prompts, prefixes)], pad_id, device)
 
     # The buffers hold whole responses: column j of row r is its j-th response token.
     max_len = config.max_new_tokens

@@ -39,6 +39,7 @@ from thinklean.rollout.engine import (
     _preallocate,
     _sample,
     eos_token_ids,
+    left_pad,
     position_ids_from_mask,
 )
 
@@ -207,14 +208,7 @@ def _decode_latent_chunk(model, tokenizer, projector, detector, prompts, prefixe
     first_segments = [detector.first_segment(prefix) for prefix in prefixes]
     cuts = [segment[0] if segment else len(prefix) for segment, prefix in zip(first_segments, prefixes)]
     contexts = [p + f[:c] for p, f, c in zip(prompts, prefixes, cuts)]
-    width = max(len(c) for c in contexts)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    for i, c in enumerate(contexts):
-        input_ids[i, width - len(c):] = torch.tensor(c)
-        attention_mask[i, width - len(c):] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    positions = position_ids_from_mask(attention_mask)
+    input_ids, attention_mask, positions = left_pad(contexts, pad_id, device)
 
     tokens_out = torch.full((n, max_len), pad_id, dtype=torch.long, device=device)
     logprobs_out = torch.zeros((n, max_len), dtype=torch.float32, device=device)
