@@ -24,7 +24,7 @@ import torch
 from thinklean.core.rewards import l1_reward, thinkprune_budget, thinkprune_reward
 from thinklean.data.formats import format_prompt
 from thinklean.data.jsonl import Example
-from thinklean.rollout import RolloutBatch
+from thinklean.rollout import RolloutBatch, SamplingConfig
 from thinklean.train.rl import RLTrainer
 
 
@@ -64,13 +64,9 @@ class ThinkPruneTrainer(RLTrainer):
         schedule = self.config.reward_kwargs.get("schedule", [[0, self.config.max_new_tokens]])
         return thinkprune_budget(step, [tuple(s) for s in schedule])
 
-    def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> RolloutBatch:
-        cfg = self.config
-        self.config = dataclasses.replace(cfg, max_new_tokens=min(cfg.max_new_tokens, self.budget(step)))
-        try:
-            return super().rollout(examples, step, round_)
-        finally:
-            self.config = cfg
+    def sampling_config(self, step: int) -> SamplingConfig:
+        sampling = super().sampling_config(step)
+        return dataclasses.replace(sampling, max_new_tokens=min(sampling.max_new_tokens, self.budget(step)))
 
     def compute_rewards(self, batch: RolloutBatch, examples: Sequence[Example], correct: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         budget = self.budget(self.step_index)

@@ -227,15 +227,18 @@ class RLTrainer:
         k = min(self.config.prompts_per_step, len(self.train_examples))
         return [self.train_examples[i] for i in rng.sample(range(len(self.train_examples)), k)]
 
+    def sampling_config(self, step: int) -> SamplingConfig:
+        """How step ``step`` samples; override for schedules (e.g. ThinkPrune's budget)."""
+        cfg = self.config
+        return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              batch_size=cfg.rollout_batch_size)
+
     def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> RolloutBatch:
         cfg = self.config
         prompts, prefixes = self.build_prompts(examples)
         generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed * 1_000_003 + step * 101 + round_)
-        sampling = SamplingConfig(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-            batch_size=cfg.rollout_batch_size,
-        )
-        return generate(self.model, self.tokenizer, prompts, cfg.samples_per_prompt, sampling, prefixes, generator)
+        return generate(self.model, self.tokenizer, prompts, cfg.samples_per_prompt, self.sampling_config(step),
+                        prefixes, generator)
 
     def _score(self, rollout: RolloutBatch, examples: Sequence[Example]) -> StepBatch:
         answers = [examples[int(g)].answer for g in rollout.group_ids]
