@@ -401,8 +401,8 @@ class RLTrainer:
                 if cfg.kl_in_reward > 0:
                     k1 = kl_penalty(self.model_logprobs(batch), batch.ref_logprobs, "k1")
                     batch.rewards = batch.rewards - cfg.kl_in_reward * (k1 * r.response_mask).sum(1)
-            if cfg.ppo_epochs > 1 or cfg.mini_batches > 1:
-                self._fill_logprobs(batch, self.model, "old_logprobs")
+            if (cfg.ppo_epochs > 1 or cfg.mini_batches > 1) and batch.old_logprobs is None:
+                self._fill_logprobs(batch, self.model, "old_logprobs")  # may exist already (in-reward KL)
             batch.advantages = self.compute_advantages(batch)
             metrics.update(self.update(batch))
             metrics["update_time"] = time.time() - t1
