@@ -21,6 +21,7 @@ text spread over several tokens: the newest token must complete ``</implicit_tho
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -102,13 +103,25 @@ class _SegmentDetector:
 
     def first_segment(self, tokens: list[int]) -> tuple[int, int] | None:
         """``(position, N)`` of the first segment closed inside ``tokens`` (a forced prefix)."""
+        return next(self._closed_segments(tokens), None)
+
+    def segments(self, tokens: list[int]) -> list[tuple[int, int]]:
+        """Every ``(position, N)`` closed inside ``tokens`` (a teacher-forced response), in order."""
+        return list(self._closed_segments(tokens))
+
+    def _closed_segments(self, tokens: list[int]) -> Iterator[tuple[int, int]]:
         candidates = set(self.candidates.tolist())
         for end in range(1, len(tokens) + 1):
             if tokens[end - 1] in candidates:
                 steps = self.steps(tokens[:end])
                 if steps is not None:
-                    return end, steps
-        return None
+                    yield end, steps
+
+
+def segment_finder(tokenizer, max_steps: int) -> Callable[[list[int]], list[tuple[int, int]]]:
+    """A function ``response tokens -> [(position, N), ...]`` finding the latent segments of a
+    written response exactly as :func:`generate_latent` does while decoding (projector SFT)."""
+    return _SegmentDetector(tokenizer, max_steps, torch.device("cpu")).segments
 
 
 def generate_latent(
