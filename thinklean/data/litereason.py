@@ -1,0 +1,167 @@
+"""LiteReason SFT data (litereason.md): correct sampled traces with sentences made latent.
+
+For each problem, ``k`` traces are sampled from the model (temperature 0.7, top-p 0.8, as the
+authors) and the correct ones kept. A trace's reasoning is split into sentences and, for each
+replacement ratio (0.10 and 0.25), a few random variants replace ``max(1, round(ratio * S))``
+of its ``S`` replaceable sentences by a latent segment::
+
+    <implicit_thought>N</implicit_thought>,   N = max(1, min(5, floor(0.2 * tokens(sentence))))
+
+so a longer thought gets more latent steps. Rows carry the LiteReason prompt (the question plus
+:data:`INSTRUCTION`), the variant as ``solution``, the ``ratio`` and the number of ``replaced``
+sentences. Everything is a pure function of the seed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from thinklean.data.formats import LATENT, LATENT_END, THINK, THINK_END, format_prompt
+from thinklean.data.grading import grade
+from thinklean.data.jsonl import Example
+from thinklean.rollout import SamplingConfig, generate
+from thinklean.train.monitor import progress_bar
+
+RATIOS = (0.10, 0.25)
+MAX_LATENT_STEPS = 5
+INSTRUCTION = (f"You may replace a reasoning sentence by {LATENT}N{LATENT_END}, "
+               f"N from 1 to {MAX_LATENT_STEPS} reflecting the thought's complexity.")
+# A sentence ends at . ! ? or a latent segment's closing tag, before whitespace; the group keeps separators.
+_SENTENCE_END = re.compile(rf"((?:(?<=[.!?])|(?<={re.escape(LATENT_END)}))\s+)")
+
+
+def litereason_prompt(question: str) -> str:
+    """The question followed by :data:`INSTRUCTION` (unchanged if it already ends with it)."""
+    return question if question.endswith(INSTRUCTION) else f"{question} {INSTRUCTION}"
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text``: split at whitespace after ``.``, ``!``, ``?`` or ``</implicit_thought>``."""
+    return _pieces(text)[1][::2]
+
+
+def _pieces(text: str) -> tuple[str, list[str], str]:
+    """``(leading space, [sentence, separator, sentence, ...], trailing space)``; joined they give ``text``."""
+    core = text.strip()
+    if not core:
+        return text, [], ""
+    lead, trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()):]
+    return lead, _SENTENCE_END.split(core), trail
+
+
+def latent_steps_for(sentence: str, tokenizer: Any, max_steps: int = MAX_LATENT_STEPS) -> int:
+    """``N = max(1, min(max_steps, floor(0.2 * tokens(sentence))))``; tokens without special tokens."""
+    tokens = len(tokenizer(sentence, add_special_tokens=False)["input_ids"])
+    return max(1, min(max_steps, tokens // 5))  # tokens // 5 == floor(0.2 * tokens), exact in integers
+
+
+def latent_segment(steps: int) -> str:
+    """``<implicit_thought>steps</implicit_thought>``."""
+    return f"{LATENT}{steps}{LATENT_END}"
+
+
+def _reasoning_bounds(response: str) -> tuple[int, int]:
+    """Character span of the reasoning: inside ``<think> ... </think>``, else the whole response."""
+    start, end = response.find(THINK), response.find(THINK_END)
+    if start >= 0 and end > start:
+        return start + len(THINK), end
+    return 0, len(response)
+
+
+def latent_variant(response: str, tokenizer: Any, ratio: float, rng: random.Random,
+                   max_steps: int = MAX_LATENT_STEPS) -> tuple[str, int] | None:
+    """``response`` with ``max(1, round(ratio * S))`` random reasoning sentences made latent.
+
+    Replaceable sentences: those of the reasoning span without ``\\boxed`` (the answer) and
+    without a latent tag (already latent). Returns ``(variant, sentences replaced)``, or None
+    when no sentence is replaceable. Text outside the reasoning span is kept as it is.
+    """
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    start, end = _reasoning_bounds(response)
+    lead, pieces, trail = _pieces(response[start:end])
+    replaceable = [i for i in range(0, len(pieces), 2)
+                   if "\\boxed" not in pieces[i] and LATENT not in pieces[i] and LATENT_END not in pieces[i]]
+    if not replaceable:
+        return None
+    count = max(1, int(ratio * len(replaceable) + 0.5))  # round half up, at least one
+    for i in rng.sample(replaceable, count):
+        pieces[i] = latent_segment(latent_steps_for(pieces[i], tokenizer, max_steps))
+    return response[:start] + lead + "".join(pieces) + trail + response[end:], count
+
+
+def variant_rows(example: Example, trace: str, tokenizer: Any, rng: random.Random,
+                 ratios: Sequence[float] = RATIOS, variants: int = 2) -> list[dict]:
+    """SFT rows for one correct ``trace``: up to ``variants`` distinct variants per ratio."""
+    rows = []
+    for ratio in ratios:
+        seen: set[str] = set()
+        for _ in range(variants):
+            made = latent_variant(trace, tokenizer, ratio, rng)
+            if made is None or made[0] in seen:
+                continue
+            seen.add(made[0])
+            row = {"prompt": litereason_prompt(example.prompt), "answer": example.answer, "solution": made[0],
+                   "ratio": ratio, "replaced": made[1]}
+            if example.difficulty is not None:
+                row["difficulty"] = example.difficulty
+            rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def correct_traces(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5, seed: int = 0,
+                   max_new_tokens: int = 320, temperature: float = 0.7, top_p: float = 0.8,
+                   batch_size: int = 128, show_progress: bool = True) -> list[list[str]]:
+    """Rejection sampling: per example, its distinct correct traces among ``k`` samples (in sample order).
+
+    Prompts are the plain questions (the model writes its usual reasoning). Problems are decoded
+    in chunks of ``batch_size // k``; chunk ``c`` samples with seed ``(seed, c)``.
+    """
+    device = next(model.parameters()).device
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              batch_size=batch_size)
+    per_chunk = max(1, batch_size // k)
+    out: list[list[str]] = []
+    with progress_bar(disable=not show_progress) as bar:
+        task = bar.add_task("rejection sampling", total=len(examples), info="")
+        for chunk, first in enumerate(range(0, len(examples), per_chunk)):
+            block = examples[first: first + per_chunk]
+            generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + chunk)
+            batch = generate(model, tokenizer, [format_prompt(e.prompt, tokenizer) for e in block], k, sampling,
+                             generator=generator)
+            for j, example in enumerate(block):
+                texts = [t.strip() for t in batch.texts[j * k: (j + 1) * k]]
+                out.append(list(dict.fromkeys(t for t in texts if grade(t, example.answer))))
+            kept = sum(len(traces) for traces in out)
+            bar.update(task, advance=len(block), info=f"{kept} correct traces")
+    return out
+
+
+def litereason_records(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5,
+                       seed: int = 0, variants: int = 2, ratios: Sequence[float] = RATIOS,
+                       max_new_tokens: int = 320, batch_size: int = 128, show_progress: bool = True) -> list[dict]:
+    """LiteReason SFT rows: rejection-sampled correct traces (:func:`correct_traces`), each
+    turned into variants at every ratio (:func:`variant_rows`); problems with no correct trace
+    give no rows."""
+    traces = correct_traces(model, tokenizer, examples, k, seed, max_new_tokens, batch_size=batch_size,
+                            show_progress=show_progress)
+    rows = []
+    for index, (example, kept) in enumerate(zip(examples, traces)):
+        for j, trace in enumerate(kept):
+            rows += variant_rows(example, trace, tokenizer, random.Random(f"litereason-{seed}-{index}-{j}"),
+                                 ratios, variants)
+    return rows
+
+
+def records_summary(rows: Sequence[dict]) -> str:
+    """One line for the terminal: rows per ratio and mean latent segments per row."""
+    per_ratio = {ratio: sum(1 for r in rows if r["ratio"] == ratio) for ratio in sorted({r["ratio"] for r in rows})}
+    mean = sum(r["replaced"] for r in rows) / len(rows) if rows else 0.0
+    ratios = ", ".join(f"{count} at ratio {ratio:.2f}" for ratio, count in per_ratio.items())
+    return f"{len(rows)} rows ({ratios or 'none'}); {mean:.1f} latent segments per row"
