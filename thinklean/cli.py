@@ -1,4 +1,4 @@
-"""``thinklean`` command line: demo | data | sft | train | eval | analyze | explain-tokens | report.
+"""``thinklean`` command line: demo | data | sft | litereason-sft | train | eval | analyze | explain-tokens | report.
 
 Every command accepts ``--seed`` and writes into ``--output``. Bad input (data file, model
 directory, config) ends with one ``error: ...`` line naming the file and exit code 2.
@@ -64,8 +64,10 @@ def cmd_data(args: argparse.Namespace) -> None:
 
     if args.task == "hft":
         return _data_hft(args)
+    if args.task == "litereason":
+        return _data_litereason(args)
     if args.task != "arith":
-        raise UsageError(f"unknown data task {args.task!r} (available: arith, hft)")
+        raise UsageError(f"unknown data task {args.task!r} (available: arith, hft, litereason)")
     if args.split == "train" and args.solutions:
         rows = sft_records(args.n, seed=args.seed)
     else:
@@ -102,6 +104,21 @@ def _data_hft(args: argparse.Namespace) -> None:
     print(f"wrote {len(rows)} rows to {out}")
 
 
+def _data_litereason(args: argparse.Namespace) -> None:
+    """LiteReason SFT rows (litereason.md): rejection-sampled correct traces with sentences made latent."""
+    from thinklean.data.jsonl import write_jsonl
+    from thinklean.data.litereason import litereason_records, records_summary
+
+    model, tokenizer = _load(args.model or "base", args.trust_remote_code)
+    examples = _load_examples(args.data, args.n, "train", args.seed)
+    rows = litereason_records(model, tokenizer, examples, k=args.k, seed=args.seed, variants=args.variants,
+                              max_new_tokens=args.max_new_tokens)
+    out = args.output if args.output.suffix == ".jsonl" else args.output / "litereason.jsonl"
+    write_jsonl(out, rows)
+    print(records_summary(rows))
+    print(f"wrote {len(rows)} rows to {out}")
+
+
 def cmd_sft(args: argparse.Namespace) -> None:
     from thinklean.data.arith import sft_records
     from thinklean.data.jsonl import example_to_dict, load_jsonl
@@ -126,6 +143,24 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print(f"model saved to {args.output / 'model'}")
 
 
+def cmd_litereason_sft(args: argparse.Namespace) -> None:
+    from thinklean.data.jsonl import example_to_dict, load_jsonl
+    from thinklean.methods.litereason import load_projector, projector_sft_config, train_projector
+
+    rows = [example_to_dict(e) for e in load_jsonl(args.data, require_solution=True)]
+    model, tokenizer = _load(args.model, args.trust_remote_code)
+    try:
+        projector = load_projector(model, args.projector, warn=False)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--projector {args.projector}: {e}") from e
+    config = projector_sft_config(len(rows), lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                                  grad_accum=args.grad_accum, grad_clip=args.grad_clip, max_length=args.max_length,
+                                  seed=args.seed)
+    summary = train_projector(model, tokenizer, projector, rows, args.output, config, with_lm=args.with_lm)
+    print(json.dumps(summary))
+    print(f"model and projector saved to {args.output / 'model'}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from thinklean.methods import get_trainer_class
     from thinklean.train.config import ConfigError, load_config, parse_overrides
@@ -136,9 +171,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         if value is not None:
             overrides[key] = (value, 0)
     overrides["seed"] = (args.seed, 0)
-    bupo = {k: v for k, v in (("layer", args.layer), ("s_inter", args.s_inter)) if v is not None}
-    if bupo:
-        overrides["method_kwargs"] = (bupo, 0)
+    method_kwargs = {k: v for k, v in (("layer", args.layer), ("s_inter", args.s_inter), ("projector", args.projector))
+                     if v is not None}
+    if method_kwargs:
+        overrides["method_kwargs"] = (method_kwargs, 0)
     try:
         trainer_class = get_trainer_class(args.method)
         config = load_config(args.method, args.config, overrides)
@@ -156,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     model, tokenizer = _load(args.model, args.trust_remote_code)
     try:
         trainer = trainer_class(model, tokenizer, config, train_examples, args.output, eval_examples)
-    except ConfigError as e:  # e.g. hgpo with an odd samples_per_prompt
+    except (ConfigError, FileNotFoundError) as e:  # e.g. hgpo with an odd samples_per_prompt, a missing projector
         raise UsageError(str(e)) from e
     result = trainer.train(resume=args.resume)
     print(json.dumps(result))
@@ -269,18 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", formatter_class=DEFAULTS, help="generate datasets as JSONL",
                        description="Write embedded-task problems (optionally with mixed-style solutions) as JSONL.")
-    p.add_argument("task", choices=["arith", "hft"], help="dataset to build (hft: think/no-think SFT mixture)")
-    p.add_argument("--n", type=int, default=1000, help="number of rows")
+    p.add_argument("task", choices=["arith", "hft", "litereason"],
+                   help="dataset to build (hft: think/no-think SFT mixture; litereason: traces with latent segments)")
+    p.add_argument("--n", type=int, default=1000, help="number of rows (litereason: problems to sample)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="problem split (disjoint by hash)")
     p.add_argument("--solutions", action="store_true", help="include mixed-verbosity think-mode solutions (SFT data)")
     _add_model_and_data(p, model=None, model_help="hft: send to no-think the problems this model answers right "
-                        "when forced to '<no_think> \\boxed{' (replaces the rule)",
-                        data_help="hft: 'arith' or a JSONL file whose rows name their mode")
+                        "when forced to '<no_think> \\boxed{' (replaces the rule); litereason: the model whose "
+                        "traces are sampled ('base' when not given)",
+                        data_help="hft: 'arith' or a JSONL file whose rows name their mode; litereason: 'arith' or "
+                        "a JSONL file with prompt, answer")
     p.add_argument("--mode-field", dest="mode_field", default="mode", help="hft JSONL: field holding think / no_think")
     p.add_argument("--no-think-rule", dest="no_think_rule", default=None,
                    help="hft: problems that may go no-think: 'difficulty<=2' (arith default), 'none', 'all'")
     p.add_argument("--no-think-share", dest="no_think_share", type=float, default=0.5,
                    help="hft arith: share of rule-selected problems written as no-think (the rest think)")
+    p.add_argument("--k", type=int, default=5, help="litereason: traces sampled per problem (temperature 0.7, top-p 0.8)")
+    p.add_argument("--variants", type=int, default=2, help="litereason: random variants per kept trace and ratio (0.10, 0.25)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=320, help="litereason: response cap when sampling")
     _add_common(p, "data")
     p.set_defaults(func=cmd_data)
 
@@ -299,10 +341,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, "runs/sft")
     p.set_defaults(func=cmd_sft)
 
+    p = sub.add_parser("litereason-sft", formatter_class=DEFAULTS, help="LiteReason projector SFT (LM frozen)",
+                       description="Train the Reasoning Projector on `thinklean data litereason` rows: the LM is frozen, "
+                       "latent segments are unrolled into projector steps, loss on the tokens after the first segment. "
+                       "Writes OUTPUT/model (the LM with projector.safetensors + projector.json next to it) for "
+                       "`thinklean train --method litereason --model OUTPUT/model`.")
+    p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
+    p.add_argument("--data", type=Path, required=True, help="JSONL from `thinklean data litereason` (prompt, answer, solution)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
+    p.add_argument("--projector", default=None,
+                   help="projector directory to start from; none: the --model directory's, else copies of its last MLP")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the rows")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (10%% warm-up, then cosine to 0.1x)")
+    p.add_argument("--grad-clip", dest="grad_clip", type=float, default=0.2, help="gradient-norm clip")
+    p.add_argument("--max-length", type=int, default=512, help="truncate prompt+response to this many tokens")
+    p.add_argument("--with-lm", dest="with_lm", action="store_true",
+                   help="also fine-tune the LM, loss on every response token (for a model that cannot follow the "
+                   "prompt's instruction to write segments, like the embedded one; the spec keeps the LM frozen)")
+    _add_common(p, "runs/litereason-sft")
+    p.set_defaults(func=cmd_litereason_sft)
+
     p = sub.add_parser("train", formatter_class=DEFAULTS, help="RL training (GRPO, Dr.GRPO, DAPO, RLOO, HMPO, ...)",
                        description="Policy-gradient training from a base model. Settings come from "
                        "thinklean/configs/METHOD.yaml, then --config, then flags and --set KEY=VALUE.")
-    p.add_argument("--method", default="grpo", help="grpo | drgrpo | dapo | rloo | hmpo | l1 | thinkprune | bupo | iapo | hgpo")
+    p.add_argument("--method", default="grpo",
+                   help="grpo | drgrpo | dapo | rloo | hmpo | l1 | thinkprune | bupo | iapo | hgpo | litereason")
     _add_model_and_data(p)
     p.add_argument("--config", type=Path, default=None, help="YAML file overriding the method's defaults")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
@@ -315,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", dest="eval_every", type=int, default=None, help="evaluate on held-out problems every N steps")
     p.add_argument("--layer", type=int, default=None, help="BuPO: internal layer optimised during IPA (1-based)")
     p.add_argument("--s-inter", dest="s_inter", type=int, default=None, help="BuPO: IPA rollout steps before full GRPO")
+    p.add_argument("--projector", default=None,
+                   help="LiteReason: projector directory; none: the --model directory's, else copies of its last MLP")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
     _add_common(p, "runs/train")
     p.set_defaults(func=cmd_train)

@@ -8,6 +8,7 @@ from thinklean.methods.hmpo import HMPOTrainer
 from thinklean.methods.iapo import IAPOTrainer
 from thinklean.methods.lhrm import HGPOTrainer
 from thinklean.methods.length_baselines import L1Trainer, ThinkPruneTrainer
+from thinklean.methods.litereason import LiteReasonTrainer
 from thinklean.train.rl import RLTrainer
 
 METHODS: dict[str, type[RLTrainer]] = {
@@ -21,6 +22,7 @@ METHODS: dict[str, type[RLTrainer]] = {
     "bupo": BuPOTrainer,
     "iapo": IAPOTrainer,
     "hgpo": HGPOTrainer,
+    "litereason": LiteReasonTrainer,
 }
 
 

@@ -1,0 +1,270 @@
+"""LiteReason (litereason.md, arXiv 2512.02240): latent reasoning steps from a Reasoning Projector.
+
+1. **Projector SFT** (:func:`train_projector`): the LM is frozen; the SFT loss unrolls every
+   ``<implicit_thought>N</implicit_thought>`` segment into N latent steps and backpropagates
+   through them into the projector; cross-entropy on every discrete token after the first
+   segment (lr 1e-4, cosine to 0.1x with 10% warm-up, grad-norm clip 0.2, batch 16, 1 epoch).
+2. **RL** (:class:`LiteReasonTrainer`): GRPO on the generic loop whose rollouts run latent steps
+   (:func:`~thinklean.rollout.latent.generate_latent`). Only discrete tokens are actions:
+   latent positions are outside ``response_mask`` and ``lengths``, so every registered reward
+   (``--reward hmpo`` for "LiteReason + LP") sees discrete tokens only. The training forward
+   recomputes the latent embeddings under ``no_grad``; the projector gets no RL gradient.
+3. **Projector refresh** (:meth:`LiteReasonTrainer.on_epoch_end`): after each pass over the RL
+   prompts, projector SFT (1 epoch, constant lr) on a 10% sample of the pass's correct
+   rollouts, each converted at both ratios.
+
+``config.method_kwargs``: ``projector`` (directory; default: the model's own directory if it
+holds one, else a fresh projector whose blocks copy the last MLP), ``refresh_fraction`` (0.1),
+``refresh_lr`` (1e-4). The projector is saved next to the LM in ``RUN_DIR/model`` and, after
+each refresh, in ``RUN_DIR/projector`` (``--resume`` reloads it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from thinklean.core import entropy_from_logits
+from thinklean.data.formats import format_prompt
+from thinklean.data.grading import grade
+from thinklean.data.jsonl import Example
+from thinklean.data.litereason import RATIOS, litereason_prompt, variant_rows
+from thinklean.models.projector import CONFIG_NAME, ReasoningProjector
+from thinklean.rollout import SamplingConfig
+from thinklean.rollout.latent import LatentRolloutBatch, generate_latent, latent_forward, segment_finder
+from thinklean.train.config import ConfigError
+from thinklean.train.rl import RLConfig, RLTrainer, StepBatch
+from thinklean.train.sft import IGNORE_INDEX, LossFn, SFTConfig, train_sft
+
+METHOD_KWARGS: dict[str, Any] = {"projector": None, "refresh_fraction": 0.1, "refresh_lr": 1e-4}
+PROJECTOR_DIR = "projector"
+
+# ------------------------------------------------------------------------------ projector SFT
+
+
+def split_sft_batch(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An SFT batch (``input_ids``/``attention_mask``/``labels`` ``[b, L]``, right-padded) as
+    ``prompt_ids, prompt_mask`` ``[b, P]`` (left-padded) and ``response_ids, response_mask``
+    ``[b, T]`` (right-padded), the layout :func:`latent_forward` takes. Response = labelled tokens."""
+    lengths = batch["attention_mask"].sum(1).tolist()
+    labelled = batch["labels"] != IGNORE_INDEX
+    starts = [int(row.nonzero()[0]) if bool(row.any()) else n for row, n in zip(labelled, lengths)]
+    width_p = max(max(starts), 1)
+    width_t = max(max(n - s for n, s in zip(lengths, starts)), 1)
+    device = batch["input_ids"].device
+    prompt_ids = torch.zeros((len(lengths), width_p), dtype=torch.long, device=device)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    response_ids = torch.zeros((len(lengths), width_t), dtype=torch.long, device=device)
+    response_mask = torch.zeros_like(response_ids)
+    for b, (n, s) in enumerate(zip(lengths, starts)):
+        prompt_ids[b, width_p - s:] = batch["input_ids"][b, :s]
+        prompt_mask[b, width_p - s:] = 1
+        response_ids[b, : n - s] = batch["input_ids"][b, s:n]
+        response_mask[b, : n - s] = 1
+    return prompt_ids, prompt_mask, response_ids, response_mask
+
+
+def projector_sft_loss(projector: ReasoningProjector, tokenizer: Any, all_response_tokens: bool = False) -> LossFn:
+    """A ``train_sft`` loss: mean cross-entropy of the discrete response tokens after the end of
+    each row's first latent segment, with the segments unrolled through ``projector`` (gradient
+    flows through the latent steps). ``all_response_tokens``: every response token instead (for
+    the joint LM + projector variant, where the LM must also learn to open segments).
+    Returns ``(loss, number of scored tokens)``."""
+    find_segments = segment_finder(tokenizer, projector.max_steps)
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        prompt_ids, prompt_mask, response_ids, response_mask = split_sft_batch(batch)
+        lengths = response_mask.sum(1).tolist()
+        segments = [find_segments(response_ids[b, :n].tolist()) for b, n in enumerate(lengths)]
+        out = latent_forward(model, projector, prompt_ids, prompt_mask, response_ids, response_mask, segments,
+                             grad_through_projector=True)
+        scored = response_mask.bool()
+        if not all_response_tokens:
+            width = response_ids.shape[1]
+            starts = torch.tensor([s[0][0] if s else width for s in segments], device=scored.device)
+            scored &= torch.arange(width, device=scored.device)[None] >= starts[:, None]
+        count = int(scored.sum())
+        if count == 0:  # nothing after a segment in this batch: a zero loss that still reaches the projector
+            return sum(p.sum() for p in projector.parameters()) * 0.0, 0
+        return F.cross_entropy(out.logits[scored].float(), response_ids[scored]), count
+
+    return loss_fn
+
+
+def projector_sft_config(num_rows: int, lr: float = 1e-4, epochs: float = 1.0, batch_size: int = 16,
+                         grad_accum: int = 1, constant_lr: bool = False, grad_clip: float = 0.2,
+                         max_length: int = 512, seed: int = 0) -> SFTConfig:
+    """The spec's projector-SFT settings as an :class:`SFTConfig` for ``epochs`` over ``num_rows``:
+    lr warm-up over 10% then cosine to 0.1x (``constant_lr``: flat, as in the refresh), no
+    weight decay, effective batch ``batch_size * grad_accum``."""
+    steps = max(1, math.ceil(epochs * math.ceil(num_rows / batch_size) / grad_accum))
+    return SFTConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                     min_lr_ratio=1.0 if constant_lr else 0.1, warmup_ratio=0.0 if constant_lr else 0.1,
+                     weight_decay=0.0, grad_clip=grad_clip, max_length=max_length, seed=seed, log_every=1)
+
+
+def train_projector(model: torch.nn.Module, tokenizer: Any, projector: ReasoningProjector, rows: Sequence[dict],
+                    run_dir: str | Path, config: SFTConfig, with_lm: bool = False,
+                    show_progress: bool = True) -> dict[str, Any]:
+    """Projector SFT on LiteReason rows (``prompt``, ``solution`` with latent segments).
+
+    Only the projector is optimised (``with_lm``: the LM too, loss on every response token);
+    the LM's ``requires_grad`` flags are restored afterwards. ``RUN_DIR/model`` receives the LM
+    (as ``train_sft`` writes it) with the projector saved next to it. Returns ``train_sft``'s
+    summary.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where train_sft's Accelerator trains
+    model.to(device)
+    projector.to(device)
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(with_lm)
+    projector.requires_grad_(True)
+    parameters = list(projector.parameters()) + (list(model.parameters()) if with_lm else [])
+    try:
+        summary = train_sft(model, tokenizer, rows, config, run_dir,
+                            loss_fn=projector_sft_loss(projector, tokenizer, all_response_tokens=with_lm),
+                            parameters=parameters, show_progress=show_progress)
+    finally:
+        for parameter, flag in zip(model.parameters(), flags):
+            parameter.requires_grad_(flag)
+        projector.requires_grad_(False)
+    projector.save(Path(run_dir) / "model")
+    return summary
+
+
+def load_projector(model: torch.nn.Module, path: str | Path | None = None, warn: bool = True) -> ReasoningProjector:
+    """The projector saved in ``path``; without one, the one in the model's own directory; else a
+    fresh projector (every block a copy of the model's last MLP), with a warning if ``warn``."""
+    if path is not None:
+        return ReasoningProjector.load(path)
+    own = Path(getattr(model, "name_or_path", "") or "")
+    if str(own) and (own / CONFIG_NAME).is_file():
+        return ReasoningProjector.load(own)
+    if warn:
+        warnings.warn("LiteReason: no trained projector found (set method_kwargs.projector or run `thinklean "
+                      "litereason-sft`); starting from copies of the model's last MLP", stacklevel=2)
+    return ReasoningProjector.from_model(model)
+
+
+# ------------------------------------------------------------------------------------- RL
+
+
+def refresh_rows(rollouts: Sequence[tuple[Example, str]], tokenizer: Any, fraction: float,
+                 rng: random.Random) -> list[dict]:
+    """Projector-refresh rows: a ``fraction`` sample (at least one) of the pass's correct
+    ``(example, response)`` rollouts, each converted once at every ratio of :data:`RATIOS`."""
+    if not rollouts:
+        return []
+    picked = sorted(rng.sample(range(len(rollouts)), max(1, round(fraction * len(rollouts)))))
+    return [row for i in picked for row in variant_rows(rollouts[i][0], rollouts[i][1], tokenizer, rng, RATIOS, 1)]
+
+
+class LiteReasonTrainer(RLTrainer):
+    """GRPO whose rollouts run latent steps; projector frozen in RL, refreshed after each pass."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: RLConfig, train_examples: Sequence[Example],
+                 run_dir: str | Path, eval_examples: Sequence[Example] = ()) -> None:
+        unknown = sorted(set(config.method_kwargs) - set(METHOD_KWARGS))
+        if unknown:
+            raise ConfigError(f"method_kwargs: unknown key(s) {', '.join(unknown)} for litereason "
+                              f"(valid: {', '.join(METHOD_KWARGS)})")
+        if config.dynamic_sampling or config.keep_shortest:
+            raise ConfigError("litereason: dynamic_sampling and keep_shortest are not supported "
+                              "(their row filters drop the rollouts' latent segments)")
+        fraction = float(config.method_kwargs.get("refresh_fraction", METHOD_KWARGS["refresh_fraction"]))
+        if not 0 <= fraction <= 1:
+            raise ConfigError(f"method_kwargs.refresh_fraction must be in [0, 1] (0: no refresh), got {fraction}")
+        super().__init__(model, tokenizer, config, train_examples, run_dir, eval_examples)
+        self.projector = self._frozen(load_projector(model, config.method_kwargs.get("projector")))
+        self.refresh_fraction = fraction
+        self.correct_rollouts: list[tuple[Example, str]] = []  # this pass's, for the refresh
+
+    def _frozen(self, projector: ReasoningProjector) -> ReasoningProjector:
+        return projector.to(self.accelerator.device).requires_grad_(False).eval()
+
+    def build_prompts(self, examples: Sequence[Example]) -> tuple[list[str], list[str] | None]:
+        return [format_prompt(litereason_prompt(e.prompt), self.tokenizer) for e in examples], None
+
+    def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> LatentRolloutBatch:
+        cfg = self.config
+        prompts, prefixes = self.build_prompts(examples)
+        seed = cfg.seed * 1_000_003 + step * 101 + round_  # as RLTrainer.rollout
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(seed)
+        return generate_latent(self.model, self.tokenizer, self.projector, prompts, cfg.samples_per_prompt,
+                               self.sampling_config(step), generator, prefixes)
+
+    def collect(self, step: int) -> StepBatch:
+        batch = super().collect(step)
+        r = batch.rollout
+        self.correct_rollouts += [(batch.examples[int(g)], text)
+                                  for g, text, ok in zip(r.group_ids, r.texts, batch.correct.tolist()) if ok]
+        steps = r.latent_steps.float()
+        batch.info.update(latent_steps_mean=float(steps.mean()), latent_rows=float((steps > 0).float().mean()),
+                          latent_segments_mean=sum(map(len, r.latent_segments)) / max(1, len(r.latent_segments)))
+        return batch
+
+    def _rows(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, Any]:
+        out = super()._rows(batch, rows)
+        out["latent_segments"] = [batch.rollout.latent_segments[i] for i in rows.tolist()]
+        return out
+
+    def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, Any],
+                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs ``[b, T]`` of the discrete tokens with the rollout's latent steps recomputed
+        under ``no_grad`` (they are state, not actions); entropy ``[b, T]`` optionally."""
+        out = latent_forward(model, self.projector, rows["prompt_ids"], rows["prompt_mask"], rows["response_ids"],
+                             rows["response_mask"], rows["latent_segments"], grad_through_projector=False)
+        logits = out.logits.float() / max(self.config.temperature, 1e-6)
+        logprobs = torch.log_softmax(logits, -1).gather(-1, rows["response_ids"].unsqueeze(-1)).squeeze(-1)
+        return logprobs, entropy_from_logits(logits.detach()) if with_entropy else None
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Projector refresh on a sample of the pass's correct rollouts (LM untouched)."""
+        pool, self.correct_rollouts = self.correct_rollouts, []
+        if self.refresh_fraction == 0:
+            return
+        rows = refresh_rows(pool, self.tokenizer, self.refresh_fraction,
+                            random.Random(f"litereason-refresh-{self.config.seed}-{epoch}"))
+        if not rows:
+            return
+        lr = float(self.config.method_kwargs.get("refresh_lr", METHOD_KWARGS["refresh_lr"]))
+        config = projector_sft_config(len(rows), lr=lr, constant_lr=True, seed=self.config.seed + epoch)
+        with tempfile.TemporaryDirectory() as scratch:  # train_sft's LM copy and checkpoint are not kept
+            summary = train_projector(self.accelerator.unwrap_model(self.model), self.tokenizer, self.projector, rows,
+                                      scratch, config, show_progress=False)
+        self._frozen(self.projector).save(self.run_dir / PROJECTOR_DIR)
+        record = {"epoch": epoch, "step": self.step_index, "correct_rollouts": len(pool), "rows": len(rows),
+                  "steps": config.steps, "loss": summary["final_loss"]}
+        with (self.run_dir / "projector_refresh.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    @torch.no_grad()
+    def evaluate(self, n: int | None = None) -> dict[str, Any]:
+        """Greedy accuracy and mean discrete response tokens with latent decoding."""
+        examples = self.eval_examples[: n or self.config.eval_problems]
+        prompts, _ = self.build_prompts(examples)
+        sampling = SamplingConfig(max_new_tokens=self.config.max_new_tokens, temperature=0.0,
+                                  batch_size=self.config.rollout_batch_size)
+        batch = generate_latent(self.model, self.tokenizer, self.projector, prompts, 1, sampling)
+        correct = [grade(text, e.answer) for text, e in zip(batch.texts, examples)]
+        return {"accuracy": sum(correct) / len(correct), "mean_response_tokens": float(batch.lengths.float().mean()),
+                "latent_steps_mean": float(batch.latent_steps.float().mean())}
+
+    def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+        """The generic loop; the projector of the last refresh is reloaded on ``resume`` and
+        saved next to the final model."""
+        saved = self.run_dir / PROJECTOR_DIR
+        if resume and (saved / CONFIG_NAME).is_file():
+            self.projector = self._frozen(ReasoningProjector.load(saved))
+        result = super().train(resume=resume, show_progress=show_progress)
+        self.projector.save(result["model"])
+        return result
