@@ -5,7 +5,7 @@ import pytest
 from matplotlib.image import imread
 
 from thinklean.cli import main
-from thinklean.eval.report import comparison_rows, write_report
+from thinklean.eval.report import collect_runs, comparison_rows, write_report
 
 
 def _demo_fixture(root):
@@ -51,3 +51,29 @@ def test_report_html_images_decode_and_table_matches_json(tmp_path):
 def test_report_on_a_missing_dir_is_a_usage_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope"), "--output", str(tmp_path / "r")]) == 2
     assert "results.json" in capsys.readouterr().err
+
+
+def test_iso_accuracy_columns_interpolate_along_logged_evaluations(tmp_path):
+    _demo_fixture(tmp_path)
+    # hmpo's periodic evaluations trade accuracy for tokens: (0.90, 90 tokens) at step 2, (0.70, 50) at step 4
+    lines = [{"step": 2, "reward": 0.5, "accuracy": 0.9, "length_mean": 90, "eval_accuracy": 0.9, "eval_length_mean": 90.0},
+             {"step": 4, "reward": 0.6, "accuracy": 0.7, "length_mean": 50, "eval_accuracy": 0.7, "eval_length_mean": 50.0}]
+    (tmp_path / "hmpo" / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    paths = write_report([tmp_path], tmp_path / "report")
+    rows = {r["method"]: r for r in json.loads(paths["table"].read_text())}
+    # base accuracy 0.80 is reached halfway from 90 to 50 tokens -> 70; 1 - 70/100
+    assert rows["hmpo"]["iso_compression_vs_base"] == pytest.approx(0.30)
+    # GRPO accuracy 0.82: (0.82 - 0.90) / (0.70 - 0.90) = 0.4 of the way -> 90 - 0.4 * 40 = 74; 1 - 74/90
+    assert rows["hmpo"]["iso_compression_vs_grpo"] == pytest.approx(1 - 74 / 90)
+    # grpo's evaluations stay at 0.80 (93 then 91 tokens): cheapest at base accuracy is 91
+    assert rows["grpo"]["iso_compression_vs_base"] == pytest.approx(0.09)
+    assert rows["base"]["iso_compression_vs_base"] is None and rows["grpo"]["iso_compression_vs_grpo"] is None
+    assert "| hmpo | 81.0% | 45.0 | 55.0% | 50.0% | 30.0% | 17.8% | 1.0% |" in paths["markdown"].read_text()
+    assert "<td>30.0%</td><td>17.8%</td>" in paths["html"].read_text()
+
+
+def test_runs_without_periodic_evaluations_have_no_iso_accuracy(tmp_path):
+    _demo_fixture(tmp_path)
+    (tmp_path / "hmpo" / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.1, "accuracy": 0.5, "length_mean": 9}) + "\n")
+    rows = {r["method"]: r for r in comparison_rows(collect_runs([tmp_path]))}
+    assert rows["hmpo"]["iso_compression_vs_base"] is None

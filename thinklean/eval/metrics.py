@@ -89,5 +89,42 @@ def compression(tokens: float, base_tokens: float) -> float:
     return 1.0 - tokens / base_tokens if base_tokens > 0 else float("nan")
 
 
+def tokens_at_accuracy(curve: Sequence[tuple[float, float]], reference_accuracy: float) -> float | None:
+    """Fewest mean response tokens at which a run is at least as accurate as a reference.
+
+    ``curve`` holds one ``(accuracy, mean_tokens)`` pair per evaluated checkpoint, in training
+    order (accuracy as a fraction); consecutive checkpoints are joined by straight lines. The
+    result is the smallest token count on that path where accuracy >= ``reference_accuracy``:
+    a checkpoint at or above the reference, or a point where a segment crosses it, found by
+    linear interpolation. Every crossing counts and the cheapest wins, so a non-monotone curve
+    (accuracy dips and recovers) needs no special case: the question is how few tokens the
+    method needs to match the reference, not when in training it first did. ``None`` when no
+    checkpoint reaches the reference, because extrapolating past the evaluated checkpoints
+    would invent data; for the same reason, when every checkpoint is above the reference the
+    cheapest checkpoint is returned (the saving at iso-accuracy is then a lower bound).
+    """
+    if not curve:
+        raise ValueError("tokens_at_accuracy needs at least one (accuracy, tokens) checkpoint")
+    candidates = [tokens for accuracy, tokens in curve if accuracy >= reference_accuracy]
+    for (acc0, tok0), (acc1, tok1) in zip(curve, curve[1:]):
+        if (acc0 - reference_accuracy) * (acc1 - reference_accuracy) < 0:
+            fraction = (reference_accuracy - acc0) / (acc1 - acc0)
+            candidates.append(tok0 + fraction * (tok1 - tok0))
+    return min(candidates) if candidates else None
+
+
+def iso_accuracy_compression(
+    curve: Sequence[tuple[float, float]], reference_accuracy: float, reference_tokens: float
+) -> float | None:
+    """:func:`compression` of :func:`tokens_at_accuracy` against the reference's tokens.
+
+    E.g. the base model's (accuracy, mean tokens) as reference: the fraction of the base
+    model's tokens a run saves while matching its accuracy. ``None`` when the run's
+    checkpoints never reach the reference accuracy.
+    """
+    tokens = tokens_at_accuracy(curve, reference_accuracy)
+    return None if tokens is None else compression(tokens, reference_tokens)
+
+
 def records_to_json(records: Sequence[ResponseRecord]) -> list[dict[str, Any]]:
     return [asdict(r) for r in records]

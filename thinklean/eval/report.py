@@ -6,6 +6,10 @@ Inputs are demo output directories (``results.json`` + one sub-directory per met
 evaluations and, when logged, periodic evaluations along training), training curves (reward,
 accuracy and mean length vs step) and the command lines that reproduce each run. Images are
 PNG files next to ``report.md`` and base64-embedded in ``report.html``.
+
+Runs that logged periodic evaluations (``eval_accuracy`` / ``eval_length_mean`` in
+``metrics.jsonl``, e.g. ``--eval-every``) also get compression at iso-accuracy against the base
+model and GRPO (:func:`thinklean.eval.metrics.iso_accuracy_compression`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from thinklean.eval.metrics import compression
+from thinklean.eval.metrics import compression, iso_accuracy_compression
 from thinklean.train.monitor import read_metrics
 
 
@@ -57,20 +61,40 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
     return runs
 
 
+def checkpoint_curve(metrics: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
+    """``(accuracy, mean tokens)`` of each periodic evaluation logged in ``metrics.jsonl``, by step."""
+    return [(m["eval_accuracy"], m["eval_length_mean"]) for m in sorted(metrics, key=lambda m: m["step"])
+            if "eval_accuracy" in m]
+
+
 def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run with a final evaluation: accuracy, tokens, compression vs base/GRPO."""
+    """One row per run with a final evaluation: accuracy, tokens, compression vs base/GRPO.
+
+    ``iso_compression_vs_*`` is the compression at the reference's accuracy, interpolated along
+    the run's periodic evaluations (``None`` without them, or when they never reach it).
+    """
     summaries = {n: r["summary"] for n, r in runs.items() if r.get("summary")}
     base = summaries.get("base", {}).get("mean_response_tokens")
     grpo = summaries.get("grpo", {}).get("mean_response_tokens")
+
+    def iso(curve: list[tuple[float, float]], reference: str) -> float | None:
+        ref = summaries.get(reference)
+        if not curve or ref is None or not ref["mean_response_tokens"]:
+            return None
+        return iso_accuracy_compression(curve, ref["accuracy"], ref["mean_response_tokens"])
+
     rows = []
     for name, s in summaries.items():
         tokens = s["mean_response_tokens"]
+        curve = checkpoint_curve(runs[name]["metrics"])
         rows.append({
             "method": name,
             "accuracy": s["accuracy"],
             "mean_response_tokens": tokens,
             "compression_vs_base": compression(tokens, base) if base and name != "base" else None,
             "compression_vs_grpo": compression(tokens, grpo) if grpo and name not in ("base", "grpo") else None,
+            "iso_compression_vs_base": iso(curve, "base") if name != "base" else None,
+            "iso_compression_vs_grpo": iso(curve, "grpo") if name not in ("base", "grpo") else None,
             "format_error_rate": s.get("format_error_rate"),
         })
     return rows
@@ -83,25 +107,44 @@ def _fmt(value: Any, pct: bool = False) -> str:
     return "0.0%" if text == "-0.0%" else text
 
 
+# (header, row key, shown as a percentage)
+COLUMNS = (
+    ("accuracy", "accuracy", True),
+    ("mean tokens", "mean_response_tokens", False),
+    ("saved vs base", "compression_vs_base", True),
+    ("saved vs GRPO", "compression_vs_grpo", True),
+    ("saved at base accuracy", "iso_compression_vs_base", True),
+    ("saved at GRPO accuracy", "iso_compression_vs_grpo", True),
+    ("format errors", "format_error_rate", True),
+)
+ISO_NOTE = ("Saved at base / GRPO accuracy: 1 - tokens / reference tokens, where tokens is the fewest mean tokens at "
+            "which the run's periodic evaluations (linearly interpolated between checkpoints) reach the reference's "
+            "accuracy; '-' when the run logged none or never reaches it.")
+
+
+def _cells(row: Mapping[str, Any]) -> list[str]:
+    return [row["method"], *(_fmt(row[key], pct) for _, key, pct in COLUMNS)]
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| method | accuracy | mean tokens | saved vs base | saved vs GRPO | format errors |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {_fmt(r['accuracy'], True)} | {_fmt(r['mean_response_tokens'])} | "
-            f"{_fmt(r['compression_vs_base'], True)} | {_fmt(r['compression_vs_grpo'], True)} | {_fmt(r['format_error_rate'], True)} |"
-        )
+    lines = ["| method | " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def plot_pareto(runs: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
-    """Accuracy vs mean response tokens: final evals (large markers), periodic evals (lines)."""
+    """Accuracy vs mean response tokens: final evals (large markers), periodic evals (lines), and
+    the base model's accuracy (dotted) where the iso-accuracy saving is read off."""
     fig = Figure(figsize=(6.4, 4.2), dpi=120)
     ax = fig.add_subplot()
+    base = runs.get("base", {}).get("summary")
+    if base:
+        ax.axhline(100 * base["accuracy"], color="grey", ls=":", lw=1)
     for i, (name, run) in enumerate(runs.items()):
         colour = f"C{i % 10}"
-        trail = [(m["eval_length_mean"], m["eval_accuracy"]) for m in run["metrics"] if "eval_accuracy" in m]
+        trail = checkpoint_curve(run["metrics"])
         if trail:
-            ax.plot([t for t, _ in trail], [100 * a for _, a in trail], "-", color=colour, alpha=0.4, marker=".")
+            ax.plot([t for _, t in trail], [100 * a for a, _ in trail], "-", color=colour, alpha=0.4, marker=".")
         if run.get("summary"):
             s = run["summary"]
             ax.scatter([s["mean_response_tokens"]], [100 * s["accuracy"]], s=70, color=colour, label=name, zorder=3)
@@ -145,16 +188,12 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, extra_imag
     images = [plot_pareto(runs, out / "pareto.png"), plot_curves(runs, out / "curves.png"), *map(Path, extra_images)]
     commands = sorted({r["command"] for r in runs.values()})
     (out / "table.json").write_text(json.dumps(rows, indent=1))
-    md = ["# thinklean report", "", markdown_table(rows), ""]
+    md = ["# thinklean report", "", markdown_table(rows), "", ISO_NOTE, ""]
     md += [f"![{p.stem}]({p.name})" for p in images]
     md += ["", "Reproduce:", "", "```bash", *commands, "```", ""]
     (out / "report.md").write_text("\n".join(md))
-    cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (
-            r["method"], _fmt(r["accuracy"], True), _fmt(r["mean_response_tokens"]), _fmt(r["compression_vs_base"], True),
-            _fmt(r["compression_vs_grpo"], True), _fmt(r["format_error_rate"], True))) + "</tr>"
-        for r in rows
-    )
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in ("method", *(h for h, _, _ in COLUMNS)))
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in rows)
     embedded = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
         for p in images
@@ -163,9 +202,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, extra_imag
         "<!doctype html><meta charset=utf-8><title>thinklean report</title>"
         "<style>body{font-family:sans-serif;max-width:64em;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}img{max-width:100%}</style>"
-        "<h1>thinklean report</h1><table id=results><tr><th>method</th><th>accuracy</th><th>mean tokens</th>"
-        "<th>saved vs base</th><th>saved vs GRPO</th><th>format errors</th></tr>" + cells + "</table>"
-        + embedded + "<h2>Reproduce</h2><pre>" + html.escape("\n".join(commands)) + "</pre>"
+        "<h1>thinklean report</h1><table id=results><tr>" + header + "</tr>" + cells + "</table>"
+        f"<p>{html.escape(ISO_NOTE)}</p>" + embedded + "<h2>Reproduce</h2><pre>" + html.escape("\n".join(commands)) + "</pre>"
     )
     (out / "report.html").write_text(page)
     return {"markdown": out / "report.md", "html": out / "report.html", "table": out / "table.json",
