@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,12 @@ def run_generation(
     examples: Sequence[Example],
     config: EvalConfig,
     forced_prefix: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> list[ResponseRecord]:
-    """Generate ``config.samples`` responses per example and grade each one."""
+    """Generate ``config.samples`` responses per example and grade each one.
+
+    ``on_progress(n)`` is called after each chunk of ``n`` examples is graded.
+    """
     prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)
     sampling = SamplingConfig(
@@ -59,24 +64,31 @@ def run_generation(
         top_p=config.top_p,
         batch_size=config.batch_size,
     )
-    prefixes = [forced_prefix] * (len(prompts) * config.samples) if forced_prefix else None
-    batch = generate(model, tokenizer, prompts, config.samples, sampling, forced_prefixes=prefixes, generator=generator)
+    # chunks of whole decode batches: same batches, same sampling order, as one generate call
+    chunk = math.lcm(config.batch_size, config.samples) // config.samples
     records = []
-    for i, text in enumerate(batch.texts):
-        example = examples[int(batch.group_ids[i])]
-        records.append(
-            ResponseRecord(
-                prompt_index=int(batch.group_ids[i]),
-                difficulty=example.difficulty,
-                correct=grade(text, example.answer),
-                format_ok=format_ok(text),
-                response_tokens=int(batch.lengths[i]),
-                reasoning_tokens=_count_tokens(tokenizer, reasoning_span(text)),
-                mode=response_mode(text),
-                finished=bool(batch.finished[i]),
-                text=text,
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start : start + chunk]
+        prefixes = [forced_prefix] * (len(part) * config.samples) if forced_prefix else None
+        batch = generate(model, tokenizer, part, config.samples, sampling, forced_prefixes=prefixes, generator=generator)
+        for i, text in enumerate(batch.texts):
+            index = start + int(batch.group_ids[i])
+            example = examples[index]
+            records.append(
+                ResponseRecord(
+                    prompt_index=index,
+                    difficulty=example.difficulty,
+                    correct=grade(text, example.answer),
+                    format_ok=format_ok(text),
+                    response_tokens=int(batch.lengths[i]),
+                    reasoning_tokens=_count_tokens(tokenizer, reasoning_span(text)),
+                    mode=response_mode(text),
+                    finished=bool(batch.finished[i]),
+                    text=text,
+                )
             )
-        )
+        if on_progress is not None:
+            on_progress(len(part))
     return records
 
 
@@ -86,12 +98,14 @@ def evaluate(
     examples: Sequence[Example],
     config: EvalConfig = EvalConfig(),
     output: str | Path | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Metrics overall, per difficulty and per reasoning style; optionally written as JSON.
 
-    ``output`` receives ``{"summary": ..., "responses": [...]}`` (the per-response records).
+    ``output`` receives ``{"summary": ..., "responses": [...]}`` (the per-response records);
+    ``on_progress`` as in :func:`run_generation`.
     """
-    records = run_generation(model, tokenizer, examples, config)
+    records = run_generation(model, tokenizer, examples, config, on_progress=on_progress)
     ks = [k for k in (1, 2, 4, 8) if k <= config.samples] if config.samples > 1 else []
     summary = summarize(records, ks)
     summary["per_difficulty"] = summarize_by_difficulty(records)
