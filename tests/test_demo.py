@@ -1,6 +1,8 @@
 import json
 
-from thinklean.demo import DemoBudget, run_demo
+import pytest
+
+from thinklean.demo import DEMO_EXCLUDED, DEMO_METHODS, DemoBudget, run_demo
 
 
 def test_demo_trains_each_method_evaluates_all_and_resumes(tmp_path, tiny_model_dir, capsys):
@@ -17,8 +19,37 @@ def test_demo_trains_each_method_evaluates_all_and_resumes(tmp_path, tiny_model_
     assert (out / "hmpo" / "model" / "model.safetensors").is_file()
     assert results["methods"]["grpo"]["n"] == 4
     assert "hmpo" in (out / "report" / "report.html").read_text()
+    logged = [json.loads(line) for line in (out / "hmpo" / "metrics.jsonl").read_text().splitlines()]
+    assert "eval_accuracy" in logged[-1]  # held-out evaluation during training, for iso-accuracy
+    assert "iso_compression_vs_base" in json.loads((out / "report" / "table.json").read_text())[1]
+    assert "[3/3] evaluating hmpo" in capsys.readouterr().out
 
     stamp = (out / "grpo" / "eval.json").stat().st_mtime_ns
     run_demo(out, methods=("grpo", "hmpo"), budget=budget, base_model=tiny_model_dir)
     assert (out / "grpo" / "eval.json").stat().st_mtime_ns == stamp  # finished methods are not re-run
     assert "already done" in capsys.readouterr().out
+
+
+def test_methods_all_runs_every_demo_method_in_order(tmp_path, monkeypatch):
+    import thinklean.demo
+    from thinklean.cli import main
+
+    calls = []
+    monkeypatch.setattr(thinklean.demo, "run_demo", lambda **kwargs: calls.append(kwargs["methods"]))
+    assert main(["demo", "--methods", "all", "--output", str(tmp_path)]) == 0
+    assert calls == [tuple(DEMO_METHODS)]
+    assert {"grpo", "hmpo", "iapo", "bupo", "l1", "thinkprune"} <= set(calls[0])
+    assert not set(calls[0]) & set(DEMO_EXCLUDED)
+
+
+def test_excluded_methods_are_named_with_the_reason(tmp_path, capsys):
+    from thinklean.cli import main
+
+    assert main(["demo", "--methods", "grpo,hgpo,nope", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "hgpo (needs a hybrid think/no-think model" in err and "nope (unknown)" in err
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "Not in the demo: hgpo (needs a hybrid" in shown and "litereason (needs a trained reasoning projector" in shown
+    assert not (tmp_path / "results.json").exists()

@@ -270,14 +270,13 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from thinklean.demo import run_demo
-
-    from thinklean.demo import DEFAULT_METHODS, DEMO_METHODS
+    from thinklean.demo import DEFAULT_METHODS, DEMO_METHODS, check_methods, run_demo
 
     methods = tuple(DEMO_METHODS) if args.methods == "all" else tuple(m for m in args.methods.split(",") if m)
-    unknown = [m for m in methods if m not in DEMO_METHODS]
-    if unknown:
-        raise UsageError(f"--methods: unknown {', '.join(unknown)} (available: {', '.join(DEMO_METHODS)}, all)")
+    try:
+        check_methods(methods)
+    except ValueError as e:
+        raise UsageError(f"--methods: {e}") from e
     run_demo(output=args.output, quick=args.quick, rebuild=args.rebuild, seed=args.seed, n_eval=args.n,
              methods=methods or DEFAULT_METHODS)
 
@@ -292,11 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from thinklean.demo import DEMO_EXCLUDED, DEMO_METHODS
+
     p = sub.add_parser("demo", formatter_class=DEFAULTS, help="base model -> RL methods -> held-out comparison",
                        description="Train each method from the shipped base model with the same budget and seed, "
-                       "evaluate all on the same held-out problems, print the comparison and write OUTPUT/results.json. "
-                       "Finished methods are not re-run.")
-    p.add_argument("--methods", default="grpo,hmpo", help="comma-separated: grpo, hmpo, kimi, shorterbetter, or 'all'")
+                       "evaluate all on the same held-out problems (also every 20 steps during training), print the "
+                       "comparison and write OUTPUT/results.json and OUTPUT/report/. Finished methods are not re-run.")
+    excluded = "; ".join(f"{m} ({why})" for m, why in DEMO_EXCLUDED.items())
+    p.add_argument("--methods", default="grpo,hmpo",
+                   help=f"comma-separated: {', '.join(DEMO_METHODS)}, or 'all' (every one of these, in this order; "
+                   f"l1 is evaluated without its length target). Not in the demo: {excluded}")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
     p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model first (about 40 min on 2 cores)")
     p.add_argument("--n", type=int, default=None, help="held-out problems to evaluate (default 500, --quick 40)")

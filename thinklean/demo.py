@@ -2,33 +2,52 @@
 
 A thin script over library calls. Every method starts from the shipped base model with the
 same step budget, prompts, samples and seed, and is evaluated greedily on the same held-out
-problems. A method whose ``OUTPUT/METHOD/eval.json`` exists is not re-run (the demo resumes
-where it stopped). ``OUTPUT/results.json`` is shaped ``{"methods": {"base": {...}, "grpo":
-{...}, ...}, "config": {...}}`` with accuracy as a fraction; later methods add entries under
-the same keys.
+problems; the same problems are evaluated during training (``DemoBudget.eval_every``), so the
+report can interpolate compression at the base model's accuracy. A method whose
+``OUTPUT/METHOD/eval.json`` exists is not re-run (the demo resumes where it stopped).
+``OUTPUT/results.json`` is shaped ``{"methods": {"base": {...}, "grpo": {...}, ...}, "config":
+{...}}`` with accuracy as a fraction; later methods add entries under the same keys.
+
+``--methods all`` runs every entry of :data:`DEMO_METHODS`; the methods in
+:data:`DEMO_EXCLUDED` do not start from the base model and are left out. L1 is trained with
+"Think for N tokens." prompts but evaluated, like every method here, on the plain questions.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from thinklean.eval.evaluate import EvalConfig, arith_examples, evaluate
-from thinklean.eval.report import write_report
-from thinklean.eval.tables import print_comparison, print_eval
-from thinklean.models.tiny import BASE_MODEL_DIR, load_pretrained
+from thinklean.data.jsonl import Example
 
-# name -> (trainer method, reward override); every entry trains from the base model
-DEMO_METHODS: dict[str, tuple[str, str | None]] = {
-    "grpo": ("grpo", None),
-    "hmpo": ("hmpo", None),
-    "kimi": ("grpo", "kimi"),
-    "shorterbetter": ("grpo", "shorterbetter"),
+# The model, evaluation and report modules are imported where used, so that the CLI can read
+# the method lists below for its --help without loading torch.
+
+# name -> (trainer method, config overrides on top of its YAML); every entry trains from the base model
+DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "grpo": ("grpo", {}),
+    "drgrpo": ("drgrpo", {}),
+    "dapo": ("dapo", {}),
+    "rloo": ("rloo", {}),
+    "hmpo": ("hmpo", {}),
+    "kimi": ("grpo", {"reward": "kimi"}),
+    "shorterbetter": ("grpo", {"reward": "shorterbetter"}),
+    "l1": ("l1", {}),
+    "thinkprune": ("thinkprune", {}),
+    "bupo": ("bupo", {"method_kwargs": {"s_inter": 4}}),  # IPA phase at most 10% of the 40 demo steps (bupo.md)
+    "iapo": ("iapo", {}),
+}
+# trainer methods that need another model than the shipped base, and why
+DEMO_EXCLUDED: dict[str, str] = {
+    "hgpo": "needs a hybrid think/no-think model, made by thinklean data hft + thinklean sft",
+    "litereason": "needs a trained reasoning projector, made by thinklean data litereason + thinklean litereason-sft",
 }
 DEFAULT_METHODS = ("grpo", "hmpo")
 
@@ -43,31 +62,43 @@ class DemoBudget:
     max_new_tokens: int = 200
     lr: float = 2e-5
     n_eval: int = 500
+    eval_every: int = 20  # held-out evaluations during training (0: none), for iso-accuracy
 
 
-QUICK = DemoBudget(steps=3, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=200, n_eval=40)
+QUICK = DemoBudget(steps=3, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=200, n_eval=40, eval_every=2)
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """``ValueError`` naming any method that is not in the demo, and why when it is excluded."""
+    problems = [f"{m} ({DEMO_EXCLUDED[m]})" if m in DEMO_EXCLUDED else f"{m} (unknown)"
+                for m in methods if m not in DEMO_METHODS]
+    if problems:
+        raise ValueError(f"not a demo method: {'; '.join(problems)}; available: {', '.join(DEMO_METHODS)}, all")
 
 
 def _load_summary(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())["summary"] if path.is_file() else None
 
 
-def train_method(name: str, budget: DemoBudget, run_dir: Path, seed: int, base_model: Path = BASE_MODEL_DIR,
-                 show_progress: bool = True) -> Path:
-    """Train one demo method from the base model; returns its final model directory."""
-    from thinklean.data.jsonl import Example
+def train_method(name: str, budget: DemoBudget, run_dir: Path, seed: int, base_model: str | Path | None = None,
+                 show_progress: bool = True, eval_examples: Sequence[Example] = ()) -> Path:
+    """Train one demo method from ``base_model`` (default: the shipped one); returns its final
+    model directory. ``eval_examples`` are evaluated every ``budget.eval_every`` steps (logged
+    in metrics.jsonl)."""
+    from thinklean.eval.evaluate import arith_examples
     from thinklean.methods import get_trainer_class
+    from thinklean.models.tiny import BASE_MODEL_DIR, load_pretrained
     from thinklean.train.config import load_config
 
-    method, reward = DEMO_METHODS[name]
-    overrides = {k: (v, 0) for k, v in asdict(budget).items() if k != "n_eval"}
+    method, method_overrides = DEMO_METHODS[name]
+    overrides = {k: (v, 0) for k, v in {**asdict(budget), **method_overrides}.items() if k != "n_eval"}
     overrides.update({"seed": (seed, 0), "save_every": (10, 0)})
-    if reward is not None:
-        overrides["reward"] = (reward, 0)
+    if eval_examples:
+        overrides["eval_problems"] = (len(eval_examples), 0)
     config = load_config(method, None, overrides)
-    model, tokenizer = load_pretrained(base_model)
+    model, tokenizer = load_pretrained(base_model or BASE_MODEL_DIR)
     train: list[Example] = arith_examples(config.train_problems, "train", seed)
-    trainer = get_trainer_class(method)(model, tokenizer, config, train, run_dir)
+    trainer = get_trainer_class(method)(model, tokenizer, config, train, run_dir, eval_examples)
     trainer.train(resume=True, show_progress=show_progress)
     return run_dir / "model"
 
@@ -80,18 +111,26 @@ def run_demo(
     n_eval: int | None = None,
     methods: tuple[str, ...] = DEFAULT_METHODS,
     budget: DemoBudget | None = None,
-    base_model: str | Path = BASE_MODEL_DIR,
+    base_model: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the demo end to end and write ``OUTPUT/results.json``; returns the results dict."""
+    """Run the demo end to end and write ``OUTPUT/results.json``; returns the results dict.
+
+    ``base_model`` defaults to the shipped base model.
+    """
+    from thinklean.eval.evaluate import EvalConfig, arith_examples, evaluate
+    from thinklean.eval.report import write_report
+    from thinklean.eval.tables import print_comparison, print_eval
+    from thinklean.models.tiny import BASE_MODEL_DIR, load_pretrained
+    from thinklean.train.monitor import progress_bar
+
+    base_model = Path(base_model or BASE_MODEL_DIR)
     console = Console()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     budget = budget or (QUICK if quick else DemoBudget())
     if n_eval is not None:
         budget = DemoBudget(**{**asdict(budget), "n_eval": n_eval})
-    unknown = [m for m in methods if m not in DEMO_METHODS]
-    if unknown:
-        raise ValueError(f"unknown demo method(s) {unknown} (available: {', '.join(DEMO_METHODS)})")
+    check_methods(methods)
     start = time.time()
     if rebuild:
         from thinklean.train.base_model import build_base_model
@@ -103,23 +142,28 @@ def run_demo(
     eval_config = EvalConfig(max_new_tokens=budget.max_new_tokens, seed=seed)
     results: dict[str, Any] = {"methods": {}, "config": {"seed": seed, "quick": quick, "budget": asdict(budget),
                                                         "base_model": str(base_model), "methods": list(methods)}}
-    for name in ("base", *methods):
+    names = ("base", *methods)
+    for index, name in enumerate(names, start=1):
         run_dir = output / name
         summary = _load_summary(run_dir / "eval.json")
         if summary is None:
             t0 = time.time()
             if name == "base":
-                model_dir = Path(base_model)
+                model_dir = base_model
             else:
-                console.print(f"[bold]training {name}[/bold]: {budget.steps} steps × {budget.prompts_per_step} prompts × {budget.samples_per_prompt} samples")
-                model_dir = train_method(name, budget, run_dir, seed, Path(base_model))
+                console.print(f"[bold][{index}/{len(names)}] training {name}[/bold]: {budget.steps} steps × "
+                              f"{budget.prompts_per_step} prompts × {budget.samples_per_prompt} samples")
+                model_dir = train_method(name, budget, run_dir, seed, base_model, eval_examples=examples)
             model, tokenizer = load_pretrained(model_dir)
-            with console.status(f"evaluating {name} on {len(examples)} held-out problems"):
-                summary = evaluate(model, tokenizer, examples, eval_config, output=run_dir / "eval.json")
+            with progress_bar() as bar:
+                task = bar.add_task(f"[{index}/{len(names)}] evaluating {name}", total=len(examples), info="problems")
+                summary = evaluate(model, tokenizer, examples, eval_config, output=run_dir / "eval.json",
+                                   on_progress=partial(bar.advance, task))
             summary["wall_seconds"] = round(time.time() - t0, 1)
-            console.print(f"{name}: accuracy {100 * summary['accuracy']:.1f}%, {summary['mean_response_tokens']:.1f} tokens")
+            console.print(f"{name}: accuracy {100 * summary['accuracy']:.1f}%, {summary['mean_response_tokens']:.1f} tokens"
+                          f" ({summary['wall_seconds']:.0f}s)")
         else:
-            console.print(f"{name}: already done ({run_dir / 'eval.json'}), skipping")
+            console.print(f"[{index}/{len(names)}] {name}: already done ({run_dir / 'eval.json'}), skipping")
         results["methods"][name] = summary
         (output / "results.json").write_text(json.dumps(results, indent=1))
     print_eval(results["methods"]["base"], "base model", console)
