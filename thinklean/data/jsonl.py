@@ -3,6 +3,10 @@
 Optional fields are ``solution`` (a worked solution, needed for SFT) and ``difficulty`` (an
 integer); any other field is kept in :attr:`Example.meta`. Loading stops at the first bad line
 with a :class:`DataError` whose message is ``FILE:LINE: what was wrong (what was expected)``.
+
+GSM8K-style rows load as they are: ``question`` stands for ``prompt`` when there is no
+``prompt``, and an answer holding a worked solution ending in ``#### 72`` is reduced to the
+final answer after the mark (:func:`gsm8k_final_answer`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from typing import Any
 REQUIRED_KEYS = ("prompt", "answer")
 OPTIONAL_KEYS = ("solution", "difficulty")
 _ONE_OBJECT = 'expected one JSON object per line with "prompt" and "answer"'
+GSM8K_MARK = "####"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,13 @@ def _expected_keys(require_solution: bool) -> str:
     return f"expected keys: {', '.join(required)}; optional: {', '.join(optional)}"
 
 
+def gsm8k_final_answer(answer: str) -> str:
+    """The final answer of a GSM8K solution: the text after the last ``####``, with thousands
+    separators removed (``"... #### 1,234"`` -> ``"1234"``); ``""`` when nothing follows."""
+    final = answer.rpartition(GSM8K_MARK)[2].strip()
+    return re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", final)
+
+
 def example_from_dict(
     row: Mapping[str, Any],
     *,
@@ -64,8 +77,12 @@ def example_from_dict(
     """Validate one decoded row and build an :class:`Example`; :class:`DataError` if invalid.
 
     ``answer`` may be a JSON number (``12`` -> ``"12"``, ``2.5`` -> ``"2.5"``), never a boolean.
-    ``path`` and ``line`` only label the error.
+    GSM8K rows: ``question`` is read as ``prompt`` when ``prompt`` is absent, and an answer
+    containing ``####`` becomes the final answer after it. ``path`` and ``line`` only label the
+    error.
     """
+    if "prompt" not in row and "question" in row:
+        row = {"prompt": row["question"], **{k: v for k, v in row.items() if k != "question"}}
 
     def fail(message: str) -> DataError:
         return DataError(path, line, message)
@@ -89,6 +106,10 @@ def example_from_dict(
             raise fail(f'field "{key}" is missing ({_expected_keys(require_solution)})')
     prompt = text_field("prompt")
     answer = text_field("answer", numbers_ok=True)
+    if GSM8K_MARK in answer:
+        answer = gsm8k_final_answer(answer)
+        if not answer:
+            raise fail(f'field "answer" has nothing after "{GSM8K_MARK}" (expected a GSM8K final answer, e.g. "... #### 72")')
     solution = text_field("solution") if row.get("solution") is not None else None
     difficulty = row.get("difficulty")
     if difficulty is not None and (not isinstance(difficulty, int) or isinstance(difficulty, bool)):
