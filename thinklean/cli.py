@@ -7,6 +7,7 @@ directory, config) ends with one ``error: ...`` line naming the file and exit co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -30,19 +31,26 @@ def _add_common(p: argparse.ArgumentParser, output: str) -> None:
 
 def _add_model_and_data(p: argparse.ArgumentParser, model: str = "base",
                         model_help: str = "'base' (shipped) or a local HF model directory",
-                        data_help: str = "'arith' (embedded task) or a JSONL file with prompt, answer") -> None:
+                        data_help: str = "'arith' (embedded task); a JSONL file with prompt (or question), answer "
+                        "(GSM8K's '... #### 72' is read as 72); or reasoning-gym:TASK, e.g. reasoning-gym:gsm_symbolic "
+                        "(N problems generated offline from --seed; needs pip install 'thinklean[reasoning-gym]')") -> None:
     p.add_argument("--model", default=model, help=model_help)
     p.add_argument("--data", default="arith", help=data_help)
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
 
 
 def _load_examples(data: str, n: int, split: str, seed: int, require_solution: bool = False) -> list[Any]:
-    """``arith`` (the embedded task) or a JSONL file."""
+    """``arith`` (the embedded task), ``reasoning-gym:TASK`` (generated) or a JSONL file."""
     from thinklean.data.jsonl import load_jsonl
-    from thinklean.eval.evaluate import arith_examples
+    from thinklean.eval.evaluate import REASONING_GYM, arith_examples, reasoning_gym_examples
 
     if data == "arith":
         return arith_examples(n, split, seed)
+    if data.startswith(REASONING_GYM):
+        try:
+            return reasoning_gym_examples(data.removeprefix(REASONING_GYM), n, seed)
+        except (ImportError, ValueError) as e:
+            raise UsageError(f"--data {data}: {e}") from e
     return load_jsonl(data, require_solution=require_solution, limit=n if n > 0 else None)
 
 
@@ -202,8 +210,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from thinklean.eval.evaluate import EvalConfig, evaluate
     from thinklean.eval.tables import print_eval
 
-    model, tokenizer = _load(args.model, args.trust_remote_code)
     examples = _load_examples(args.data, args.n, "test", args.seed)
+    if args.instruction:
+        examples = [dataclasses.replace(e, prompt=f"{e.prompt} {args.instruction}") for e in examples]
+    model, tokenizer = _load(args.model, args.trust_remote_code)
     if args.hybrid:
         from thinklean.eval.hybrid import hybrid_accuracy, print_hybrid
 
@@ -423,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate on held-out problems, grade the last \\boxed{} answer, report accuracy and tokens.")
     _add_model_and_data(p)
     p.add_argument("--n", type=int, default=500, help="number of problems (JSONL: first N; 0 = all)")
+    p.add_argument("--instruction", default="", help="text appended to every question, e.g. 'Please reason step by "
+                   "step, and put your final answer within \\boxed{}.' for a real model (answers are graded on the "
+                   "last \\boxed{})")
     p.add_argument("--max-new-tokens", type=int, default=320, help="generation cap per response")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k needs > 1 and temperature > 0)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -38,6 +39,32 @@ def arith_examples(n: int = 500, split: str = "test", seed: int = 0) -> list[Exa
         Example(prompt=p.question, answer=str(p.answer), difficulty=p.difficulty)
         for p in generate_problems(n, split, seed, distinct=split == "test")
     ]
+
+
+REASONING_GYM = "reasoning-gym:"
+
+
+def reasoning_gym_examples(task: str, n: int, seed: int = 0) -> list[Example]:
+    """``n`` problems of a reasoning-gym task (e.g. ``gsm_symbolic``), generated offline from ``seed``.
+
+    Needs the optional package ``reasoning-gym`` (``pip install "thinklean[reasoning-gym]"``).
+    Answers are graded like every dataset here, on the response's last ``\\boxed{}``, so tasks
+    with numeric or math answers fit; ImportError / ValueError say what is missing or unknown.
+    """
+    try:
+        import reasoning_gym
+    except ImportError as e:
+        raise ImportError("needs the optional package reasoning-gym: pip install \"thinklean[reasoning-gym]\"") from e
+    if n < 1:
+        raise ValueError(f"the number of problems to generate must be >= 1, got {n}")
+    from reasoning_gym.factory import DATASETS
+
+    if task not in DATASETS:
+        close = difflib.get_close_matches(task, DATASETS, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "e.g. gsm_symbolic, basic_arithmetic, chain_sum"
+        raise ValueError(f"unknown reasoning-gym task {task!r} ({hint})")
+    return [Example(prompt=entry["question"], answer=str(entry["answer"]))
+            for entry in reasoning_gym.create_dataset(task, size=n, seed=seed)]
 
 
 def _count_tokens(tokenizer: Any, text: str) -> int:
