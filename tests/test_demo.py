@@ -22,7 +22,10 @@ def test_demo_trains_each_method_evaluates_all_and_resumes(tmp_path, tiny_model_
     logged = [json.loads(line) for line in (out / "hmpo" / "metrics.jsonl").read_text().splitlines()]
     assert "eval_accuracy" in logged[-1]  # held-out evaluation during training, for iso-accuracy
     assert "iso_compression_vs_base" in json.loads((out / "report" / "table.json").read_text())[1]
-    assert "[3/3] evaluating hmpo" in capsys.readouterr().out
+    final = json.loads((out / "hmpo" / "eval.json").read_text())["summary"]
+    assert final["accuracy"] == logged[-1]["eval_accuracy"]  # the trainer's last evaluation is the final one
+    printed = capsys.readouterr().out
+    assert "[3/3] training hmpo" in printed and "evaluating hmpo" not in printed  # ... and is not repeated
 
     stamp = (out / "grpo" / "eval.json").stat().st_mtime_ns
     run_demo(out, methods=("grpo", "hmpo"), budget=budget, base_model=tiny_model_dir)

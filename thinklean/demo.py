@@ -154,11 +154,14 @@ def run_demo(
                 console.print(f"[bold][{index}/{len(names)}] training {name}[/bold]: {budget.steps} steps × "
                               f"{budget.prompts_per_step} prompts × {budget.samples_per_prompt} samples")
                 model_dir = train_method(name, budget, run_dir, seed, base_model, eval_examples=examples)
-            model, tokenizer = load_pretrained(model_dir)
-            with progress_bar() as bar:
-                task = bar.add_task(f"[{index}/{len(names)}] evaluating {name}", total=len(examples), info="problems")
-                summary = evaluate(model, tokenizer, examples, eval_config, output=run_dir / "eval.json",
-                                   on_progress=partial(bar.advance, task))
+            # the trainer's last periodic evaluation already wrote eval.json for the final model
+            summary = _load_summary(run_dir / "eval.json")
+            if summary is None:
+                model, tokenizer = load_pretrained(model_dir)
+                with progress_bar() as bar:
+                    task = bar.add_task(f"[{index}/{len(names)}] evaluating {name}", total=len(examples), info="problems")
+                    summary = evaluate(model, tokenizer, examples, eval_config, output=run_dir / "eval.json",
+                                       on_progress=partial(bar.advance, task))
             summary["wall_seconds"] = round(time.time() - t0, 1)
             console.print(f"{name}: accuracy {100 * summary['accuracy']:.1f}%, {summary['mean_response_tokens']:.1f} tokens"
                           f" ({summary['wall_seconds']:.0f}s)")

@@ -248,16 +248,20 @@ class LiteReasonTrainer(RLTrainer):
             f.write(json.dumps(record) + "\n")
 
     @torch.no_grad()
-    def evaluate(self, n: int | None = None) -> dict[str, Any]:
-        """Greedy accuracy and mean discrete response tokens with latent decoding."""
+    def evaluate(self, n: int | None = None, output: Path | None = None) -> dict[str, Any]:
+        """Greedy accuracy and mean discrete response tokens with latent decoding (``output``:
+        the summary as JSON)."""
         examples = self.eval_examples[: n or self.config.eval_problems]
         prompts, _ = self.build_prompts(examples)
         sampling = SamplingConfig(max_new_tokens=self.config.max_new_tokens, temperature=0.0,
                                   batch_size=self.config.rollout_batch_size)
         batch = generate_latent(self.model, self.tokenizer, self.projector, prompts, 1, sampling)
         correct = [grade(text, e.answer) for text, e in zip(batch.texts, examples)]
-        return {"accuracy": sum(correct) / len(correct), "mean_response_tokens": float(batch.lengths.float().mean()),
-                "latent_steps_mean": float(batch.latent_steps.float().mean())}
+        summary = {"accuracy": sum(correct) / len(correct), "mean_response_tokens": float(batch.lengths.float().mean()),
+                   "latent_steps_mean": float(batch.latent_steps.float().mean())}
+        if output is not None:
+            Path(output).write_text(json.dumps({"summary": summary}, indent=1))
+        return summary
 
     def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
         """The generic loop; the projector of the last refresh is reloaded on ``resume`` and

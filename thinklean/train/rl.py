@@ -421,9 +421,12 @@ class RLTrainer:
             self._fill_logprobs(batch, self.model, "old_logprobs")
         return batch.old_logprobs
 
-    def evaluate(self, n: int | None = None) -> dict[str, Any]:
+    def evaluate(self, n: int | None = None, output: Path | None = None) -> dict[str, Any]:
+        """Greedy evaluation on the first ``n`` (default ``eval_problems``) held-out examples;
+        ``output`` receives the summary and responses as JSON."""
         examples = self.eval_examples[: n or self.config.eval_problems]
-        return evaluate(self.model, self.tokenizer, examples, EvalConfig(max_new_tokens=self.config.max_new_tokens, seed=self.config.seed))
+        config = EvalConfig(max_new_tokens=self.config.max_new_tokens, seed=self.config.seed)
+        return evaluate(self.model, self.tokenizer, examples, config, output=output)
 
     def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
         """Run ``config.steps`` steps (from the latest checkpoint when ``resume``)."""
@@ -445,7 +448,8 @@ class RLTrainer:
                 metrics = self.step()
                 done = self.step_index
                 if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps) and self.eval_examples:
-                    summary = self.evaluate()
+                    # the last one is the final model's evaluation: saved so callers need not repeat it
+                    summary = self.evaluate(output=self.run_dir / "eval.json" if done == cfg.steps else None)
                     metrics["eval_accuracy"] = summary["accuracy"]
                     metrics["eval_length_mean"] = summary["mean_response_tokens"]
                 log.write(metrics)
