@@ -42,3 +42,30 @@ def tiny_model_dir(tmp_path, tiny_model, tiny_tokenizer):
     path = tmp_path / "tiny-model"
     save_pretrained(tiny_model, tiny_tokenizer, path)
     return path
+
+
+def random_projector(model: torch.nn.Module):
+    """A Reasoning Projector for ``model`` with N(0, 0.12) weights. Copies of a freshly
+    initialised MLP (std 0.02) shrink a hidden state to ~1e-8 over three blocks, so latents would
+    barely matter; these weights give vectors of embedding size."""
+    from thinklean.models.projector import ReasoningProjector
+
+    projector = ReasoningProjector.from_model(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in projector.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.12)
+    return projector
+
+
+@pytest.fixture()
+def make_projector():
+    """:func:`random_projector`, for tests that build their own model."""
+    return random_projector
+
+
+@pytest.fixture()
+def projector(tiny_model):
+    """:func:`random_projector` for ``tiny_model``."""
+    return random_projector(tiny_model)
+

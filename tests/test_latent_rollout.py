@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from thinklean.data import formats
-from thinklean.models.projector import ReasoningProjector
 from thinklean.rollout.engine import SamplingConfig, generate
 from thinklean.rollout.latent import LatentRolloutBatch, generate_latent, latent_forward
 
@@ -18,18 +16,6 @@ ONE_SEGMENT = "<think> <implicit_thought>2</implicit_thought>"  # 5 tokens: <thi
 # 11 tokens: <think> Ġ <it> 3 </it> Ġ 4 Ġ <it> 1 </it>; the second segment is closed by a token
 # forced after the first segment's latent steps, inside the decode loop.
 TWO_SEGMENTS = "<think> <implicit_thought>3</implicit_thought> 4 <implicit_thought>1</implicit_thought>"
-
-
-@pytest.fixture()
-def projector(tiny_model):
-    # Copies of a freshly initialised MLP (std 0.02) shrink a hidden state to ~1e-8 over three
-    # blocks, so latents would barely matter; these weights give vectors of embedding size.
-    projector = ReasoningProjector.from_model(tiny_model)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in projector.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.12)
-    return projector
 
 
 def _bias_logits(model, tokenizer, biases: dict[str, float]):

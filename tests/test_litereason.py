@@ -59,21 +59,6 @@ def walk_variant(sentences: list[str], reasoning: str) -> tuple[list[int], list[
     return replaced, steps
 
 
-def random_projector(model) -> ReasoningProjector:
-    # As in test_latent_rollout: copies of a freshly initialised MLP shrink vectors to ~1e-8.
-    projector = ReasoningProjector.from_model(model)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in projector.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.12)
-    return projector
-
-
-@pytest.fixture()
-def projector(tiny_model):
-    return random_projector(tiny_model)
-
-
 # ------------------------------------------------------------------------------------- data
 
 
@@ -179,12 +164,12 @@ def test_projector_sft_loss_scores_the_tokens_after_the_first_segment(tiny_model
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projector.parameters())
 
 
-def test_projector_sft_trains_only_the_projector_and_the_loss_falls(tmp_path, tiny_tokenizer):
+def test_projector_sft_trains_only_the_projector_and_the_loss_falls(tmp_path, tiny_tokenizer, make_projector):
     # Larger initial weights than the default 0.02 make the random LM's logits depend on its
     # inputs enough for a projector alone to move the loss visibly within a few steps.
     tiny_model = build_model(tiny_tokenizer, seed=0, initializer_range=0.1, hidden_size=64, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=4, intermediate_size=128)
-    projector = random_projector(tiny_model)
+    projector = make_projector(tiny_model)
     rows = _sft_rows(tiny_tokenizer)
     lm_before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     projector_before = {k: v.clone() for k, v in projector.state_dict().items()}
