@@ -13,14 +13,25 @@ Methods customise the hooks (``build_prompts``, ``compute_rewards``, ``compute_a
 ``policy_logprobs``, ``on_step_end``, ``on_epoch_end``) in a small subclass instead of forking
 the loop. Determinism: prompt choice and sampling at step ``s`` depend only on ``(seed, s)``,
 and checkpoints hold optimizer/scheduler/RNG states, so ``resume`` continues bit-for-bit on CPU.
+
+Several processes (``accelerate launch --config_file configs/accelerate/ddp.yaml``): every
+process draws the same prompts and rolls out its own contiguous share of them, all
+``samples_per_prompt`` samples of a prompt in one process, so rewards and advantages (HMPO's
+median, GRPO's mean/std) always see whole groups. The update scales each process's loss by its
+share of the global token (or sequence) count, so the data-parallel gradient is the one a single
+process would compute on all the rollouts; logged metrics are computed over all processes
+(method extras: their mean over processes) and only the main process writes logs and checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +39,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object
 from torch.optim.lr_scheduler import LambdaLR
 
 from thinklean.core import aggregate_loss, entropy_from_logits, get_advantage, get_reward, kl_penalty, policy_loss
@@ -156,7 +168,10 @@ class RLTrainer:
         self.train_examples = list(train_examples)
         self.eval_examples = list(eval_examples)
         self.run_dir = Path(run_dir)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        # Processes decode, score and evaluate different numbers of times, so forward passes must
+        # not be collectives (DDP's buffer broadcast); BuPO's IPA phase leaves upper layers unused.
+        ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=True)
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
         self.reference = None
         if config.kl_coef > 0 or config.kl_in_reward > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -227,6 +242,17 @@ class RLTrainer:
         k = min(self.config.prompts_per_step, len(self.train_examples))
         return [self.train_examples[i] for i in rng.sample(range(len(self.train_examples)), k)]
 
+    def local_share(self, examples: Sequence[Any]) -> list[Any]:
+        """This process's contiguous slice of ``examples`` (all of them with one process)."""
+        n, i = self.accelerator.num_processes, self.accelerator.process_index
+        return list(examples[len(examples) * i // n : len(examples) * (i + 1) // n])
+
+    def rollout_seed(self, step: int, round_: int = 0, process_index: int | None = None) -> int:
+        """Sampling seed of a process's rollout at ``(step, round_)``; process 0 (the only one
+        in a single-process run) keeps the single-process seed."""
+        index = self.accelerator.process_index if process_index is None else process_index
+        return self.config.seed * 1_000_003 + step * 101 + round_ + index * 7_919
+
     def sampling_config(self, step: int) -> SamplingConfig:
         """How step ``step`` samples; override for schedules (e.g. ThinkPrune's budget)."""
         cfg = self.config
@@ -236,9 +262,9 @@ class RLTrainer:
     def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> RolloutBatch:
         cfg = self.config
         prompts, prefixes = self.build_prompts(examples)
-        generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed * 1_000_003 + step * 101 + round_)
-        return generate(self.model, self.tokenizer, prompts, cfg.samples_per_prompt, self.sampling_config(step),
-                        prefixes, generator)
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(self.rollout_seed(step, round_))
+        return generate(self.accelerator.unwrap_model(self.model), self.tokenizer, prompts, cfg.samples_per_prompt,
+                        self.sampling_config(step), prefixes, generator)
 
     def _score(self, rollout: RolloutBatch, examples: Sequence[Example]) -> StepBatch:
         answers = [examples[int(g)].answer for g in rollout.group_ids]
@@ -250,8 +276,8 @@ class RLTrainer:
     def collect(self, step: int) -> StepBatch:
         """Roll out and score; with dynamic sampling keep only groups whose rewards differ,
         resampling new prompts (up to ``max_resample_rounds``) until ``prompts_per_step``
-        groups are kept (DAPO)."""
-        examples = self.sample_examples(step)
+        groups are kept (DAPO). Each process works on its :meth:`local_share` of the prompts."""
+        examples = self.local_share(self.sample_examples(step))
         batch = self._score(self.rollout(examples, step), examples)
         if self.config.keep_shortest:
             batch = self.keep_shortest(batch, self.config.keep_shortest)
@@ -259,17 +285,18 @@ class RLTrainer:
             return batch
         kept: list[StepBatch] = []
         n_groups = 0
+        wanted = len(self.local_share(range(self.config.prompts_per_step)))
         for round_ in range(self.config.max_resample_rounds + 1):
             if round_ > 0:
-                examples = self.sample_examples(step, round_)
+                examples = self.local_share(self.sample_examples(step, round_))
                 batch = self._score(self.rollout(examples, step, round_), examples)
             gids = batch.rollout.group_ids
             spread = group_max(batch.rewards, gids) - group_min(batch.rewards, gids)
-            informative = list(dict.fromkeys(gids[spread > 0].tolist()))[: self.config.prompts_per_step - n_groups]
+            informative = list(dict.fromkeys(gids[spread > 0].tolist()))[: wanted - n_groups]
             rows = torch.nonzero(torch.isin(gids, torch.tensor(informative, dtype=gids.dtype))).squeeze(1)
             kept.append(StepBatch(_select_rows(batch.rollout, rows), batch.examples, batch.correct[rows], batch.rewards[rows], info=batch.info))
             n_groups += len(informative)
-            if n_groups >= self.config.prompts_per_step:
+            if n_groups >= wanted:
                 break
         merged = StepBatch(
             concat_rollouts([k.rollout for k in kept], [len(k.examples) for k in kept]),
@@ -332,42 +359,70 @@ class RLTrainer:
         model.train(was_training)
         setattr(batch, name, out)
 
+    def _sum_over_processes(self, values: list[float]) -> list[float]:
+        """Element-wise sums over all processes (``values`` itself with one process)."""
+        if self.accelerator.num_processes == 1:
+            return values
+        summed = self.accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=self.accelerator.device), "sum")
+        return summed.tolist()
+
+    def _all_processes(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Each ``[b]`` tensor joined with the other processes' (in process order); the tensors
+        themselves with one process."""
+        if self.accelerator.num_processes == 1:
+            return list(tensors)
+        shards = gather_object([tuple(t.cpu() for t in tensors)])
+        return [torch.cat([shard[i] for shard in shards]) for i in range(len(tensors))]
+
+    def _mean_over_processes(self, info: dict[str, float]) -> dict[str, float]:
+        """Each method extra averaged over the processes where it is finite (``info`` itself with one)."""
+        if self.accelerator.num_processes == 1:
+            return info
+        shards = gather_object([info])
+        out = {}
+        for key in dict.fromkeys(k for shard in shards for k in shard):
+            finite = [float(shard[key]) for shard in shards if key in shard and math.isfinite(float(shard[key]))]
+            out[key] = sum(finite) / len(finite) if finite else float("nan")
+        return out
+
+    def _join_gradient_sync(self) -> None:
+        """Backward of a zero loss, for a process with no rows in a mini-batch: the others'
+        gradient all-reduce waits for every process."""
+        ids = torch.zeros(1, 1, dtype=torch.long, device=self.accelerator.device)
+        self.accelerator.backward(self.model(input_ids=ids).logits.sum() * 0.0)
+
     def update(self, batch: StepBatch) -> dict[str, float]:
-        """``ppo_epochs`` x ``mini_batches`` optimizer steps over the rollout; returns metrics."""
+        """``ppo_epochs`` x ``mini_batches`` optimizer steps over the rollout; returns metrics.
+
+        Loss shares use token (sequence) counts summed over processes, times the number of
+        processes because data parallelism averages gradients: every process's micro-batches
+        then add up to the aggregate loss of the whole multi-process mini-batch.
+        """
         cfg = self.config
         B = len(batch.rollout.lengths)
+        world = self.accelerator.num_processes
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.step_index)
         totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
         n_updates = 0
         self.model.train()
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(B, generator=generator) if cfg.mini_batches > 1 else torch.arange(B)
-            for mini in order.chunk(cfg.mini_batches):
+            minis = list(order.chunk(cfg.mini_batches))
+            if world > 1:  # every process takes the same number of optimizer steps
+                minis += [order[:0]] * (cfg.mini_batches - len(minis))
+            for mini in minis:
                 # length-sorted micro-batches pad less; the aggregate loss does not depend on order
                 mini = mini[torch.argsort(batch.rollout.lengths[mini], stable=True)]
                 mask = batch.rollout.response_mask[mini]
-                n_tokens, n_seqs = float(mask.sum()), float((mask.sum(1) > 0).sum())
-                for rows in self._micro_batches(mini):
-                    micro = self._rows(batch, rows)
-                    logprobs, entropy = self.policy_logprobs(self.model, micro, with_entropy=True)
-                    old = micro.get("old_logprobs", logprobs.detach())
-                    loss, metrics = policy_loss(
-                        logprobs, old, micro["advantages"], micro["response_mask"], cfg.clip_low, cfg.clip_high,
-                        cfg.dual_clip, cfg.loss_agg, max_len=cfg.max_new_tokens,
-                    )
-                    kl_value = torch.zeros(())
-                    if cfg.kl_coef > 0:
-                        kl = kl_penalty(logprobs, micro["ref_logprobs"], cfg.kl_kind)
-                        kl_value = aggregate_loss(kl, micro["response_mask"], cfg.loss_agg, cfg.max_new_tokens)
-                        loss = loss + cfg.kl_coef * kl_value
-                    # weight micro losses so the mini-batch loss equals the full-batch aggregate
-                    share = float(micro["response_mask"].sum()) / n_tokens if cfg.loss_agg == "token-mean" else len(rows) / n_seqs
-                    self.accelerator.backward(loss * share)
-                    totals["loss"] += float(loss.detach()) * share
-                    totals["clip_frac"] += float(metrics["clip_frac"]) * share
-                    totals["approx_kl"] += float(metrics["approx_kl"]) * share
-                    totals["kl"] += float(kl_value.detach()) * share
-                    totals["entropy"] += float((entropy * micro["response_mask"]).sum()) / n_tokens
+                n_tokens, n_seqs = self._sum_over_processes([float(mask.sum()), float((mask.sum(1) > 0).sum())])
+                micros = self._micro_batches(mini)
+                if not micros:
+                    self._join_gradient_sync()
+                for i, rows in enumerate(micros):
+                    # gradients are all-reduced once per mini-batch, after its last micro-batch
+                    last = i == len(micros) - 1
+                    with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+                        self._micro_step(batch, rows, n_tokens, n_seqs, world, totals)
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
                 check_finite(self.step_index + 1, loss=totals["loss"], grad_norm=float(grad_norm))
                 totals["grad_norm"] += float(grad_norm)
@@ -375,7 +430,34 @@ class RLTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 n_updates += 1
         self.scheduler.step()
+        names = [k for k in totals if k != "grad_norm"]  # grad_norm is the same on every process
+        totals.update(zip(names, self._sum_over_processes([totals[k] for k in names])))
         return {k: v / n_updates for k, v in totals.items()}
+
+    def _micro_step(self, batch: StepBatch, rows: torch.Tensor, n_tokens: float, n_seqs: float, world: int,
+                    totals: dict[str, float]) -> None:
+        """Forward and backward of one micro-batch, weighted by its share of the mini-batch."""
+        cfg = self.config
+        micro = self._rows(batch, rows)
+        logprobs, entropy = self.policy_logprobs(self.model, micro, with_entropy=True)
+        old = micro.get("old_logprobs", logprobs.detach())
+        loss, metrics = policy_loss(
+            logprobs, old, micro["advantages"], micro["response_mask"], cfg.clip_low, cfg.clip_high,
+            cfg.dual_clip, cfg.loss_agg, max_len=cfg.max_new_tokens,
+        )
+        kl_value = torch.zeros(())
+        if cfg.kl_coef > 0:
+            kl = kl_penalty(logprobs, micro["ref_logprobs"], cfg.kl_kind)
+            kl_value = aggregate_loss(kl, micro["response_mask"], cfg.loss_agg, cfg.max_new_tokens)
+            loss = loss + cfg.kl_coef * kl_value
+        # weight micro losses so the mini-batch loss equals the full-batch aggregate
+        share = float(micro["response_mask"].sum()) / n_tokens if cfg.loss_agg == "token-mean" else len(rows) / n_seqs
+        self.accelerator.backward(loss * (share * world))
+        totals["loss"] += float(loss.detach()) * share
+        totals["clip_frac"] += float(metrics["clip_frac"]) * share
+        totals["approx_kl"] += float(metrics["approx_kl"]) * share
+        totals["kl"] += float(kl_value.detach()) * share
+        totals["entropy"] += float((entropy * micro["response_mask"]).sum()) / n_tokens
 
     def step(self) -> dict[str, float]:
         """One rollout step + update; returns the logged metrics."""
@@ -384,17 +466,18 @@ class RLTrainer:
         batch = self.collect(self.step_index)
         t_rollout = time.time() - t0
         r = batch.rollout
-        n_resp_tokens = int(r.lengths.sum())
+        rewards, correct, lengths, finished = self._all_processes(batch.rewards, batch.correct, r.lengths, r.finished)
+        n_resp_tokens = int(lengths.sum())
         metrics: dict[str, float] = {
             "step": self.step_index + 1,
-            "reward": float(batch.rewards.mean()) if len(batch.rewards) else float("nan"),
-            "accuracy": float(batch.correct.float().mean()) if len(batch.correct) else float("nan"),
-            "length_mean": float(r.lengths.float().mean()) if len(r.lengths) else float("nan"),
-            "length_min": int(r.lengths.min()) if len(r.lengths) else 0,
-            "length_max": int(r.lengths.max()) if len(r.lengths) else 0,
-            "truncated": float((~r.finished).float().mean()) if len(r.finished) else 0.0,
+            "reward": float(rewards.mean()) if len(rewards) else float("nan"),
+            "accuracy": float(correct.float().mean()) if len(correct) else float("nan"),
+            "length_mean": float(lengths.float().mean()) if len(lengths) else float("nan"),
+            "length_min": int(lengths.min()) if len(lengths) else 0,
+            "length_max": int(lengths.max()) if len(lengths) else 0,
+            "truncated": float((~finished).float().mean()) if len(finished) else 0.0,
         }
-        if len(r.lengths):
+        if len(lengths):
             t1 = time.time()
             if self.reference is not None:
                 self._fill_logprobs(batch, self.reference, "ref_logprobs")
@@ -407,7 +490,7 @@ class RLTrainer:
             metrics.update(self.update(batch))
             metrics["update_time"] = time.time() - t1
             metrics["train_tokens_per_s"] = (n_resp_tokens * cfg.ppo_epochs) / max(1e-9, metrics["update_time"])
-        metrics.update(batch.info)  # method extras, including those set in compute_advantages
+        metrics.update(self._mean_over_processes(batch.info))  # method extras, including those set in compute_advantages
         metrics["rollout_time"] = t_rollout
         metrics["rollout_tokens_per_s"] = n_resp_tokens / max(1e-9, t_rollout)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -431,35 +514,49 @@ class RLTrainer:
     def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
         """Run ``config.steps`` steps (from the latest checkpoint when ``resume``)."""
         cfg = self.config
+        processes, main = self.accelerator.num_processes, self.accelerator.is_main_process
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            # their forward passes are collectives, but processes decode different numbers of steps
+            raise ValueError(f"RL training runs with DDP (configs/accelerate/ddp.yaml), not "
+                             f"{self.accelerator.distributed_type.value}: each process decodes its own rollouts")
+        if min(cfg.prompts_per_step, len(self.train_examples)) < processes:
+            raise ValueError(f"prompts_per_step={cfg.prompts_per_step} with {len(self.train_examples)} training "
+                             f"examples is fewer prompts than the {processes} processes (each rolls out whole prompts)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        if main:
+            (self.run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         start = 0
         if resume and (path := latest_checkpoint(self.run_dir)) is not None:
             ckpt = load_checkpoint(path)
             restore_training_state(ckpt, self.model, self.optimizer, self.scheduler)
             start = ckpt.step
         self.step_index = start
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        log = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=start if resume else None)
+        with warnings.catch_warnings():  # torch 2.13 renamed DDP's broadcast_buffers; accelerate passes the old name
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        log = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=start if resume else None) if main else None
         prompts_per_epoch = max(1, len(self.train_examples) // cfg.prompts_per_step)
-        with progress_bar(disable=not show_progress) as bar:
+        with progress_bar(disable=not show_progress or not main) as bar:
             task = bar.add_task(cfg.method, total=cfg.steps, completed=start, info="")
             while self.step_index < cfg.steps:
                 metrics = self.step()
                 done = self.step_index
-                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps) and self.eval_examples:
+                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps) and self.eval_examples and main:
                     # the last one is the final model's evaluation: saved so callers need not repeat it
                     summary = self.evaluate(output=self.run_dir / "eval.json" if done == cfg.steps else None)
                     metrics["eval_accuracy"] = summary["accuracy"]
                     metrics["eval_length_mean"] = summary["mean_response_tokens"]
-                log.write(metrics)
+                if log is not None:
+                    log.write(metrics)
                 self.on_step_end(done, metrics)
                 if done % prompts_per_epoch == 0:
                     self.on_epoch_end(done // prompts_per_epoch)
-                if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+                if ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps) and main:
                     save_checkpoint(self.run_dir, done, self.accelerator.unwrap_model(self.model), self.tokenizer,
                                     self.optimizer, self.scheduler, {"config": asdict(cfg)}, cfg.keep_last)
                 bar.update(task, advance=1, info=f"reward {metrics['reward']:.2f} acc {metrics['accuracy']:.2f} len {metrics['length_mean']:.0f}")
         final = self.run_dir / "model"
-        save_pretrained(self.accelerator.unwrap_model(self.model), self.tokenizer, final)
+        if main:
+            save_pretrained(self.accelerator.unwrap_model(self.model), self.tokenizer, final)
+        self.accelerator.wait_for_everyone()
         return {"steps": self.step_index, "model": str(final)}
