@@ -147,7 +147,8 @@ def render_reasoning(problem: ArithProblem, style: str, rng: random.Random) -> s
     if style == "verbose":
         n = problem.difficulty
         plural = "operation" if n == 1 else "operations"
-        parts = [f"We start with {problem.start} and apply {n} {plural}."]
+        restated = ", ".join(_OP_VERBS[s].format(k=k) for s, k in problem.ops)
+        parts = [f"We start with {problem.start} and apply {n} {plural}: {restated}."]
         for i, ((s, k), a, b) in enumerate(steps, 1):
             parts.append(f"Step {i}: {_OP_VERBS[s].format(k=k)}. {_step_text(a, s, k, b)}")
             if rng.random() < 0.8:
