@@ -98,6 +98,7 @@ class RLConfig:
     train_problems: int = 20000
     eval_every: int = 0
     eval_problems: int = 200
+    eval_temperature: float = 0.0  # 0: greedy; 1.0 scores the policy's own style mix
     save_every: int = 50
     keep_last: int = 2
     rollout_batch_size: int = 128
@@ -508,7 +509,8 @@ class RLTrainer:
         """Greedy evaluation on the first ``n`` (default ``eval_problems``) held-out examples;
         ``output`` receives the summary and responses as JSON."""
         examples = self.eval_examples[: n or self.config.eval_problems]
-        config = EvalConfig(max_new_tokens=self.config.max_new_tokens, seed=self.config.seed)
+        config = EvalConfig(max_new_tokens=self.config.max_new_tokens, temperature=self.config.eval_temperature,
+                            seed=self.config.seed)
         return evaluate(self.model, self.tokenizer, examples, config, output=output)
 
     def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
