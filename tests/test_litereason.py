@@ -179,7 +179,8 @@ def test_projector_sft_trains_only_the_projector_and_the_loss_falls(tmp_path, ti
 
     assert summary["steps"] == 8
     losses = [m["loss"] for m in read_metrics(tmp_path / "metrics.jsonl")]
-    assert len(losses) == 8 and losses[-1] < losses[0] - 0.1 and max(losses[1:]) < losses[0]
+    # each step sees another batch, so compare the ends of the curve, not neighbouring steps
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.1 and sum(losses[-3:]) / 3 < sum(losses[:2]) / 2 - 0.1
     assert all(torch.equal(v, lm_before[k]) for k, v in tiny_model.state_dict().items())
     assert all(not torch.equal(v, projector_before[k]) for k, v in projector.state_dict().items())
     assert all(p.requires_grad for p in tiny_model.parameters())  # flags restored
