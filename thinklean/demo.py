@@ -60,7 +60,7 @@ class DemoBudget:
     prompts_per_step: int = 8
     samples_per_prompt: int = 8
     max_new_tokens: int = 200
-    lr: float = 1e-4  # measured on the shipped base: HMPO shortens responses 85 -> ~50 tokens in 12 steps
+    lr: float = 3e-5  # 1e-4 collapsed GRPO entropy (0.15 -> 0.05 nats) and accuracy (69 -> 54% by step 20)
     n_eval: int = 500
     eval_every: int = 20  # held-out evaluations during training (0: none), for iso-accuracy
     # sampled evaluation: the base model's greedy answer is always its terse style, so greedy
