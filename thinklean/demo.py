@@ -2,8 +2,9 @@
 
 A thin script over library calls. Every method starts from the shipped base model with the
 same step budget, prompts, samples and seed, and is evaluated (sampled at
-``DemoBudget.eval_temperature``, default 1.0, with one seed) on the same held-out problems; the same problems are evaluated during training (``DemoBudget.eval_every``), so the
-report can interpolate compression at the base model's accuracy. A method whose
+``DemoBudget.eval_temperature``, default 1.0, with one seed) on the same held-out problems;
+the same problems are evaluated during training (``DemoBudget.eval_every``), so the report can
+interpolate compression at the base model's accuracy. A method whose
 ``OUTPUT/METHOD/eval.json`` exists is not re-run (the demo resumes where it stopped).
 ``OUTPUT/results.json`` is shaped ``{"methods": {"base": {...}, "grpo": {...}, ...}, "config":
 {...}}`` with accuracy as a fraction; later methods add entries under the same keys.
