@@ -1,6 +1,8 @@
 import json
+import math
 
 import pytest
+import torch
 
 from thinklean.cli import build_parser, main
 
@@ -54,6 +56,28 @@ def test_analyze_writes_plots_and_json(tmp_path, tiny_model_dir):
     result = json.loads((out / "analysis.json").read_text())
     assert len(result["H"]) == 3  # embeddings + 2 layers
     assert (out / "entropy.png").stat().st_size > 1000
+
+
+def test_analyze_reads_a_llama_checkpoint_directory(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """A SmolLM2-shaped checkpoint (LlamaForCausalLM, grouped-query attention, tied embeddings)
+    saved as a plain HF directory goes through the same code path; --compare overlays it on Qwen2."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from thinklean.models.tiny import save_pretrained
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=48, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=3, num_key_value_heads=1, tie_word_embeddings=True,
+                         pad_token_id=tiny_tokenizer.pad_token_id, eos_token_id=tiny_tokenizer.eos_token_id)
+    llama_dir = tmp_path / "smollm2-like"
+    save_pretrained(LlamaForCausalLM(config), tiny_tokenizer, llama_dir)
+    out = tmp_path / "an"
+    assert main(["analyze", "--n", "2", "--max-new-tokens", "4", "--output", str(out),
+                 "--compare", str(tiny_model_dir), str(llama_dir)]) == 0
+    result = json.loads((out / "analysis.json").read_text())
+    assert len(result["H"]) == 4  # embeddings + 3 layers
+    assert all(0.0 < h <= math.log(len(tiny_tokenizer)) + 1e-4 for h in result["H"])
+    assert all(path.stat().st_size > 1000 for path in out.glob("*.png")) and len(list(out.glob("*.png"))) >= 2
 
 
 def test_explain_tokens_writes_a_coloured_page(tmp_path, tiny_model_dir):

@@ -63,25 +63,50 @@ def test_resume_continues_bit_identically(tmp_path, tiny_tokenizer):
         assert resumed[2][key] == full[2][key] and resumed[3][key] == full[3][key], key
 
 
-def test_micro_batching_does_not_change_the_update(tmp_path, tiny_tokenizer):
-    """token-mean over the whole batch: 4 micro-batches of 8 give the gradient of one batch of 32."""
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
+def test_micro_batching_does_not_change_the_update(tmp_path, tiny_tokenizer, loss_agg):
+    """One batch of 32, 4 micro-batches of 8 rows, and micro-batches cut by a 40-token budget
+    all give the gradient of the whole batch."""
     from thinklean.models.tiny import build_model
 
     results = []
-    for micro in (32, 8):
+    for name, size, tokens in (("one", 32, 0), ("rows", 8, 0), ("tokens", 32, 40)):
         model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=4, intermediate_size=128)
-        trainer = SevenTrainer(model, tiny_tokenizer, _config(steps=1, micro_batch_size=micro), PROMPTS, tmp_path / str(micro))
-        grads = []
-        step = trainer.optimizer.step
+        config = _config(steps=1, micro_batch_size=size, micro_batch_tokens=tokens, loss_agg=loss_agg)
+        trainer = SevenTrainer(model, tiny_tokenizer, config, PROMPTS, tmp_path / name)
+        grads, n_micro = [], []
+        step, micro_step = trainer.optimizer.step, trainer._micro_step
         trainer.optimizer.step = lambda *a: (grads.extend(p.grad.clone() for p in model.parameters()), step(*a))
+        trainer._micro_step = lambda batch, rows, *a: (n_micro.append(len(rows)), micro_step(batch, rows, *a))
         trainer.train(show_progress=False)
-        results.append((read_metrics(tmp_path / str(micro) / "metrics.jsonl")[0], grads))
-    (m32, g32), (m8, g8) = results
-    assert m32["loss"] == pytest.approx(m8["loss"], abs=1e-6)
-    assert m32["grad_norm"] == pytest.approx(m8["grad_norm"], rel=1e-4)
-    assert len(g32) == len(g8) > 0
-    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g32, g8))
+        results.append((read_metrics(tmp_path / name / "metrics.jsonl")[0], grads, n_micro))
+    (m_one, g_one, n_one), (m_rows, g_rows, n_rows), (m_tok, g_tok, n_tok) = results
+    assert n_one == [32] and n_rows == [8, 8, 8, 8]
+    assert len(n_tok) > 4 and sum(n_tok) == 32  # prompt (~13 tokens) + response (<= 8) per row
+    for m, g in ((m_rows, g_rows), (m_tok, g_tok)):
+        assert m_one["loss"] == pytest.approx(m["loss"], abs=1e-6)
+        assert m_one["grad_norm"] == pytest.approx(m["grad_norm"], rel=1e-4)
+        assert len(g_one) == len(g) > 0
+        assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g_one, g))
+
+
+def test_token_budget_micro_batches_respect_the_budget(tiny_model, tiny_tokenizer, tmp_path):
+    trainer = SevenTrainer(tiny_model, tiny_tokenizer, _config(micro_batch_size=3, micro_batch_tokens=30), PROMPTS, tmp_path)
+    prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1]])
+    lengths = torch.tensor([2, 5, 20, 3, 4, 40])
+
+    class Rollout:
+        pass
+
+    batch = Rollout()
+    batch.rollout = Rollout()
+    batch.rollout.prompt_mask, batch.rollout.lengths = prompt_mask, lengths
+    order = torch.argsort(lengths, stable=True)  # rows 0, 3, 4, 1, 2, 5
+    micros = [m.tolist() for m in trainer._micro_batches(batch, order)]
+    # widths (longest prompt + longest response) x rows: [0, 3, 4] = 3 x (3 + 4) = 21 <= 30;
+    # adding row 1 would make 4 rows (over micro_batch_size); [1] + [2] = 2 x (3 + 20) > 30
+    assert micros == [[0, 3, 4], [1], [2], [5]]
 
 
 def test_dynamic_sampling_keeps_only_groups_with_reward_spread(tmp_path, tiny_model, tiny_tokenizer):
@@ -173,3 +198,31 @@ def test_bupo_ipa_phase_trains_only_lower_layers_then_full_model(tmp_path, tiny_
     # step 1 (IPA on layer 1): layers 2 and 3 untouched by the loss; step 2 (GRPO): all layers get grads
     assert seen == [[False, True, True], [False, False, False]]
     assert [m["ipa_phase"] for m in read_metrics(tmp_path / "metrics.jsonl")] == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
+def test_sharing_the_prompt_forward_gives_the_full_row_gradient(tmp_path, tiny_tokenizer, loss_agg):
+    """Each distinct prompt run once (KV cache leaves, micro-batches cut across groups) gives the
+    loss and gradient of scoring every prompt + response row in full."""
+    from thinklean.models.tiny import build_model
+
+    results = []
+    for share in (False, True):
+        model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=4, intermediate_size=128)
+        config = _config(steps=1, micro_batch_size=5, share_prompt_forward=share, loss_agg=loss_agg)
+        trainer = SevenTrainer(model, tiny_tokenizer, config, PROMPTS, tmp_path / str(share))
+        grads, prompt_passes = [], []
+        step = trainer.optimizer.step
+        trainer.optimizer.step = lambda *a: (grads.extend(p.grad.clone() for p in model.parameters()), step(*a))
+        share_prompts = trainer._share_prompts
+        trainer._share_prompts = lambda *a: (prompt_passes.append(1), share_prompts(*a))[1]
+        trainer.train(show_progress=False)
+        results.append((read_metrics(tmp_path / str(share) / "metrics.jsonl")[0], grads, prompt_passes))
+    (m_full, g_full, _), (m_shared, g_shared, passes) = results
+    assert passes == [1]
+    assert m_full["loss"] == pytest.approx(m_shared["loss"], abs=1e-6)
+    assert m_full["entropy"] == pytest.approx(m_shared["entropy"], rel=1e-5)
+    assert len(g_full) == len(g_shared) > 0
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g_full, g_shared))
+    assert all(g.abs().sum() > 0 for g in g_shared)

@@ -50,7 +50,7 @@ class IAPOTrainer(RLTrainer):
         """Sampling-policy entropy ``[B, T]`` at each response position (detached, masked)."""
         rollout = step_batch.rollout
         out = torch.zeros_like(rollout.logprobs)
-        for rows in self._micro_batches(torch.arange(len(rollout.lengths))):
+        for rows in self._micro_batches(step_batch, torch.argsort(rollout.lengths, stable=True)):
             micro = self._rows(step_batch, rows)
             _, entropy = self.policy_logprobs(self.model, micro, with_entropy=True)
             out[rows, : entropy.shape[1]] = entropy.cpu() * micro["response_mask"].cpu()

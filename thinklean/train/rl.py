@@ -53,6 +53,7 @@ from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.rollout.engine import position_ids_from_mask
 from thinklean.train.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
+from thinklean.train.shared_prompt import SharedPromptForward, shared_prompt_forward
 from thinklean.train.sft import warmup_cosine
 
 
@@ -89,7 +90,13 @@ class RLConfig:
     lr_schedule: str = "constant"  # or "cosine" (to 0.1x)
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per epoch over the rollout batch
-    micro_batch_size: int = 32  # sequences per forward/backward (gradient accumulation)
+    micro_batch_size: int = 32  # most sequences per forward/backward (gradient accumulation)
+    # most padded prompt+response tokens per forward/backward (0: fixed micro_batch_size rows);
+    # rows are length-sorted first, so short rows share a micro-batch and padding stays small
+    micro_batch_tokens: int = 1024
+    # run each distinct prompt once per mini-batch in the update, not once per sample (same
+    # gradient; single process, methods that keep the default policy_logprobs/response_logits)
+    share_prompt_forward: bool = True
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, resample
     max_resample_rounds: int = 3
     keep_shortest: int = 0  # GFPO-style: of each group's G samples, update on the k shortest (0 = all)
@@ -208,16 +215,22 @@ class RLTrainer:
         advantage_fn = get_advantage(self.config.advantage)
         return advantage_fn(step_batch.rewards, rollout.group_ids, rollout.response_mask, **self.config.advantage_kwargs)
 
-    def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, torch.Tensor], with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, Any], with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs ``[b, T]`` of the response tokens (temperature-scaled), and optionally entropy.
 
         ``rows`` holds ``prompt_ids``/``prompt_mask`` ``[b, P]`` (left-padded) and
-        ``response_ids``/``response_mask`` ``[b, T]`` (right-padded).
+        ``response_ids``/``response_mask`` ``[b, T]`` (right-padded); in the update it may also
+        hold ``shared_prompt`` (a :class:`SharedPromptForward`) and ``prompt_index`` ``[b]``, its
+        row for each sample, in which case the prompts are not run again.
         """
-        input_ids = torch.cat([rows["prompt_ids"], rows["response_ids"]], 1)
-        attention_mask = torch.cat([rows["prompt_mask"], rows["response_mask"]], 1)
-        T = rows["response_ids"].shape[1]
-        logits = self.response_logits(model, input_ids, attention_mask, position_ids_from_mask(attention_mask), T)
+        shared = rows.get("shared_prompt")
+        if shared is not None:
+            logits = shared.response_logits(model, rows["prompt_index"], rows["response_ids"], rows["response_mask"])
+        else:
+            input_ids = torch.cat([rows["prompt_ids"], rows["response_ids"]], 1)
+            attention_mask = torch.cat([rows["prompt_mask"], rows["response_mask"]], 1)
+            T = rows["response_ids"].shape[1]
+            logits = self.response_logits(model, input_ids, attention_mask, position_ids_from_mask(attention_mask), T)
         logits = logits.float() / max(self.config.temperature, 1e-6)
         logprobs = torch.log_softmax(logits, -1).gather(-1, rows["response_ids"].unsqueeze(-1)).squeeze(-1)
         entropy = entropy_from_logits(logits.detach()) if with_entropy else None
@@ -343,9 +356,25 @@ class RLTrainer:
                 out[name] = value[rows, :t_end]
         return {k: v.to(self.accelerator.device) for k, v in out.items()}
 
-    def _micro_batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        size = self.config.micro_batch_size
-        return [rows[i : i + size] for i in range(0, len(rows), size)]
+    def _micro_batches(self, batch: StepBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Split ``rows`` (in the given order) into micro-batches of at most ``micro_batch_size``
+        rows and, when ``micro_batch_tokens > 0``, at most that many padded tokens
+        (rows x (longest prompt + longest response)); a row longer than the budget goes alone."""
+        size, budget = self.config.micro_batch_size, self.config.micro_batch_tokens
+        if budget <= 0:
+            return [rows[i : i + size] for i in range(0, len(rows), size)]
+        prompt_lens = batch.rollout.prompt_mask.sum(1)
+        lengths = batch.rollout.lengths
+        micros, start, widest_prompt, longest = [], 0, 0, 0
+        for i, row in enumerate(rows.tolist()):
+            p, t = max(widest_prompt, int(prompt_lens[row])), max(longest, int(lengths[row]))
+            if i > start and (i - start + 1 > size or (i - start + 1) * (p + t) > budget):
+                micros.append(rows[start:i])
+                start, p, t = i, int(prompt_lens[row]), int(lengths[row])
+            widest_prompt, longest = p, t
+        if start < len(rows):
+            micros.append(rows[start:])
+        return micros
 
     @torch.no_grad()
     def _fill_logprobs(self, batch: StepBatch, model: torch.nn.Module, name: str) -> None:
@@ -353,7 +382,7 @@ class RLTrainer:
         out = torch.zeros_like(r.logprobs)
         was_training = model.training
         model.eval()
-        for rows in self._micro_batches(torch.arange(len(r.lengths))):
+        for rows in self._micro_batches(batch, torch.argsort(r.lengths, stable=True)):
             micro = self._rows(batch, rows)
             logprobs, _ = self.policy_logprobs(model, micro)
             out[rows, : logprobs.shape[1]] = logprobs.cpu() * micro["response_mask"].cpu()
@@ -416,14 +445,17 @@ class RLTrainer:
                 mini = mini[torch.argsort(batch.rollout.lengths[mini], stable=True)]
                 mask = batch.rollout.response_mask[mini]
                 n_tokens, n_seqs = self._sum_over_processes([float(mask.sum()), float((mask.sum(1) > 0).sum())])
-                micros = self._micro_batches(mini)
+                micros = self._micro_batches(batch, mini)
                 if not micros:
                     self._join_gradient_sync()
+                shared = self._share_prompts(batch, mini) if micros else None
                 for i, rows in enumerate(micros):
                     # gradients are all-reduced once per mini-batch, after its last micro-batch
                     last = i == len(micros) - 1
                     with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
-                        self._micro_step(batch, rows, n_tokens, n_seqs, world, totals)
+                        self._micro_step(batch, rows, n_tokens, n_seqs, world, totals, shared)
+                if shared is not None:
+                    shared[0].backward()
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
                 check_finite(self.step_index + 1, loss=totals["loss"], grad_norm=float(grad_norm))
                 totals["grad_norm"] += float(grad_norm)
@@ -435,11 +467,36 @@ class RLTrainer:
         totals.update(zip(names, self._sum_over_processes([totals[k] for k in names])))
         return {k: v / n_updates for k, v in totals.items()}
 
+    def _share_prompts(self, batch: StepBatch, mini: torch.Tensor) -> tuple[SharedPromptForward, torch.Tensor] | None:
+        """The mini-batch's distinct prompts run once, and each row's index among them (``[B]``,
+        -1 outside ``mini``); ``None`` where the update must score full rows instead."""
+        cls = type(self)
+        if not (self.config.share_prompt_forward and self.accelerator.num_processes == 1
+                and cls.policy_logprobs is RLTrainer.policy_logprobs and cls.response_logits is RLTrainer.response_logits):
+            return None
+        r = batch.rollout
+        prompt_mask = r.prompt_mask[mini]
+        start = int((prompt_mask.sum(0) > 0).nonzero()[0]) if prompt_mask.any() else 0
+        ids, mask = r.prompt_ids[mini, start:], r.prompt_mask[mini, start:]
+        prompts, index = torch.unique(torch.cat([ids * mask, mask], 1), dim=0, return_inverse=True)
+        first = torch.full((len(prompts),), len(mini), dtype=torch.long).scatter_reduce(
+            0, index, torch.arange(len(mini)), "amin")
+        device = self.accelerator.device
+        shared = shared_prompt_forward(self.model, r.prompt_ids[mini[first], start:].to(device),
+                                       r.prompt_mask[mini[first], start:].to(device))
+        if shared is None:
+            return None
+        slot = torch.full((len(r.lengths),), -1, dtype=torch.long)
+        slot[mini] = index
+        return shared, slot
+
     def _micro_step(self, batch: StepBatch, rows: torch.Tensor, n_tokens: float, n_seqs: float, world: int,
-                    totals: dict[str, float]) -> None:
+                    totals: dict[str, float], shared: tuple[SharedPromptForward, torch.Tensor] | None = None) -> None:
         """Forward and backward of one micro-batch, weighted by its share of the mini-batch."""
         cfg = self.config
-        micro = self._rows(batch, rows)
+        micro: dict[str, Any] = self._rows(batch, rows)
+        if shared is not None:
+            micro["shared_prompt"], micro["prompt_index"] = shared[0], shared[1][rows].to(self.accelerator.device)
         logprobs, entropy = self.policy_logprobs(self.model, micro, with_entropy=True)
         old = micro.get("old_logprobs", logprobs.detach())
         loss, metrics = policy_loss(

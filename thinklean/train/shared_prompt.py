@@ -1,0 +1,81 @@
+"""One forward pass per distinct prompt in the update, however many samples share it.
+
+GRPO-style batches hold ``G`` responses per prompt. Scoring each row as ``prompt + response``
+runs every prompt ``G`` times forward and backward; on the embedded task the prompt is a third
+of a row, so two thirds of that work repeats. Here each distinct prompt runs once (with grad),
+its KV cache and last-position logits are detached into leaf tensors, and every micro-batch
+scores its responses on copies of those leaves (rows index them by group). Gradients pile up on
+the leaves across micro-batches; :meth:`SharedPromptForward.backward` then sends them through
+the prompt pass once. The parameter gradient is the same as scoring full rows (the chain rule,
+split at the cache), up to float summation order.
+
+Only for caches of plain ``DynamicLayer`` layers (transformers >= 4.54, no sliding windows);
+:func:`shared_prompt_forward` returns ``None`` otherwise and the trainer scores full rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from thinklean.rollout.engine import position_ids_from_mask
+
+try:
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+except ImportError:  # transformers < 4.54: no per-layer cache objects
+    DynamicCache = DynamicLayer = None
+
+
+class SharedPromptForward:
+    """Prompt KV cache and last logits of ``g`` distinct prompts, as gradient-collecting leaves.
+
+    ``outputs`` are the prompt pass's tensors (in the autograd graph): per layer keys and values
+    ``[g, heads, P, head_dim]``, then the last-position logits ``[g, V]``. ``leaves`` are their
+    detached copies with ``requires_grad``; micro-batches read only the leaves.
+    """
+
+    def __init__(self, outputs: list[torch.Tensor], prompt_mask: torch.Tensor) -> None:
+        self.outputs = outputs
+        self.leaves = [t.detach().requires_grad_(t.requires_grad) for t in outputs]
+        self.prompt_mask = prompt_mask
+
+    def response_logits(self, model: torch.nn.Module, index: torch.Tensor, response_ids: torch.Tensor,
+                        response_mask: torch.Tensor) -> torch.Tensor:
+        """Logits ``[b, T, V]`` predicting each response token of ``b`` rows.
+
+        ``index[b]``: each row's prompt (row of ``prompt_mask``); ``response_ids``/``response_mask``
+        ``[b, T]`` right-padded. Position ``t`` holds the logits that score ``response_ids[:, t]``.
+        """
+        *kv, last_logits = self.leaves
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(zip(kv[0::2], kv[1::2])):
+            cache.update(keys[index], values[index], layer)
+        attention_mask = torch.cat([self.prompt_mask[index], response_mask], 1)
+        positions = position_ids_from_mask(attention_mask)[:, self.prompt_mask.shape[1]:]
+        out = model(input_ids=response_ids, attention_mask=attention_mask, position_ids=positions,
+                    past_key_values=cache, use_cache=True)
+        return torch.cat([last_logits[index].unsqueeze(1), out.logits[:, :-1]], 1)
+
+    def backward(self) -> None:
+        """Send the gradients gathered on the leaves through the prompt pass (once)."""
+        pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self.leaves) if leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([p[0] for p in pairs], [p[1] for p in pairs])
+        self.outputs, self.leaves = [], []
+
+
+def shared_prompt_forward(model: torch.nn.Module, prompt_ids: torch.Tensor,
+                          prompt_mask: torch.Tensor) -> SharedPromptForward | None:
+    """Run ``g`` distinct left-padded prompts ``[g, P]`` once (with grad when the model trains).
+
+    ``None`` when the model's cache is not made of plain dynamic layers (sliding windows, older
+    transformers): the caller then scores full rows.
+    """
+    if DynamicLayer is None:
+        return None
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask),
+                use_cache=True, logits_to_keep=1)
+    layers = getattr(out.past_key_values, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    outputs = [t for layer in layers for t in (layer.keys, layer.values)] + [out.logits[:, -1]]
+    return SharedPromptForward(outputs, prompt_mask)
