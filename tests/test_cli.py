@@ -50,6 +50,15 @@ def test_eval_on_a_jsonl_file_writes_metrics(tmp_path, tiny_model_dir):
     assert summary["per_difficulty"]["1"]["n"] == 1
 
 
+@pytest.mark.parametrize("mode", ["think", "no_think"])
+def test_eval_force_mode_starts_every_response_with_the_tag(tmp_path, tiny_model_dir, mode):
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(tiny_model_dir), "--n", "3", "--max-new-tokens", "4", "--force-mode", mode,
+                 "--output", str(out)]) == 0
+    responses = json.loads((out / "eval.json").read_text())["responses"]
+    assert len(responses) == 3 and all(r["mode"] == mode for r in responses)
+
+
 def test_analyze_writes_plots_and_json(tmp_path, tiny_model_dir):
     out = tmp_path / "an"
     assert main(["analyze", "--model", str(tiny_model_dir), "--n", "2", "--max-new-tokens", "4", "--output", str(out)]) == 0
@@ -58,9 +67,9 @@ def test_analyze_writes_plots_and_json(tmp_path, tiny_model_dir):
     assert (out / "entropy.png").stat().st_size > 1000
 
 
-def test_analyze_reads_a_llama_checkpoint_directory(tmp_path, tiny_model_dir, tiny_tokenizer):
+def test_analyze_reads_a_llama_checkpoint_directory(tmp_path, tiny_tokenizer):
     """A SmolLM2-shaped checkpoint (LlamaForCausalLM, grouped-query attention, tied embeddings)
-    saved as a plain HF directory goes through the same code path; --compare overlays it on Qwen2."""
+    saved as a plain HF directory goes through the same code path as the shipped Qwen2."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from thinklean.models.tiny import save_pretrained
@@ -72,8 +81,7 @@ def test_analyze_reads_a_llama_checkpoint_directory(tmp_path, tiny_model_dir, ti
     llama_dir = tmp_path / "smollm2-like"
     save_pretrained(LlamaForCausalLM(config), tiny_tokenizer, llama_dir)
     out = tmp_path / "an"
-    assert main(["analyze", "--n", "2", "--max-new-tokens", "4", "--output", str(out),
-                 "--compare", str(tiny_model_dir), str(llama_dir)]) == 0
+    assert main(["analyze", "--model", str(llama_dir), "--n", "2", "--max-new-tokens", "4", "--output", str(out)]) == 0
     result = json.loads((out / "analysis.json").read_text())
     assert len(result["H"]) == 4  # embeddings + 3 layers
     assert all(0.0 < h <= math.log(len(tiny_tokenizer)) + 1e-4 for h in result["H"])

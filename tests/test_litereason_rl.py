@@ -24,7 +24,7 @@ from thinklean.train.monitor import read_metrics
 from thinklean.train.rl import RLConfig, RLTrainer
 
 PROBLEMS = generate_problems(4, "train", 0)
-EXAMPLES = [Example(prompt=p.question, answer=str(p.answer)) for p in PROBLEMS]
+EXAMPLES = [Example(prompt=p.question, answer=str(p.answer), difficulty=p.difficulty) for p in PROBLEMS]
 pytestmark = pytest.mark.filterwarnings("ignore:LiteReason. no trained projector")
 SEGMENT = f"<think> {LATENT}5{LATENT_END}"  # 5 tokens with the embedded tokenizer, then 5 latent steps
 
@@ -161,8 +161,12 @@ def test_the_refresh_trains_the_projector_on_a_tenth_of_the_passs_correct_rollou
 def test_evaluate_decodes_with_latent_steps(tmp_path, tiny_model, tiny_tokenizer):
     trainer = LiteReasonTrainer(tiny_model, tiny_tokenizer, config(), EXAMPLES, tmp_path, eval_examples=EXAMPLES)
     summary = trainer.evaluate(2)
-    assert set(summary) == {"accuracy", "mean_response_tokens", "latent_steps_mean"}
-    assert 0 < summary["mean_response_tokens"] <= 8
+    assert {"accuracy", "mean_response_tokens", "latent_steps_mean", "latent_rows", "per_difficulty"} <= set(summary)
+    assert summary["n"] == 2 and 0 < summary["mean_response_tokens"] <= 8
+    assert sum(d["n"] for d in summary["per_difficulty"].values()) == 2
+    # sampled evaluation (the demo's eval_temperature 1.0) is seeded: the same twice
+    trainer.config.eval_temperature = 1.0
+    assert trainer.evaluate(2) == trainer.evaluate(2)
 
 
 def test_train_command_runs_litereason_end_to_end(tmp_path, tiny_model, tiny_model_dir):

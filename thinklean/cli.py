@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from thinklean.data.formats import format_prompt
+from thinklean.data.formats import NO_THINK, THINK, format_prompt
 from thinklean.data.jsonl import DataError
 
 DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
@@ -227,7 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         return
     config = EvalConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, samples=args.samples,
-        batch_size=args.batch_size, seed=args.seed,
+        batch_size=args.batch_size, seed=args.seed, forced_prefix={"think": THINK, "no_think": NO_THINK}.get(args.force_mode, ""),
     )
     summary = evaluate(model, tokenizer, examples, config, output=args.output / "eval.json")
     print_eval(summary, title=f"eval: {args.model}")
@@ -440,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k needs > 1 and temperature > 0)")
     p.add_argument("--batch-size", type=int, default=128, help="sequences decoded together")
+    p.add_argument("--force-mode", choices=("think", "no_think"), default=None,
+                   help="hybrid models: start every response with this mode's tag (e.g. the always-think accuracy)")
     p.add_argument("--hybrid", action="store_true", help="hybrid accuracy (HAcc): K sampled rollouts forced into each "
                    "mode decide the right mode; the unforced greedy answer's first tag is the chosen one")
     p.add_argument("--k", type=int, default=4, help="--hybrid: forced samples per mode (temperature 1 unless --temperature > 0)")

@@ -17,7 +17,7 @@ from thinklean.data.formats import format_prompt, response_mode
 from thinklean.data.grading import format_ok, grade, reasoning_span
 from thinklean.data.jsonl import Example
 from thinklean.eval.metrics import ResponseRecord, records_to_json, summarize, summarize_by_difficulty
-from thinklean.rollout import SamplingConfig, generate
+from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 
 
 @dataclass
@@ -30,6 +30,7 @@ class EvalConfig:
     samples: int = 1
     batch_size: int = 128
     seed: int = 0
+    forced_prefix: str = ""  # written at the start of every response, e.g. "<think>" (hybrid models)
 
 
 def arith_examples(n: int = 500, split: str = "test", seed: int = 0) -> list[Example]:
@@ -71,12 +72,27 @@ def _count_tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
 
 
+def grade_rollout(tokenizer: Any, examples: Sequence[Example], batch: RolloutBatch, start: int = 0) -> list[ResponseRecord]:
+    """One graded record per row of ``batch``, whose group ``g`` is ``examples[start + g]``.
+    ``response_tokens`` is the row's length (discrete tokens only, for latent rollouts)."""
+    records = []
+    for i, text in enumerate(batch.texts):
+        index = start + int(batch.group_ids[i])
+        example = examples[index]
+        records.append(ResponseRecord(
+            prompt_index=index, difficulty=example.difficulty, correct=grade(text, example.answer),
+            format_ok=format_ok(text), response_tokens=int(batch.lengths[i]),
+            reasoning_tokens=_count_tokens(tokenizer, reasoning_span(text)), mode=response_mode(text),
+            finished=bool(batch.finished[i]), text=text,
+        ))
+    return records
+
+
 def run_generation(
     model: torch.nn.Module,
     tokenizer: Any,
     examples: Sequence[Example],
     config: EvalConfig,
-    forced_prefix: str | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> list[ResponseRecord]:
     """Generate ``config.samples`` responses per example and grade each one.
@@ -96,24 +112,9 @@ def run_generation(
     records = []
     for start in range(0, len(prompts), chunk):
         part = prompts[start : start + chunk]
-        prefixes = [forced_prefix] * (len(part) * config.samples) if forced_prefix else None
+        prefixes = [config.forced_prefix] * (len(part) * config.samples) if config.forced_prefix else None
         batch = generate(model, tokenizer, part, config.samples, sampling, forced_prefixes=prefixes, generator=generator)
-        for i, text in enumerate(batch.texts):
-            index = start + int(batch.group_ids[i])
-            example = examples[index]
-            records.append(
-                ResponseRecord(
-                    prompt_index=index,
-                    difficulty=example.difficulty,
-                    correct=grade(text, example.answer),
-                    format_ok=format_ok(text),
-                    response_tokens=int(batch.lengths[i]),
-                    reasoning_tokens=_count_tokens(tokenizer, reasoning_span(text)),
-                    mode=response_mode(text),
-                    finished=bool(batch.finished[i]),
-                    text=text,
-                )
-            )
+        records += grade_rollout(tokenizer, examples, batch, start)
         if on_progress is not None:
             on_progress(len(part))
     return records

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 
 from thinklean.core import entropy_from_logits
 from thinklean.data.formats import format_prompt
-from thinklean.data.grading import grade
 from thinklean.data.jsonl import Example
 from thinklean.data.litereason import RATIOS, litereason_prompt, variant_rows
+from thinklean.eval.evaluate import grade_rollout
+from thinklean.eval.metrics import summarize, summarize_by_difficulty
 from thinklean.models.projector import CONFIG_NAME, ReasoningProjector
 from thinklean.rollout import SamplingConfig
 from thinklean.rollout.latent import LatentRolloutBatch, generate_latent, latent_forward, segment_finder
@@ -249,16 +250,19 @@ class LiteReasonTrainer(RLTrainer):
 
     @torch.no_grad()
     def evaluate(self, n: int | None = None, output: Path | None = None) -> dict[str, Any]:
-        """Greedy accuracy and mean discrete response tokens with latent decoding (``output``:
-        the summary as JSON)."""
-        examples = self.eval_examples[: n or self.config.eval_problems]
+        """Accuracy and mean discrete response tokens with latent decoding, one response per problem
+        at ``eval_temperature`` (0: greedy; sampled with ``seed``); ``output``: the summary as JSON."""
+        cfg = self.config
+        examples = self.eval_examples[: n or cfg.eval_problems]
         prompts, _ = self.build_prompts(examples)
-        sampling = SamplingConfig(max_new_tokens=self.config.max_new_tokens, temperature=0.0,
-                                  batch_size=self.config.rollout_batch_size)
-        batch = generate_latent(self.model, self.tokenizer, self.projector, prompts, 1, sampling)
-        correct = [grade(text, e.answer) for text, e in zip(batch.texts, examples)]
-        summary = {"accuracy": sum(correct) / len(correct), "mean_response_tokens": float(batch.lengths.float().mean()),
-                   "latent_steps_mean": float(batch.latent_steps.float().mean())}
+        sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature,
+                                  batch_size=cfg.rollout_batch_size)
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed)
+        batch = generate_latent(self.model, self.tokenizer, self.projector, prompts, 1, sampling, generator)
+        records = grade_rollout(self.tokenizer, examples, batch)
+        summary = {**summarize(records), "latent_steps_mean": float(batch.latent_steps.float().mean()),
+                   "latent_rows": float((batch.latent_steps > 0).float().mean()),
+                   "per_difficulty": summarize_by_difficulty(records)}
         if output is not None:
             Path(output).write_text(json.dumps({"summary": summary}, indent=1))
         return summary
