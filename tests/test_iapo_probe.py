@@ -72,11 +72,11 @@ def test_temperature_scales_the_probed_distribution(tiny_model, exit_ids):
     assert not torch.allclose(got, answer_entropies(model, *batch, exit_ids, chunk_size=4), atol=1e-3)
 
 
-@pytest.mark.parametrize("max_batch_tokens", [1, 60])  # one row, then 60 // (6 + 9 + 3 * 4) = 2 rows
+@pytest.mark.parametrize("max_batch_tokens", [1, 60, 2048])  # every row alone; length-sorted pairs; the default
 def test_max_batch_tokens_splits_rows_without_changing_result(tiny_model, exit_ids, max_batch_tokens):
     model = _sharpen(tiny_model, 4)
     batch = _padded_batch(4)
-    whole = answer_entropies(model, *batch, exit_ids, chunk_size=3)
+    whole = answer_entropies(model, *batch, exit_ids, chunk_size=3, max_batch_tokens=None)
     split = answer_entropies(model, *batch, exit_ids, chunk_size=3, max_batch_tokens=max_batch_tokens)
     torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
 

@@ -65,7 +65,8 @@ class IAPOTrainer(RLTrainer):
         entropy_answer = answer_entropies(
             model, rollout.prompt_ids.to(device), rollout.prompt_mask.to(device), rollout.response_ids.to(device),
             rollout.response_mask.to(device), exit_ids, chunk_size=int(kw.get("chunk_size", 16)),
-            temperature=self.config.temperature, max_batch_tokens=kw.get("max_batch_tokens"),
+            temperature=self.config.temperature,
+            **({"max_batch_tokens": kw["max_batch_tokens"]} if "max_batch_tokens" in kw else {}),
         ).cpu()
         gain = information_gain(entropy_answer, rollout.response_mask, smooth=True)
         token_mask = self._reasoning_mask(rollout) if kw.get("reasoning_only", False) else None
