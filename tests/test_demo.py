@@ -28,9 +28,14 @@ def test_demo_trains_each_method_evaluates_all_and_resumes(tmp_path, tiny_model_
     assert "[3/3] training hmpo" in printed and "evaluating hmpo" not in printed  # ... and is not repeated
 
     stamp = (out / "grpo" / "eval.json").stat().st_mtime_ns
-    run_demo(out, methods=("grpo", "hmpo"), budget=budget, base_model=tiny_model_dir)
+    run_demo(out, methods=("grpo",), budget=budget, base_model=tiny_model_dir)
     assert (out / "grpo" / "eval.json").stat().st_mtime_ns == stamp  # finished methods are not re-run
     assert "already done" in capsys.readouterr().out
+    # a later run into the same directory keeps the earlier methods in the table (same budget and seed)
+    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["base", "hmpo", "grpo"]
+    other = DemoBudget(**{**budget.__dict__, "lr": 2e-3})
+    run_demo(out, methods=("grpo",), budget=other, base_model=tiny_model_dir)
+    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["base", "grpo"]
 
 
 def test_methods_all_runs_every_demo_method_in_order(tmp_path, monkeypatch):

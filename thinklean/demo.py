@@ -80,6 +80,16 @@ def check_methods(methods: Sequence[str]) -> None:
         raise ValueError(f"not a demo method: {'; '.join(problems)}; available: {', '.join(DEMO_METHODS)}, all")
 
 
+def _earlier_methods(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Method entries of an earlier demo in the same output directory, if it used the same seed,
+    budget and base model (so the table can put them side by side with this run's)."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = all(earlier.get("config", {}).get(key) == config[key] for key in ("seed", "budget", "base_model"))
+    return earlier.get("methods", {}) if same else {}
+
+
 def _load_summary(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())["summary"] if path.is_file() else None
 
@@ -147,6 +157,7 @@ def run_demo(
     results: dict[str, Any] = {"methods": {}, "config": {"seed": seed, "quick": quick, "budget": asdict(budget),
                                                         "base_model": str(base_model), "methods": list(methods)}}
     names = ("base", *methods)
+    earlier = {k: v for k, v in _earlier_methods(output / "results.json", results["config"]).items() if k not in names}
     for index, name in enumerate(names, start=1):
         run_dir = output / name
         summary = _load_summary(run_dir / "eval.json")
@@ -172,6 +183,8 @@ def run_demo(
         else:
             console.print(f"[{index}/{len(names)}] {name}: already done ({run_dir / 'eval.json'}), skipping")
         results["methods"][name] = summary
+        if name == "base":  # earlier methods follow the base model, this run's come last
+            results["methods"].update(earlier)
         (output / "results.json").write_text(json.dumps(results, indent=1))
     print_eval(results["methods"]["base"], "base model", console)
     print_comparison(results["methods"], console)
