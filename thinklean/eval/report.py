@@ -148,7 +148,7 @@ def plot_pareto(runs: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
         if run.get("summary"):
             s = run["summary"]
             ax.scatter([s["mean_response_tokens"]], [100 * s["accuracy"]], s=70, color=colour, label=name, zorder=3)
-    ax.set_xlabel("mean response tokens (held-out, greedy)")
+    ax.set_xlabel("mean response tokens (held-out problems)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("accuracy vs tokens (up-left is better)")
     ax.grid(alpha=0.3)
