@@ -23,7 +23,7 @@ The probe still runs ``E`` exit tokens per response token, so it costs about
 ``(P + T + E * T) / (P + T)`` plain forwards. Rows are sorted by length into sub-batches of
 ``max_batch_tokens``, so chunks do not probe positions that are padding in most rows: on the
 demo rollout (64 rows, 25 + 73 tokens, 5-token ``" </think> \\boxed{"``; floor 4.73x) the probe
-takes 4.5x the old-logprob pass with 2048-token sub-batches against 11.7x as one batch of all
+takes 4.9x the old-logprob pass with 2048-token sub-batches against 11.9x as one batch of all
 rows (``benchmarks/iapo_probe_cost.py``). Chunk size 8-32 is best, larger chunks pay for
 attention over the other copies' masked keys.
 

@@ -157,6 +157,11 @@ def concat_rollouts(batches: Sequence[RolloutBatch], group_counts: Sequence[int]
     )
 
 
+def _first_prompt_column(prompt_mask: torch.Tensor) -> int:
+    """First column of left-padded ``prompt_mask [b, P]`` that holds a real token in some row."""
+    return int((prompt_mask.sum(0) > 0).nonzero()[0]) if prompt_mask.any() else 0
+
+
 class RLTrainer:
     """Generic policy-gradient trainer; subclass and override hooks for a method."""
 
@@ -344,7 +349,7 @@ class RLTrainer:
         r = batch.rollout
         prompt_mask = r.prompt_mask[rows]
         response_mask = r.response_mask[rows]
-        p_start = int((prompt_mask.sum(0) > 0).nonzero()[0]) if prompt_mask.any() else 0
+        p_start = _first_prompt_column(prompt_mask)
         t_end = max(1, int(response_mask.sum(1).max()))
         out = {
             "prompt_ids": r.prompt_ids[rows, p_start:], "prompt_mask": prompt_mask[:, p_start:],
@@ -475,8 +480,7 @@ class RLTrainer:
                 and cls.policy_logprobs is RLTrainer.policy_logprobs and cls.response_logits is RLTrainer.response_logits):
             return None
         r = batch.rollout
-        prompt_mask = r.prompt_mask[mini]
-        start = int((prompt_mask.sum(0) > 0).nonzero()[0]) if prompt_mask.any() else 0
+        start = _first_prompt_column(r.prompt_mask[mini])
         ids, mask = r.prompt_ids[mini, start:], r.prompt_mask[mini, start:]
         prompts, index = torch.unique(torch.cat([ids * mask, mask], 1), dim=0, return_inverse=True)
         first = torch.full((len(prompts),), len(mini), dtype=torch.long).scatter_reduce(
