@@ -1,6 +1,7 @@
 import torch
 
 from thinklean.data.jsonl import Example
+from thinklean.methods import iapo, iapo_probe
 from thinklean.methods.iapo import IAPOTrainer, iapo_reward
 from thinklean.train.rl import RLConfig, RLTrainer
 
@@ -29,6 +30,21 @@ def test_iapo_step_gives_token_level_advantages(tmp_path, tiny_model, tiny_token
     values = advantages[row][mask[row]]
     assert values.std() > 0  # the token terms make advantages vary within a sequence
     trainer.train(show_progress=False)
+
+
+def test_probe_stride_reaches_the_probe(tmp_path, tiny_model, tiny_tokenizer, monkeypatch):
+    seen = []
+
+    def recording_probe(*args, **kwargs):
+        seen.append(kwargs["stride"])
+        return iapo_probe.answer_entropies(*args, **kwargs)
+
+    monkeypatch.setattr(iapo, "answer_entropies", recording_probe)
+    config = RLConfig(method="iapo", advantage="iapo", prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8,
+                      method_kwargs={"probe_stride": 3}, save_every=0, steps=1)
+    trainer = IAPOTrainer(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path)
+    assert torch.isfinite(trainer.compute_advantages(trainer.collect(0))).all()
+    assert seen == [3]
 
 
 def test_keep_shortest_keeps_k_shortest_per_group(tmp_path, tiny_model, tiny_tokenizer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,6 +64,47 @@ def test_chunked_probe_equals_one_forward_per_prefix(tiny_model, exit_ids, atten
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 2, 16])
+def test_strided_probe_is_exact_at_its_anchors_and_linear_between(tiny_model, exit_ids, chunk_size):
+    model = _sharpen(tiny_model, 7)
+    batch = _padded_batch(7)
+    naive = naive_answer_entropies(model, *batch, exit_ids)
+    got = answer_entropies(model, *batch, exit_ids, chunk_size=chunk_size, stride=3)
+    # Stride 3 probes 0, 3, 6, ... and each row's last position (RESPONSE_LENGTHS = 9, 5, 1, 7).
+    anchors = {0: [0, 3, 6, 8], 1: [0, 3, 4], 2: [0], 3: [0, 3, 6]}
+    for row, columns in anchors.items():
+        n = RESPONSE_LENGTHS[row]
+        expected = np.interp(np.arange(n), columns, naive[row, columns].numpy())
+        torch.testing.assert_close(got[row, :n], torch.tensor(expected, dtype=torch.float32), atol=1e-4, rtol=0)
+        assert torch.equal(got[row, n:], torch.zeros(got.shape[1] - n))
+    # Row 0, position 1 by hand: a third of the way from H_0 to H_3.
+    assert abs(float(got[0, 1]) - float(naive[0, 0] + (naive[0, 3] - naive[0, 0]) / 3)) < 1e-4
+    # A stride past every length probes only the first and last position of each row.
+    wide = answer_entropies(model, *batch, exit_ids, chunk_size=chunk_size, stride=50)
+    torch.testing.assert_close(wide[:, 0], naive[:, 0], atol=1e-4, rtol=0)
+    ends = torch.tensor(RESPONSE_LENGTHS) - 1
+    torch.testing.assert_close(wide[torch.arange(4), ends], naive[torch.arange(4), ends], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_token_entropy_from_the_probe_forward_matches_a_plain_forward(tiny_model, exit_ids, stride):
+    model = _sharpen(tiny_model, 8)
+    batch = _padded_batch(8)
+    prompt_ids, prompt_mask, response_ids, response_mask = batch
+    answer, own = answer_entropies(model, *batch, exit_ids, chunk_size=3, temperature=0.8, stride=stride,
+                                   max_batch_tokens=60, with_token_entropy=True)
+    torch.testing.assert_close(answer, answer_entropies(model, *batch, exit_ids, chunk_size=3, temperature=0.8,
+                                                        stride=stride, max_batch_tokens=60), atol=1e-5, rtol=0)
+    model.eval()
+    for row, (p, r) in enumerate(zip(PROMPT_LENGTHS, RESPONSE_LENGTHS)):
+        sequence = torch.cat([prompt_ids[row][prompt_mask[row].bool()], response_ids[row, :r]])[None]
+        with torch.no_grad():
+            probs = torch.softmax(model(input_ids=sequence).logits[0, p - 1: p + r - 1] / 0.8, -1)
+        expected = -(probs * probs.log()).sum(-1)  # H of the distribution that produced o_0 .. o_{r-1}
+        torch.testing.assert_close(own[row, :r], expected, atol=1e-4, rtol=0)
+        assert torch.equal(own[row, r:], torch.zeros(own.shape[1] - r))
+
+
 def test_temperature_scales_the_probed_distribution(tiny_model, exit_ids):
     model = _sharpen(tiny_model, 3)
     batch = _padded_batch(3)
@@ -116,6 +158,8 @@ def test_probe_rejects_bad_arguments(tiny_model, exit_ids):
         answer_entropies(tiny_model, *batch, [])
     with pytest.raises(ValueError, match="chunk_size"):
         answer_entropies(tiny_model, *batch, exit_ids, chunk_size=0)
+    with pytest.raises(ValueError, match="stride"):
+        answer_entropies(tiny_model, *batch, exit_ids, stride=0)
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         answer_entropies(tiny_model, batch[0], batch[1], batch[2], batch[3][:, :-1], exit_ids)
 

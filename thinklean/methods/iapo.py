@@ -3,11 +3,14 @@
 Per rollout step: the sequence reward is format (+0.5 / -0.5) + correctness (+1 / -1); the
 early-exit probe (:mod:`thinklean.methods.iapo_probe`) gives the answer entropy ``H^A_t`` before
 every response token, smoothed into the information gain ``s_t``; ``h_t`` is the sampling
-policy's own next-token entropy; :func:`thinklean.core.advantages.iapo_advantages` combines them.
+policy's own next-token entropy (read off the probe's forward over prompt + response, so IAPO
+adds one no-grad pass in all); :func:`thinklean.core.advantages.iapo_advantages` combines them.
 
 ``config.method_kwargs``: ``exit_string`` (default ``" </think> \\boxed{"``), ``chunk_size``
-(16), ``max_batch_tokens`` (None), ``w_s`` / ``w_c`` (1e-2), ``reasoning_only`` (False: token
-terms on every response token, as the authors do; True: only inside ``<think>...</think>``).
+(16), ``max_batch_tokens`` (2048), ``probe_stride`` (1: exact; ``s``: probe every ``s``-th token
+and interpolate, about ``1/s`` of the exit-token work), ``w_s`` / ``w_c`` (1e-2),
+``reasoning_only`` (False: token terms on every response token, as the authors do; True: only
+inside ``<think>...</think>``).
 """
 
 from __future__ import annotations
@@ -45,34 +48,24 @@ class IAPOTrainer(RLTrainer):
         is_end = (rollout.response_ids == end_id).long().cumsum(1) > 0
         return rollout.response_mask * (~is_end).long()
 
-    @torch.no_grad()
-    def token_entropy(self, step_batch: StepBatch) -> torch.Tensor:
-        """Sampling-policy entropy ``[B, T]`` at each response position (detached, masked)."""
-        rollout = step_batch.rollout
-        out = torch.zeros_like(rollout.logprobs)
-        for rows in self._micro_batches(step_batch, torch.argsort(rollout.lengths, stable=True)):
-            micro = self._rows(step_batch, rows)
-            _, entropy = self.policy_logprobs(self.model, micro, with_entropy=True)
-            out[rows, : entropy.shape[1]] = entropy.cpu() * micro["response_mask"].cpu()
-        return out
-
     def compute_advantages(self, step_batch: StepBatch) -> torch.Tensor:
         kw = self.config.method_kwargs
         rollout = step_batch.rollout
         exit_ids = self.tokenizer(kw.get("exit_string", DEFAULT_EXIT), add_special_tokens=False).input_ids
         model = self.accelerator.unwrap_model(self.model)
         device = self.accelerator.device
-        entropy_answer = answer_entropies(
+        entropy_answer, entropy_token = answer_entropies(
             model, rollout.prompt_ids.to(device), rollout.prompt_mask.to(device), rollout.response_ids.to(device),
             rollout.response_mask.to(device), exit_ids, chunk_size=int(kw.get("chunk_size", 16)),
-            temperature=self.config.temperature,
+            temperature=self.config.temperature, stride=int(kw.get("probe_stride", 1)), with_token_entropy=True,
             **({"max_batch_tokens": kw["max_batch_tokens"]} if "max_batch_tokens" in kw else {}),
-        ).cpu()
+        )
+        entropy_answer, entropy_token = entropy_answer.cpu(), entropy_token.cpu()
         gain = information_gain(entropy_answer, rollout.response_mask, smooth=True)
         token_mask = self._reasoning_mask(rollout) if kw.get("reasoning_only", False) else None
         step_batch.info["answer_entropy"] = float((entropy_answer * rollout.response_mask).sum() / rollout.response_mask.sum())
         return iapo_advantages(
             step_batch.rewards, step_batch.correct, rollout.group_ids, rollout.response_mask, gain,
-            self.token_entropy(step_batch), w_s=float(kw.get("w_s", 1e-2)), w_c=float(kw.get("w_c", 1e-2)),
+            entropy_token, w_s=float(kw.get("w_s", 1e-2)), w_c=float(kw.get("w_c", 1e-2)),
             token_mask=token_mask,
         )

@@ -62,7 +62,9 @@ def answer_entropies(
     chunk_size: int = 16,
     temperature: float = 1.0,
     max_batch_tokens: int | None = 2048,
-) -> Tensor:
+    stride: int = 1,
+    with_token_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Early-exit answer entropy ``H^A_t`` (nats) before every response token.
 
     Args:
@@ -77,8 +79,17 @@ def answer_entropies(
             this many ``rows x (P + T_sub + C * E)`` tokens (``T_sub``: the sub-batch's longest
             response; a longer row goes alone), which bounds memory and keeps chunks from
             probing positions that are padding in most rows; ``None``: one sub-batch.
+        stride: probe every ``stride``-th position of each row (``0, s, 2s, ...``) and its last
+            one, and fill the positions between by linear interpolation — a thinklean
+            approximation that divides the exit-token work by about ``stride``; 1 (default) is
+            the exact probe of iapo.md.
+        with_token_entropy: also return the policy's own next-token entropy ``h_t`` at every
+            response position (IAPO's confidence term), read off the probe's forward over
+            ``prompt + response`` instead of a separate pass.
     Returns: float32 ``[B, T]`` on ``response_ids.device``; ``[b, t]`` is the entropy of the
         next token after ``prompt_b, response_b[:t], exit_ids``; 0 where ``response_mask`` is 0.
+        With ``with_token_entropy``: ``(H^A, h)``, ``h [b, t]`` the entropy of the distribution
+        that generated ``response_b[t]`` (same temperature), 0 on padding.
 
     Runs under ``torch.no_grad()`` in eval mode; the training flag is restored. The KV cache of
     ``prompt + response`` is computed once per sub-batch; chunks run last-first, each on the
@@ -87,6 +98,8 @@ def answer_entropies(
     _check_inputs(prompt_ids, prompt_mask, response_ids, response_mask, exit_ids, temperature)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
     attention = getattr(model.config, "_attn_implementation", None) or "eager"
     if attention not in _MASKABLE_ATTENTION:
         raise ValueError(
@@ -107,25 +120,32 @@ def answer_entropies(
             start = i
 
     out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
+    token_entropy = torch.zeros_like(out)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for rows in sub_batches:
                 rows = rows.to(response_ids.device)
-                entropy = _probe_rows(
+                entropy, own = _probe_rows(
                     model, prompt_ids[rows], prompt_mask[rows], response_ids[rows], response_mask[rows],
-                    exit_ids, chunk_size, temperature,
+                    exit_ids, chunk_size, temperature, stride, with_token_entropy,
                 )
                 out[rows, : entropy.shape[1]] = entropy.to(out.device)
+                if own is not None:
+                    token_entropy[rows, : own.shape[1]] = own.to(out.device)
     finally:
         model.train(was_training)
-    return out * response_mask.to(out.device)  # exact zeros on padding
+    valid = response_mask.to(out.device)
+    if with_token_entropy:
+        return out * valid, token_entropy * valid  # exact zeros on padding
+    return out * valid
 
 
 def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exit_ids, chunk_size,
-                temperature) -> Tensor:
-    """:func:`answer_entropies` for one sub-batch; returns ``[b, T']`` (``T'`` = longest response)."""
+                temperature, stride, with_token_entropy) -> tuple[Tensor, Tensor | None]:
+    """:func:`answer_entropies` for one sub-batch: ``H^A [b, T']`` (``T'`` = longest response) and,
+    if asked, ``h [b, T']``."""
     device = _model_device(model)
     # Columns that are padding in every row of this sub-batch change nothing; drop them.
     prompt_mask, response_mask = prompt_mask.bool(), response_mask.bool()
@@ -138,23 +158,29 @@ def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exi
     response_mask = response_mask[:, :num_positions].to(device)
     rows, prompt_width = prompt_ids.shape
     if num_positions == 0:
-        return torch.zeros(rows, 0)
+        return torch.zeros(rows, 0), torch.zeros(rows, 0) if with_token_entropy else None
 
     # 1) One cached forward over prompt + response.
     full_mask = torch.cat([prompt_mask, response_mask], 1).long()
     keep = _logits_to_keep_argument(model)
-    cache = model(
+    keep_logits = num_positions + 1 if with_token_entropy else 1
+    output = model(
         input_ids=torch.cat([prompt_ids, response_ids], 1),
         attention_mask=full_mask,
         position_ids=position_ids_from_mask(full_mask),
         use_cache=True,
-        **({keep: 1} if keep else {}),
-    ).past_key_values
+        **({keep: keep_logits} if keep else {}),
+    )
+    cache, token_entropy = output.past_key_values, None
+    if with_token_entropy:  # logits at prompt_width - 1 + t score response token t
+        token_entropy = entropy_from_logits(output.logits[:, -num_positions - 1: -1], temperature=temperature)
+    del output
 
-    # 2) Chunks of C positions: C copies of the exit string as new queries over that cache.
+    # 2) Chunks of C probed positions: C copies of the exit string as new queries over that cache.
     # Last chunk first: a chunk needs only the keys before its largest t, so the cache is cropped
     # to that prefix (which also drops the previous chunk's exit tokens) — about half the
     # attention work of always attending over the whole response.
+    columns = _probe_columns(response_mask.sum(1), num_positions, stride)  # [b, K], t per row
     exit_tensor = torch.tensor(exit_ids, dtype=torch.long, device=device)
     num_exit = exit_tensor.numel()
     dtype = model.get_input_embeddings().weight.dtype
@@ -164,14 +190,14 @@ def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exi
     response_index = torch.arange(num_positions, device=device)
     offset = torch.arange(num_exit, device=device)
     pieces = []
-    for chunk_start in reversed(range(0, num_positions, chunk_size)):
-        t = response_index[chunk_start: chunk_start + chunk_size]  # [C]
-        copies = t.numel()
-        seen_response = int(t[-1])  # response keys any copy of this chunk may see
+    for chunk_start in reversed(range(0, columns.shape[1], chunk_size)):
+        t = columns[:, chunk_start: chunk_start + chunk_size]  # [b, C]
+        copies = t.shape[1]
+        seen_response = int(t.max())  # response keys any copy of this chunk may see
         _crop(cache, prompt_width + seen_response)
 
         # Keys of the cache: the real prompt, and real response tokens before the copy's t.
-        sees_response = (response_index[None, None, :seen_response] < t[None, :, None]) & (
+        sees_response = (response_index[None, None, :seen_response] < t[:, :, None]) & (
             response_mask[:, None, :seen_response])
         sees_prompt = prompt_mask[:, None, :].expand(rows, copies, prompt_width)
         sees_cache = torch.cat([sees_prompt, sees_response], 2).repeat_interleave(num_exit, dim=1)
@@ -183,7 +209,7 @@ def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exi
         allowed = torch.cat([sees_cache, sees_exit.expand(rows, -1, -1)], 2)
         mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, blocked)
 
-        position_ids = tokens_before[:, t].repeat_interleave(num_exit, dim=1) + offset_of_query
+        position_ids = tokens_before.gather(1, t).repeat_interleave(num_exit, dim=1) + offset_of_query
         last_exit_token = torch.arange(copies, device=device) * num_exit + num_exit - 1
         kwargs = {keep: last_exit_token} if keep == "logits_to_keep" else {}
         logits = model(
@@ -197,7 +223,29 @@ def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exi
         if not kwargs:
             logits = logits[:, last_exit_token]
         pieces.append(entropy_from_logits(logits, temperature=temperature))
-    return torch.cat(pieces[::-1], 1)
+    return _interpolate(columns, torch.cat(pieces[::-1], 1), num_positions), token_entropy
+
+
+def _probe_columns(lengths: Tensor, num_positions: int, stride: int) -> Tensor:
+    """Response positions to probe, ``long [b, K]`` ascending per row: ``0, s, 2s, ...`` and the
+    row's last position; a row with fewer than ``K`` repeats its last one (computed, not used)."""
+    last = (lengths.long() - 1).clamp(min=0)[:, None]
+    columns = torch.arange(0, num_positions, stride, device=lengths.device).expand(len(lengths), -1)
+    if stride > 1:
+        columns = torch.cat([columns, last], 1)
+    return columns.clamp(max=last).sort(1).values
+
+
+def _interpolate(columns: Tensor, values: Tensor, num_positions: int) -> Tensor:
+    """``[b, T']`` by linear interpolation of ``values [b, K]`` known at ``columns [b, K]``
+    (ascending per row; positions past a row's last column take its last value)."""
+    positions = torch.arange(num_positions, device=columns.device).expand(len(columns), -1).contiguous()
+    right = torch.searchsorted(columns, positions).clamp(max=columns.shape[1] - 1)
+    left = (torch.searchsorted(columns, positions, right=True) - 1).clamp(min=0)
+    c_left, c_right = columns.gather(1, left), columns.gather(1, right)
+    weight = ((positions - c_left) / (c_right - c_left).clamp(min=1)).clamp(0, 1).to(values.dtype)
+    v_left, v_right = values.gather(1, left), values.gather(1, right)
+    return v_left + weight * (v_right - v_left)
 
 
 def _crop(cache, length: int) -> None:
