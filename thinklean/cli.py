@@ -30,7 +30,7 @@ def _add_common(p: argparse.ArgumentParser, output: str) -> None:
 
 
 def _add_model_and_data(p: argparse.ArgumentParser, model: str = "base",
-                        model_help: str = "'base' (shipped) or a local HF model directory",
+                        model_help: str = "'base' (shipped), a local HF model directory (safetensors) or a .gguf file",
                         data_help: str = "'arith' (embedded task); a JSONL file with prompt (or question), answer "
                         "(GSM8K's '... #### 72' is read as 72); or reasoning-gym:TASK, e.g. reasoning-gym:gsm_symbolic "
                         "(N problems generated offline from --seed; needs pip install 'thinklean[reasoning-gym]')") -> None:
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "latent segments are unrolled into projector steps, loss on the tokens after the first segment. "
                        "Writes OUTPUT/model (the LM with projector.safetensors + projector.json next to it) for "
                        "`thinklean train --method litereason --model OUTPUT/model`.")
-    p.add_argument("--model", default="base", help="'base' (shipped) or a local HF model directory")
+    p.add_argument("--model", default="base", help="'base' (shipped), a local HF model directory (safetensors) or a .gguf file")
     p.add_argument("--data", type=Path, required=True, help="JSONL from `thinklean data litereason` (prompt, answer, solution)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     p.add_argument("--projector", default=None,

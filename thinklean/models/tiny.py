@@ -1,4 +1,5 @@
-"""The embedded tokenizer and tiny Qwen2 model, and loaders that accept any local HF causal LM.
+"""The embedded tokenizer and tiny Qwen2 model, and loaders that accept any local HF causal LM
+(a safetensors directory or a GGUF file).
 
 The tokenizer is a byte-level BPE trained on the arithmetic corpus with every digit its own
 token and the format tags as special tokens. The model is a ``Qwen2ForCausalLM`` (hidden 256,
@@ -65,22 +66,66 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **overrides: 
     return Qwen2ForCausalLM(config)
 
 
+def is_gguf(path: str | Path) -> bool:
+    """Whether ``path`` names a GGUF file (llama.cpp's single-file format) rather than a directory."""
+    return Path(path).suffix.lower() == ".gguf"
+
+
+def _gguf_arguments(path: Path) -> tuple[str, dict[str, str]]:
+    """``(directory, {"gguf_file": name})`` for transformers' GGUF loader; checks ``gguf`` is installed."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF through it)
+    except ImportError as e:
+        raise ImportError(f"{path}: reading GGUF files needs the gguf package: pip install 'thinklean[gguf]'") from e
+    return str(path.parent), {"gguf_file": path.name}
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer directory as ``PreTrainedTokenizerFast``; the pad token falls back to EOS."""
+    """Load a tokenizer directory (or the one inside a GGUF file) as ``PreTrainedTokenizerFast``;
+    the pad token falls back to EOS."""
     path = Path(path)
-    if not (path / "tokenizer.json").is_file():
+    if is_gguf(path):
+        directory, gguf = _gguf_arguments(path)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, **gguf)
+    elif not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{path}: no tokenizer.json (expected a Hugging Face model directory)")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    else:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
+def _load_gguf_model(path: Path, dtype: torch.dtype) -> PreTrainedModel:
+    """A plain (trainable, ``save_pretrained``-able) model from a GGUF file.
+
+    transformers de-quantizes GGUF weights on load but keeps the model marked as GGUF-quantized,
+    which refuses ``save_pretrained``; the weights are moved into a fresh model of the same config.
+    """
+    directory, gguf = _gguf_arguments(path)
+    loaded = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **gguf)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = loaded.generation_config
+    return model
+
+
 def load_model(
     path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
 ) -> PreTrainedModel:
-    """Load a local HF causal-LM directory (safetensors weights only)."""
+    """Load a local HF causal-LM directory (safetensors weights only) or a GGUF file.
+
+    GGUF (llama/qwen2/... architectures that transformers maps) holds tensors and metadata, no
+    code or pickles, like safetensors; quantized weights are de-quantized to ``dtype``.
+    """
     path = Path(path)
+    if is_gguf(path):
+        return _load_gguf_model(path, dtype)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
     if not any(path.glob("*.safetensors")):
