@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,9 +24,11 @@ import pytest
 import torch
 
 from thinklean import cli
+from thinklean.analysis.entropy import analyze_model
 from thinklean.data.formats import format_prompt
 from thinklean.data.grading import grade
 from thinklean.data.jsonl import Example
+from thinklean.models.internal import decoder_parts, internal_states
 from thinklean.models.tiny import load_pretrained, save_pretrained
 from thinklean.rollout.engine import SamplingConfig, generate
 from thinklean.train.rl import RLConfig, RLTrainer
@@ -147,3 +150,27 @@ def test_grpo_step_trains_the_gguf_model_and_saves_it(smollm2, tmp_path):
     saved, _ = load_pretrained(tmp_path / "run" / "model")
     name = changed[0]
     assert torch.equal(dict(saved.named_parameters())[name], dict(model.named_parameters())[name].detach())
+
+
+def test_internal_policies_of_the_real_model(smollm2):
+    """BuPO's hooks on a real 30-layer Llama: the residual stream decomposes layer by layer and the
+    final norm + unembedding of the last stream is the model's own output."""
+    model, tokenizer = smollm2
+    model.eval()
+    ids = tokenizer([TEXT], return_tensors="pt").input_ids
+    mask = torch.ones_like(ids)
+    positions = torch.arange(ids.shape[1])[None]
+    parts = decoder_parts(model)
+    with torch.no_grad():
+        states = internal_states(model, ids, mask, positions)
+        logits = parts.unembedding(parts.final_norm(states["stream"][parts.num_layers]))
+        expected = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    assert parts.num_layers == 30
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+    for layer in (1, 15, 30):
+        torch.testing.assert_close(states["stream"][layer],
+                                   states["stream"][layer - 1] + states["attn"][layer] + states["ffn"][layer],
+                                   atol=1e-4, rtol=1e-5)
+    result = analyze_model(model, tokenizer, [format_prompt("What is 7 + 5?", tokenizer)], max_new_tokens=16)
+    assert result["layers"] == list(range(31)) and all(math.isfinite(h) for h in result["H"])
+    assert result["H"][30] < result["H"][1]  # the answer distribution sharpens towards the top

@@ -25,7 +25,10 @@ The probe still runs ``E`` exit tokens per response token, so it costs about
 demo rollout (64 rows, 25 + 73 tokens, 5-token ``" </think> \\boxed{"``; floor 4.73x) the probe
 takes 4.9x the old-logprob pass with 2048-token sub-batches against 11.9x as one batch of all
 rows (``benchmarks/iapo_probe_cost.py``). Chunk size 8-32 is best, larger chunks pay for
-attention over the other copies' masked keys.
+attention over the other copies' masked keys. Two further savings: the first forward's logits
+give IAPO's token entropy ``h_t`` (``with_token_entropy``), so no separate pass computes it; and
+``stride`` s probes every s-th position and interpolates, about ``1 + E * T / (s * (P + T))``
+passes (an approximation, off by default).
 
 Mask format (checked on transformers 5.23): a 4-D ``attention_mask [B, 1, q, k]`` bypasses
 ``create_causal_mask`` and reaches the attention function as-is. ``eager`` *adds* it to the scores
