@@ -65,6 +65,12 @@ def test_analyze_writes_plots_and_json(tmp_path, tiny_model_dir):
     result = json.loads((out / "analysis.json").read_text())
     assert len(result["H"]) == 3  # embeddings + 2 layers
     assert (out / "entropy.png").stat().st_size > 1000
+    assert result["label"] == tiny_model_dir.name and not result["apply_final_norm"]
+    normed = tmp_path / "an-normed"
+    assert main(["analyze", "--model", str(tiny_model_dir), "--n", "2", "--max-new-tokens", "4", "--final-norm",
+                 "--output", str(normed)]) == 0
+    with_norm = json.loads((normed / "analysis.json").read_text())
+    assert with_norm["apply_final_norm"] and with_norm["H"][1:] != result["H"][1:]
 
 
 def test_analyze_reads_a_llama_checkpoint_directory(tmp_path, tiny_tokenizer):

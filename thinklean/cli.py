@@ -243,10 +243,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         model, tokenizer = _load(model_path, args.trust_remote_code)
         prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
         try:
-            return analyze_model(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                 variant=args.variant, name=model_path)
+            result = analyze_model(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                   variant=args.variant, apply_final_norm=args.final_norm, name=model_path)
         except ValueError as e:  # unsupported architecture
             raise UsageError(f"--model {model_path}: {e}") from e
+        parts = Path(model_path).parts
+        result["label"] = "/".join(parts[-2:]) if Path(model_path).name == "model" else parts[-1]  # for plots
+        return result
 
     if args.compare:
         before, after = (run(m) for m in args.compare)
@@ -409,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=160, help="response cap")
     p.add_argument("--variant", choices=["module", "residual"], default="module",
                    help="module entropy change against the normed input (authors) or along the residual stream")
+    p.add_argument("--final-norm", action="store_true",
+                   help="apply the model's final norm before unembedding each layer (logit-lens style); "
+                        "default: the raw residual stream, as the BuPO authors do")
     _add_common(p, "runs/analyze")
     p.set_defaults(func=cmd_analyze)
 
