@@ -11,6 +11,7 @@ import pytest
 from thinklean.data.formats import no_think_response, think_response
 from thinklean.data.grading import (
     answers_match,
+    extract_answer,
     extract_boxed,
     format_ok,
     grade,
@@ -255,3 +256,26 @@ def test_reasoning_span_is_the_text_between_the_think_tags():
     assert reasoning_span(no_think_response(1)) == ""
     assert reasoning_span(r"\boxed{1}") == ""
     assert reasoning_span("<think> cut off here") == "cut off here"
+
+
+@pytest.mark.parametrize("response, boxed, flexible", [
+    ("so 3 + 4 = 7 apples.", None, "7"),                       # prose: only flexible finds it
+    ("The answer is \\boxed{}. It is 7", "", "7"),             # an empty box falls through
+    ("a \\boxed{12} and later 5", "12", "12"),                  # a non-empty box always wins
+    ("it is -2.5 degrees", None, "-2.5"),                      # sign and decimals kept
+    ("total: 1,234 dollars", None, "1234"),                    # thousands separators dropped
+    ("10-3", None, "3"),                                       # subtraction, not -3
+    ("answer: 12.", None, "12"),                               # sentence period is not a decimal
+    ("no digits at all", None, None),
+])
+def test_extract_answer_by_hand(response, boxed, flexible):
+    assert extract_answer(response) == boxed
+    assert extract_answer(response, "flexible") == flexible
+
+
+def test_flexible_grading_accepts_prose_answers_only_when_asked():
+    assert not grade("Tom has 3 + 4 = 7 apples.", "7")
+    assert grade("Tom has 3 + 4 = 7 apples.", "7", "flexible")
+    assert not grade("Tom has 3 + 4 = 8 apples.", "7", "flexible")
+    with pytest.raises(ValueError, match="extraction"):
+        extract_answer("7", "last")

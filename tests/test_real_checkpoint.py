@@ -114,13 +114,16 @@ def test_eval_cli_on_gguf_with_gsm8k_style_jsonl(smollm2_gguf, tmp_path, capsys)
     data = tmp_path / "gsm8k-style.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cli.main(["eval", "--model", str(smollm2_gguf), "--data", str(data), "--n", "3", "--max-new-tokens", "48",
-              "--instruction", "Put the final answer in \\boxed{}.", "--output", str(tmp_path / "out")])
+              "--instruction", "Put the final answer in \\boxed{}.", "--answer", "flexible",
+              "--output", str(tmp_path / "out")])
     result = json.loads((tmp_path / "out" / "eval.json").read_text())
     summary, responses = result["summary"], result["responses"]
     assert summary["n"] == 3 and len(responses) == 3
     assert all(r["text"].strip() for r in responses)  # the model wrote something for each
     # Graded against GSM8K's '#### N' read as N.
-    assert [r["correct"] for r in responses] == [grade(r["text"], gold) for r, gold in zip(responses, ["7", "12", "7"])]
+    assert [r["correct"] for r in responses] == [grade(r["text"], gold, "flexible")
+                                                 for r, gold in zip(responses, ["7", "12", "7"])]
+    assert summary["config"]["answer_extraction"] == "flexible"
     assert 0 < summary["mean_response_tokens"] <= 48
     assert "eval.json" in capsys.readouterr().out
 

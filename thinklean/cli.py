@@ -228,6 +228,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     config = EvalConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, samples=args.samples,
         batch_size=args.batch_size, seed=args.seed, forced_prefix={"think": THINK, "no_think": NO_THINK}.get(args.force_mode, ""),
+        answer_extraction=args.answer,
     )
     summary = evaluate(model, tokenizer, examples, config, output=args.output / "eval.json")
     print_eval(summary, title=f"eval: {args.model}")
@@ -442,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", default="", help="text appended to every question, e.g. 'Please reason step by "
                    "step, and put your final answer within \\boxed{}.' for a real model (answers are graded on the "
                    "last \\boxed{})")
+    p.add_argument("--answer", choices=["boxed", "flexible"], default="boxed",
+                   help="what is graded: the last \\boxed{} (boxed), or that box and else the last number in the "
+                        "response (flexible, for models that answer in prose)")
     p.add_argument("--max-new-tokens", type=int, default=320, help="generation cap per response")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k needs > 1 and temperature > 0)")

@@ -199,14 +199,35 @@ def answers_match(pred: str, gold: str) -> bool:
     return bool(normalised) and normalised == _normalise(gold)
 
 
-def grade(response: str, answer: str) -> bool:
-    """Whether the last ``\\boxed{}`` of ``response`` matches ``answer``.
+EXTRACTIONS = ("boxed", "flexible")
+# A minus is a sign only where it cannot be subtraction ("10-3" ends in 3, not -3).
+_LAST_NUMBER = re.compile(r"(?:(?<![\w).])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 
-    The last box in the whole response is graded (in think mode that is the one after
+
+def extract_answer(response: str, extraction: str = "boxed") -> str | None:
+    """The answer ``response`` commits to, or ``None``.
+
+    ``"boxed"``: the last ``\\boxed{}`` (:func:`extract_boxed`). ``"flexible"``: that box when
+    it is non-empty, else the last number in the text (``1,234`` and ``-2.5`` whole; commas
+    dropped), for models that answer in prose, as GSM8K-style harnesses do.
+    """
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"extraction must be one of {EXTRACTIONS}, got {extraction!r}")
+    boxed_answer = extract_boxed(response)
+    if extraction == "boxed" or boxed_answer:
+        return boxed_answer
+    numbers = _LAST_NUMBER.findall(response)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def grade(response: str, answer: str, extraction: str = "boxed") -> bool:
+    """Whether the answer of ``response`` (:func:`extract_answer`) matches ``answer``.
+
+    By default the last box in the whole response is graded (in think mode that is the one after
     ``</think>``); tags are not checked here, see :func:`format_ok`. A gold answer written as
     ``\\boxed{...}`` is unwrapped first.
     """
-    pred = extract_boxed(response)
+    pred = extract_answer(response, extraction)
     if pred is None:
         return False
     gold = answer.strip()

@@ -31,6 +31,7 @@ class EvalConfig:
     batch_size: int = 128
     seed: int = 0
     forced_prefix: str = ""  # written at the start of every response, e.g. "<think>" (hybrid models)
+    answer_extraction: str = "boxed"  # or "flexible": the last number when nothing is boxed (grading.extract_answer)
 
 
 def arith_examples(n: int = 500, split: str = "test", seed: int = 0) -> list[Example]:
@@ -72,15 +73,17 @@ def _count_tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False).input_ids) if text else 0
 
 
-def grade_rollout(tokenizer: Any, examples: Sequence[Example], batch: RolloutBatch, start: int = 0) -> list[ResponseRecord]:
+def grade_rollout(tokenizer: Any, examples: Sequence[Example], batch: RolloutBatch, start: int = 0,
+                  extraction: str = "boxed") -> list[ResponseRecord]:
     """One graded record per row of ``batch``, whose group ``g`` is ``examples[start + g]``.
-    ``response_tokens`` is the row's length (discrete tokens only, for latent rollouts)."""
+    ``response_tokens`` is the row's length (discrete tokens only, for latent rollouts);
+    ``extraction`` as in :func:`thinklean.data.grading.extract_answer`."""
     records = []
     for i, text in enumerate(batch.texts):
         index = start + int(batch.group_ids[i])
         example = examples[index]
         records.append(ResponseRecord(
-            prompt_index=index, difficulty=example.difficulty, correct=grade(text, example.answer),
+            prompt_index=index, difficulty=example.difficulty, correct=grade(text, example.answer, extraction),
             format_ok=format_ok(text), response_tokens=int(batch.lengths[i]),
             reasoning_tokens=_count_tokens(tokenizer, reasoning_span(text)), mode=response_mode(text),
             finished=bool(batch.finished[i]), text=text,
@@ -114,7 +117,7 @@ def run_generation(
         part = prompts[start : start + chunk]
         prefixes = [config.forced_prefix] * (len(part) * config.samples) if config.forced_prefix else None
         batch = generate(model, tokenizer, part, config.samples, sampling, forced_prefixes=prefixes, generator=generator)
-        records += grade_rollout(tokenizer, examples, batch, start)
+        records += grade_rollout(tokenizer, examples, batch, start, config.answer_extraction)
         if on_progress is not None:
             on_progress(len(part))
     return records
