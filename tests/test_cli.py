@@ -1,5 +1,6 @@
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -37,6 +38,17 @@ def test_eval_with_bad_jsonl_reports_file_and_line_and_writes_nothing(tmp_path, 
 def test_eval_with_missing_model_dir_is_a_usage_error(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_bad_gguf_paths_are_usage_errors(tmp_path, capsys, monkeypatch):
+    assert main(["eval", "--model", str(tmp_path / "missing.gguf"), "--n", "1"]) == 2
+    assert "no such GGUF file" in capsys.readouterr().err
+    (tmp_path / "fake.gguf").write_text("not a gguf file")
+    assert main(["eval", "--model", str(tmp_path / "fake.gguf"), "--n", "1"]) == 2
+    assert "GGUF" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if the package were not installed
+    assert main(["eval", "--model", str(tmp_path / "fake.gguf"), "--n", "1"]) == 2
+    assert "pip install 'thinklean[gguf]'" in capsys.readouterr().err
 
 
 def test_eval_on_a_jsonl_file_writes_metrics(tmp_path, tiny_model_dir):

@@ -59,7 +59,7 @@ def _load(model: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
 
     try:
         return load_pretrained(model, trust_remote_code=trust_remote_code)
-    except (FileNotFoundError, OSError, ValueError) as e:
+    except (FileNotFoundError, OSError, ValueError, ImportError) as e:  # ImportError: a GGUF without `gguf`
         raise UsageError(f"--model {model}: {e}") from e
 
 
