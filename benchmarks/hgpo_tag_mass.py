@@ -1,7 +1,8 @@
 """HGPO diagnostic: how the unforced first-token distribution drifts while HGPO trains.
 
-    python benchmarks/hgpo_tag_mass.py --model runs/hft/model --steps 12            # as configured
-    python benchmarks/hgpo_tag_mass.py --model runs/hft/model --steps 12 --alpha 0  # no inter term
+    python benchmarks/hgpo_tag_mass.py --model runs/hft/model --steps 12                 # as configured
+    python benchmarks/hgpo_tag_mass.py --model runs/hft/model --steps 12 --tag-mass 0    # the paper's objective
+    python benchmarks/hgpo_tag_mass.py --model runs/hft/model --steps 12 --tag-mass 0 --alpha 0
 
 HGPO forces every rollout's first token (the mode tag), so the model's own choice at that
 position is never sampled during training. After each step this measures, on held-out prompts,
@@ -26,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--alpha", type=float, default=1.0, help="HGPO inter-mode weight (0: intra term only)")
+    p.add_argument("--tag-mass", type=float, default=1.0, help="weight of the term keeping probability on the tags (0: off)")
     p.add_argument("--prompts", type=int, default=40, help="held-out prompts the first-token distribution is averaged over")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/hgpo_tag_mass.json")
@@ -63,19 +65,21 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"step": step, **first_token(self.model), "accuracy": metrics["accuracy"]})
 
     overrides = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "save_every": 0, "max_new_tokens": 160,
-                 "method_kwargs": {"alpha": args.alpha, "delta": 0.2}}
+                 "method_kwargs": {"alpha": args.alpha, "delta": 0.2, "tag_mass": args.tag_mass}}
     config = load_config("hgpo", None, {k: (v, 0) for k, v in overrides.items()})
     train = arith_examples(config.train_problems, "train", args.seed)
     Probed(model, tokenizer, config, train, Path("/tmp") / "thinklean-hgpo-tag-mass").train(show_progress=False)
 
-    table = Table(title=f"first response token on {len(probes)} held-out prompts (HGPO, lr {args.lr}, alpha {args.alpha})")
+    table = Table(title=f"first response token on {len(probes)} held-out prompts "
+                        f"(HGPO, lr {args.lr}, alpha {args.alpha}, tag_mass {args.tag_mass})")
     for name in ("step", "P(<think>)", "P(<no_think>)", "P(tags)", "top other token", "its P", "batch accuracy"):
         table.add_column(name)
     for r in rows:
         table.add_row(str(r["step"]), f"{r['p_think']:.3f}", f"{r['p_no_think']:.3f}", f"{r['p_think'] + r['p_no_think']:.3f}",
                       repr(r["top_other"]), f"{r['p_top_other']:.3f}", f"{r['accuracy']:.3f}" if "accuracy" in r else "-")
     Console().print(table)
-    result = {"model": args.model, "steps": args.steps, "lr": args.lr, "alpha": args.alpha, "seed": args.seed, "rows": rows}
+    result = {"model": args.model, "steps": args.steps, "lr": args.lr, "alpha": args.alpha, "tag_mass": args.tag_mass,
+              "seed": args.seed, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -100,6 +100,40 @@ def test_hgpo_advantages_get_modes_tag_mask_alpha_and_delta(tmp_path, tiny_model
     assert torch.equal(adv, direct)
 
 
+def test_tag_mass_term_by_hand(tmp_path, tiny_model, tiny_tokenizer):
+    trainer = HGPOTrainer(tiny_model, tiny_tokenizer, hgpo_config(method_kwargs={"tag_mass": 0.5}), PROMPTS, tmp_path)
+    batch = trainer.collect(0)
+    rows = torch.tensor([0, 5])  # a think and a no-think rollout of different prompts
+    got = trainer.auxiliary_loss(batch, rows)
+    think, no_think = tiny_tokenizer.convert_tokens_to_ids(THINK), tiny_tokenizer.convert_tokens_to_ids(NO_THINK)
+    expected = []
+    with torch.no_grad():
+        for row in rows.tolist():
+            prompt = batch.rollout.prompt_ids[row][batch.rollout.prompt_mask[row].bool()]
+            p = torch.softmax(tiny_model(input_ids=prompt[None]).logits[0, -1], -1)
+            expected.append(-math.log(float(p[think] + p[no_think])))
+    assert float(got) == pytest.approx(0.5 * sum(expected) / 2, rel=1e-4)
+    assert HGPOTrainer(tiny_model, tiny_tokenizer, hgpo_config(method_kwargs={"tag_mass": 0.0}), PROMPTS,
+                       tmp_path / "off").auxiliary_loss(batch, rows) is None
+
+
+@pytest.mark.parametrize("tag_mass", [0.0, 1.0])
+def test_tag_mass_is_the_only_gradient_when_every_advantage_is_zero(tmp_path, tiny_model, tiny_tokenizer, tag_mass):
+    class ConstantReward(HGPOTrainer):
+        def compute_rewards(self, batch, examples, correct):
+            return torch.ones(len(batch.texts)), {}
+
+    config = hgpo_config(kl_coef=0.0, method_kwargs={"alpha": 0.0, "tag_mass": tag_mass})
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    trainer = ConstantReward(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path)
+    batch = trainer.collect(0)
+    batch.advantages = torch.zeros_like(batch.rollout.logprobs)  # no policy-gradient signal at all
+    metrics = trainer.update(batch)
+    moved = any(not torch.equal(p.detach(), before[n]) for n, p in tiny_model.named_parameters())
+    assert moved == (tag_mass > 0)
+    assert (metrics["auxiliary_loss"] > 0) == (tag_mass > 0)
+
+
 def test_mode_stats_by_hand():
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
     correct = rewards.bool()

@@ -247,6 +247,12 @@ class RLTrainer:
         return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      logits_to_keep=T + 1).logits[:, :-1]
 
+    def auxiliary_loss(self, batch: StepBatch, mini: torch.Tensor) -> torch.Tensor | None:
+        """An extra differentiable loss for the mini-batch ``mini`` (row indices of ``batch``),
+        backpropagated with its policy loss before the optimizer step; ``None`` (default): none.
+        Logged as ``auxiliary_loss``."""
+        return None
+
     def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
         """Called after each update with the step's metrics (already logged)."""
 
@@ -438,6 +444,8 @@ class RLTrainer:
         world = self.accelerator.num_processes
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.step_index)
         totals: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+        if type(self).auxiliary_loss is not RLTrainer.auxiliary_loss:  # same keys on every process
+            totals["auxiliary_loss"] = 0.0
         n_updates = 0
         self.model.train()
         for _ in range(cfg.ppo_epochs):
@@ -454,6 +462,11 @@ class RLTrainer:
                 if not micros:
                     self._join_gradient_sync()
                 shared = self._share_prompts(batch, mini) if micros else None
+                auxiliary = self.auxiliary_loss(batch, mini) if micros else None
+                if auxiliary is not None:  # before the micro-batches, whose last backward syncs gradients
+                    with self.accelerator.no_sync(self.model):
+                        self.accelerator.backward(auxiliary)
+                    totals["auxiliary_loss"] += float(auxiliary.detach()) / world
                 for i, rows in enumerate(micros):
                     # gradients are all-reduced once per mini-batch, after its last micro-batch
                     last = i == len(micros) - 1
