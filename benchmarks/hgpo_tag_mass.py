@@ -13,10 +13,10 @@ first response position (where a hybrid model decides its mode); a table per ste
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+from _results import write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -80,10 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     Console().print(table)
     result = {"model": args.model, "steps": args.steps, "lr": args.lr, "alpha": args.alpha, "tag_mass": args.tag_mass,
               "seed": args.seed, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_result(result, args.out)
     return result
 
 

@@ -20,12 +20,12 @@ its own, so "beyond that pass" (ratio - 1) is what IAPO pays on top of what it n
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+from _results import write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -107,10 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{row['probe_seconds']:.2f}", f"{row['ratio']:.2f}", f"{row['ratio'] - 1:.2f}")
     Console().print(table)
     print(f"floor at stride 1: (P + T + E*T) / (P + T) = {result['floor_ratio']:.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    write_result(result, args.out)
     return result
 
 

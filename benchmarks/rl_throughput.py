@@ -22,7 +22,6 @@ the counterpart of thinklean's rollout) and the rest of the step (the update).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import write_result
 
 # TRL's loss aggregation for each of thinklean's (the ones both implement).
 LOSS_TYPES = {"token-mean": "dapo", "seq-mean-token-mean": "grpo", "seq-mean-token-sum-norm": "dr_grpo"}
@@ -314,10 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "thinklean_over_trl": ratio,
         "steps": runs,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    write_result(report, args.out)
     return 0
 
 
