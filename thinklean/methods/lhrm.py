@@ -127,13 +127,20 @@ class HGPOTrainer(RLTrainer):
         if coef <= 0:
             return None
         r, device = batch.rollout, self.accelerator.device
-        prefix = r.response_ids[mini, : self.tag_index]
-        input_ids = torch.cat([r.prompt_ids[mini], prefix], 1).to(device)
-        attention_mask = torch.cat([r.prompt_mask[mini], torch.ones_like(prefix)], 1).to(device)
+        # Rows of one group share the prompt and the tags' common prefix: run each group once,
+        # weighted by its rows in the mini-batch (the same mean as over all rows).
+        group = r.group_ids[mini]
+        order = torch.argsort(group, stable=True)
+        is_first = torch.ones_like(order, dtype=torch.bool)
+        is_first[1:] = group[order][1:] != group[order][:-1]
+        rows, counts = mini[order[is_first]], torch.bincount(is_first.long().cumsum(0) - 1).to(device)
+        prefix = r.response_ids[rows, : self.tag_index]
+        input_ids = torch.cat([r.prompt_ids[rows], prefix], 1).to(device)
+        attention_mask = torch.cat([r.prompt_mask[rows], torch.ones_like(prefix)], 1).to(device)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
                             position_ids=position_ids_from_mask(attention_mask), logits_to_keep=1).logits[:, -1].float()
         log_mass = torch.logsumexp(logits[:, self.tag_ids], -1) - torch.logsumexp(logits, -1)
-        return -coef * log_mass.mean()
+        return -coef * (log_mass * counts).sum() / counts.sum()
 
     def compute_advantages(self, step_batch: StepBatch) -> torch.Tensor:
         rollout = step_batch.rollout
