@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from thinklean.data.formats import format_prompt
 from thinklean.eval.evaluate import arith_examples
+from thinklean.methods.lhrm import HGPOTrainer
 from thinklean.models.tiny import build_model, load_pretrained, save_pretrained
 from thinklean.rollout import generate
 from thinklean.train.monitor import read_metrics
@@ -33,10 +33,10 @@ class ShardReplay(RLTrainer):
         shares = [examples[n * p // PROCESSES : n * (p + 1) // PROCESSES] for p in range(PROCESSES)]
         batches = []
         for p, share in enumerate(shares):
-            prompts = [format_prompt(e.prompt, self.tokenizer) for e in share]
+            prompts, prefixes = self.build_prompts(share)
             generator = torch.Generator().manual_seed(self.rollout_seed(step, round_, process_index=p))
             batches.append(generate(self.model, self.tokenizer, prompts, self.config.samples_per_prompt,
-                                    self.sampling_config(step), None, generator))
+                                    self.sampling_config(step), prefixes, generator))
         return concat_rollouts(batches, [len(s) for s in shares])
 
 
@@ -46,23 +46,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_process_ddp_matches_one_process_on_the_same_rollouts(tmp_path, tiny_tokenizer):
-    model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+def _ddp_against_one_process(tmp_path, tokenizer, method: str, trainer_class, args: list[str], keys: tuple[str, ...]):
+    """Train ``method`` for 2 steps with 2 DDP processes and replay the same rollouts in one process;
+    the logged numbers and the trained weights must agree."""
+    model = build_model(tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=4, intermediate_size=128)
     with torch.no_grad():  # a random model almost never ends a response; make lengths (and kimi rewards) vary
-        eos = model.get_output_embeddings().weight[tiny_tokenizer.eos_token_id]
+        eos = model.get_output_embeddings().weight[tokenizer.eos_token_id]
         eos.copy_(torch.randn(64, generator=torch.Generator().manual_seed(0)) * 0.6)
-    save_pretrained(model, tiny_tokenizer, tmp_path / "base")
+    save_pretrained(model, tokenizer, tmp_path / "base")
 
-    # kimi's length reward uses each group's min/max length and GRPO its mean/std: both must see
-    # whole groups. The two processes hold different numbers of tokens, so token-mean also checks
-    # that each process's loss is weighted by its share of the global token count.
     run = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
         "--num_processes", str(PROCESSES), "--main_process_port", str(_free_port()),
-        "-m", "thinklean.cli", "train", "--model", str(tmp_path / "base"), "--method", "grpo", "--reward", "kimi",
+        "-m", "thinklean.cli", "train", "--model", str(tmp_path / "base"), "--method", method, *args,
         "--steps", "2", "--prompts-per-step", "4", "--samples-per-prompt", "4", "--max-new-tokens", "12",
         "--set", "train_problems=16", "--set", "save_every=0", "--set", "lr=1e-4", "--set", "loss_agg=token-mean",
         "--output", str(run),
@@ -72,16 +70,16 @@ def test_two_process_ddp_matches_one_process_on_the_same_rollouts(tmp_path, tiny
     assert done.returncode == 0, done.stderr[-3000:]
 
     config = RLConfig(**json.loads((run / "config.json").read_text()))
-    reference_model, tokenizer = load_pretrained(tmp_path / "base")
+    reference_model, reference_tokenizer = load_pretrained(tmp_path / "base")
     examples = arith_examples(config.train_problems, "train", config.seed)
-    ShardReplay(reference_model, tokenizer, config, examples, tmp_path / "one").train(show_progress=False)
+    trainer_class(reference_model, reference_tokenizer, config, examples, tmp_path / "one").train(show_progress=False)
 
     ddp, one = read_metrics(run / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
     assert len(ddp) == len(one) == 2  # only the main process logs
     for a, b in zip(ddp, one):
         for key in ("reward", "accuracy", "length_mean", "length_min", "length_max", "truncated"):
             assert a[key] == pytest.approx(b[key], rel=1e-6), key
-        for key in ("loss", "entropy", "clip_frac", "approx_kl", "grad_norm"):
+        for key in ("loss", "entropy", "clip_frac", "approx_kl", "grad_norm", *keys):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
     assert all(r["grad_norm"] > 0 for r in ddp)  # the runs learned something to compare
     trained = load_file(run / "model" / "model.safetensors")
@@ -89,3 +87,22 @@ def test_two_process_ddp_matches_one_process_on_the_same_rollouts(tmp_path, tiny
         if name in trained:
             assert torch.allclose(trained[name], value, atol=1e-6, rtol=1e-4), name
     assert not torch.equal(trained["model.norm.weight"], load_file(tmp_path / "base" / "model.safetensors")["model.norm.weight"])
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_on_the_same_rollouts(tmp_path, tiny_tokenizer):
+    # kimi's length reward uses each group's min/max length and GRPO its mean/std: both must see
+    # whole groups. The two processes hold different numbers of tokens, so token-mean also checks
+    # that each process's loss is weighted by its share of the global token count.
+    _ddp_against_one_process(tmp_path, tiny_tokenizer, "grpo", ShardReplay, ["--reward", "kimi"], ())
+
+
+class HGPOShardReplay(ShardReplay, HGPOTrainer):
+    """:class:`ShardReplay` with HGPO's forced-mode rollouts."""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_hgpo_with_its_auxiliary_tag_mass_loss(tmp_path, tiny_tokenizer):
+    # HGPO's tag_mass term is backpropagated through RLTrainer.auxiliary_loss before the
+    # micro-batches; under DDP its gradient must be all-reduced with theirs.
+    _ddp_against_one_process(tmp_path, tiny_tokenizer, "hgpo", HGPOShardReplay, [], ("auxiliary_loss",))
