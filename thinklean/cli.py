@@ -174,7 +174,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from thinklean.train.config import ConfigError, load_config, parse_overrides
 
     overrides = parse_overrides(args.set or [])
-    for key in ("steps", "lr", "reward", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "eval_every"):
+    args.rollout_backend = args.rollout
+    for key in ("steps", "lr", "reward", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "eval_every",
+                "rollout_backend"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = (value, 0)
@@ -400,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s-inter", dest="s_inter", type=int, default=None, help="BuPO: IPA rollout steps before full GRPO")
     p.add_argument("--projector", default=None,
                    help="LiteReason: projector directory; none: the --model directory's, else copies of its last MLP")
+    p.add_argument("--rollout", choices=["hf", "vllm"], default=None,
+                   help="rollout engine: hf (thinklean's decode loop, CPU or GPU) or vllm (colocated vLLM engine "
+                        "on the training GPU, weights synced after each update; pip install 'thinklean[gpu]'); "
+                        "config default: hf")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
     _add_common(p, "runs/train")
     p.set_defaults(func=cmd_train)

@@ -178,6 +178,9 @@ class LiteReasonTrainer(RLTrainer):
         if unknown:
             raise ConfigError(f"method_kwargs: unknown key(s) {', '.join(unknown)} for litereason "
                               f"(valid: {', '.join(METHOD_KWARGS)})")
+        if config.rollout_backend != "hf":
+            raise ConfigError(f"litereason: rollout_backend {config.rollout_backend!r} is not supported (its latent "
+                              "steps feed projector outputs back as input embeddings, which only the hf engine does)")
         if config.dynamic_sampling or config.keep_shortest:
             raise ConfigError("litereason: dynamic_sampling and keep_shortest are not supported "
                               "(their row filters drop the rollouts' latent segments)")

@@ -104,6 +104,14 @@ def left_pad(contexts: list[list[int]], pad_id: int, device: torch.device) -> tu
     return input_ids, attention_mask, position_ids_from_mask(attention_mask)
 
 
+def pad_token_id(tokenizer) -> int:
+    """The pad token id, else the EOS id (the HF convention for models trained without padding)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer needs a pad_token or an eos_token")
+    return pad_id
+
+
 def eos_token_ids(model, tokenizer) -> list[int]:
     """The tokenizer's EOS id plus any EOS ids in ``model.generation_config``."""
     ids = []
@@ -138,34 +146,16 @@ def generate(
 
     Runs under ``torch.no_grad()`` with the model in eval mode; the training flag is restored.
     """
-    _check_arguments(prompts, num_samples, config, forced_prefixes)
+    check_arguments(prompts, num_samples, config, forced_prefixes)
     num_rows = len(prompts) * num_samples
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError("the tokenizer needs a pad_token or an eos_token")
+    pad_id = pad_token_id(tokenizer)
     eos_ids = eos_token_ids(model, tokenizer)
     device = next(model.parameters()).device
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device} but the model is on {device}; "
                          f"create it with torch.Generator(device={str(device)!r})")
 
-    prompt_tokens = [_encode_prompt(tokenizer, p) for p in prompts]
-    if forced_prefixes is None:
-        prefix_tokens = [[] for _ in range(num_rows)]
-    else:
-        cache: dict[str, list[int]] = {}
-        prefix_tokens = [
-            cache.setdefault(p, tokenizer(p, add_special_tokens=False)["input_ids"]) if p else []
-            for p in forced_prefixes
-        ]
-    too_long = [i for i, t in enumerate(prefix_tokens) if len(t) > config.max_new_tokens]
-    if too_long:
-        raise ValueError(
-            f"forced_prefixes[{too_long[0]}] has {len(prefix_tokens[too_long[0]])} tokens, more than "
-            f"max_new_tokens={config.max_new_tokens}"
-        )
-
-    row_prompts = [prompt_tokens[i // num_samples] for i in range(num_rows)]
+    row_prompts, prefix_tokens = tokenize_rows(tokenizer, prompts, num_samples, config, forced_prefixes)
     responses: list[list[int]] = []
     logprobs: list[torch.Tensor] = []
     finished: list[bool] = []
@@ -185,13 +175,36 @@ def generate(
     finally:
         model.train(was_training)
 
-    return _assemble(
+    return assemble_batch(
         tokenizer, row_prompts, responses, logprobs, finished, prefix_tokens, num_samples,
         pad_id, eos_ids,
     )
 
 
-def _check_arguments(prompts, num_samples, config, forced_prefixes) -> None:
+def tokenize_rows(tokenizer, prompts: list[str], num_samples: int, config: SamplingConfig,
+                  forced_prefixes: list[str] | None) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt token ids and forced-prefix token ids of every row (``len(prompts) * num_samples``,
+    prompt-major); raises ValueError if a prefix is longer than ``config.max_new_tokens``."""
+    num_rows = len(prompts) * num_samples
+    prompt_tokens = [_encode_prompt(tokenizer, p) for p in prompts]
+    if forced_prefixes is None:
+        prefix_tokens = [[] for _ in range(num_rows)]
+    else:
+        cache: dict[str, list[int]] = {}
+        prefix_tokens = [
+            cache.setdefault(p, tokenizer(p, add_special_tokens=False)["input_ids"]) if p else []
+            for p in forced_prefixes
+        ]
+    too_long = [i for i, t in enumerate(prefix_tokens) if len(t) > config.max_new_tokens]
+    if too_long:
+        raise ValueError(
+            f"forced_prefixes[{too_long[0]}] has {len(prefix_tokens[too_long[0]])} tokens, more than "
+            f"max_new_tokens={config.max_new_tokens}"
+        )
+    return [prompt_tokens[i // num_samples] for i in range(num_rows)], prefix_tokens
+
+
+def check_arguments(prompts, num_samples, config, forced_prefixes) -> None:
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, got a single string")
     if not prompts:
@@ -451,8 +464,11 @@ def _hits_stop_string(tokenizer, tokens_out, rows, new_lengths, stop_strings, wi
     return hits.to(rows.device)
 
 
-def _assemble(tokenizer, row_prompts, responses, logprobs, finished, prefix_tokens,
-              num_samples, pad_id, eos_ids) -> RolloutBatch:
+def assemble_batch(tokenizer, row_prompts: list[list[int]], responses: list[list[int]], logprobs: list[torch.Tensor],
+                   finished: list[bool], prefix_tokens: list[list[int]], num_samples: int, pad_id: int,
+                   eos_ids: list[int]) -> RolloutBatch:
+    """The :class:`RolloutBatch` of per-row token lists: ``responses[i]`` starts with ``prefix_tokens[i]``,
+    ``logprobs[i]`` has one value per response token, ``finished[i]`` is False if cut at the cap."""
     num_rows = len(responses)
     prompt_width = max(len(p) for p in row_prompts)
     response_width = max(1, max(len(r) for r in responses))

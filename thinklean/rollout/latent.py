@@ -31,17 +31,18 @@ from thinklean.models.projector import ReasoningProjector
 from thinklean.rollout.engine import (
     RolloutBatch,
     SamplingConfig,
-    _assemble,
-    _check_arguments,
-    _encode_prompt,
     _forward,
     _hits_stop_string,
     _logits_to_keep_name,
     _preallocate,
     _sample,
+    assemble_batch,
+    check_arguments,
     eos_token_ids,
     left_pad,
+    pad_token_id,
     position_ids_from_mask,
+    tokenize_rows,
 )
 
 MAX_GAP_TOKENS = 3  # tokens allowed between the tags (the number), as in the authors' detector
@@ -141,11 +142,8 @@ def generate_latent(
     forced prefix runs its latent steps there too. Runs under ``torch.no_grad()`` with model and
     projector in eval mode; their training flags are restored.
     """
-    _check_arguments(prompts, num_samples, config, forced_prefixes)
-    num_rows = len(prompts) * num_samples
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError("the tokenizer needs a pad_token or an eos_token")
+    check_arguments(prompts, num_samples, config, forced_prefixes)
+    pad_id = pad_token_id(tokenizer)
     eos_ids = eos_token_ids(model, tokenizer)
     device = next(model.parameters()).device
     _check_projector(model, projector)
@@ -153,27 +151,17 @@ def generate_latent(
         raise ValueError(f"generator is on {generator.device} but the model is on {device}; "
                          f"create it with torch.Generator(device={str(device)!r})")
 
-    prompt_tokens = [_encode_prompt(tokenizer, p) for p in prompts]
-    cache: dict[str, list[int]] = {}
-    prefix_tokens = [
-        cache.setdefault(p, tokenizer(p, add_special_tokens=False)["input_ids"]) if p else []
-        for p in (forced_prefixes or [""] * num_rows)
-    ]
-    too_long = [i for i, t in enumerate(prefix_tokens) if len(t) > config.max_new_tokens]
-    if too_long:
-        raise ValueError(f"forced_prefixes[{too_long[0]}] has {len(prefix_tokens[too_long[0]])} tokens, more "
-                         f"than max_new_tokens={config.max_new_tokens}")
+    row_prompts, prefix_tokens = tokenize_rows(tokenizer, prompts, num_samples, config, forced_prefixes)
     detector = _SegmentDetector(tokenizer, projector.max_steps, device)
 
-    row_prompts = [prompt_tokens[i // num_samples] for i in range(num_rows)]
     responses, logprobs, finished, segments, latent_steps = [], [], [], [], []
     model_was_training, projector_was_training = model.training, projector.training
     model.eval()
     projector.eval()
     try:
         with torch.no_grad():
-            for start in range(0, num_rows, config.batch_size):
-                stop = min(start + config.batch_size, num_rows)
+            for start in range(0, len(row_prompts), config.batch_size):
+                stop = min(start + config.batch_size, len(row_prompts))
                 chunk = _decode_latent_chunk(
                     model, tokenizer, projector, detector, row_prompts[start:stop],
                     prefix_tokens[start:stop], config, pad_id, eos_ids, generator,
@@ -184,7 +172,7 @@ def generate_latent(
         model.train(model_was_training)
         projector.train(projector_was_training)
 
-    batch = _assemble(tokenizer, row_prompts, responses, logprobs, finished, prefix_tokens, num_samples,
+    batch = assemble_batch(tokenizer, row_prompts, responses, logprobs, finished, prefix_tokens, num_samples,
                       pad_id, eos_ids)
     return LatentRolloutBatch(
         **vars(batch),

@@ -14,13 +14,9 @@ from typing import Any
 
 import yaml
 
-from thinklean.train.rl import RLConfig
+from thinklean.train.rl import ConfigError, RLConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A bad config file or override, reported as ``FILE:LINE: what (what is accepted)``."""
 
 
 def _field_types() -> dict[str, Any]:

@@ -51,10 +51,19 @@ from thinklean.eval.evaluate import EvalConfig, evaluate
 from thinklean.models.tiny import save_pretrained
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.rollout.engine import position_ids_from_mask
+from thinklean.rollout.vllm_engine import VLLMRollout, vllm_problem
 from thinklean.train.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
 from thinklean.train.shared_prompt import SharedPromptForward, shared_prompt_forward
 from thinklean.train.sft import warmup_cosine
+
+
+ROLLOUT_BACKENDS = ("hf", "vllm")
+
+
+class ConfigError(ValueError):
+    """A bad config file, override or combination of settings, reported as
+    ``FILE:LINE: what (what is accepted)`` where it comes from a file (``thinklean.train.config``)."""
 
 
 @dataclass
@@ -109,6 +118,8 @@ class RLConfig:
     save_every: int = 50
     keep_last: int = 2
     rollout_batch_size: int = 128
+    rollout_backend: str = "hf"  # "hf": thinklean's decode loop; "vllm": colocated vLLM engine (CUDA, [gpu] extra)
+    vllm_gpu_memory_utilization: float = 0.3  # share of the GPU the vLLM engine may take (weights + KV cache)
 
 
 @dataclass
@@ -176,6 +187,10 @@ class RLTrainer:
     ) -> None:
         if not train_examples:
             raise ValueError("no training examples")
+        if config.rollout_backend not in ROLLOUT_BACKENDS:
+            raise ConfigError(f"rollout_backend must be one of {', '.join(ROLLOUT_BACKENDS)}, got {config.rollout_backend!r}")
+        if config.rollout_backend == "vllm" and (problem := vllm_problem()):
+            raise ConfigError(problem)
         self.config = config
         self.tokenizer = tokenizer
         self.train_examples = list(train_examples)
@@ -195,6 +210,8 @@ class RLTrainer:
         self.scheduler = LambdaLR(self.optimizer, self._lr_factor)
         self.model = model
         self.step_index = 0
+        self._vllm: VLLMRollout | None = None
+        self._vllm_step = 0  # the step whose weights the vLLM engine holds
 
     def _lr_factor(self, step: int) -> float:
         cfg = self.config
@@ -287,9 +304,24 @@ class RLTrainer:
     def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> RolloutBatch:
         cfg = self.config
         prompts, prefixes = self.build_prompts(examples)
+        if cfg.rollout_backend == "vllm":
+            return self.vllm_engine().generate(prompts, cfg.samples_per_prompt, self.sampling_config(step), prefixes,
+                                               seed=self.rollout_seed(step, round_))
         generator = torch.Generator(device=self.accelerator.device).manual_seed(self.rollout_seed(step, round_))
         return generate(self.accelerator.unwrap_model(self.model), self.tokenizer, prompts, cfg.samples_per_prompt,
                         self.sampling_config(step), prefixes, generator)
+
+    def vllm_engine(self) -> VLLMRollout:
+        """The colocated vLLM engine holding the current policy: started at the first call, and
+        given the policy's weights again whenever an update happened since the last call."""
+        model = self.accelerator.unwrap_model(self.model)
+        if self._vllm is None:
+            self._vllm = VLLMRollout.launch(model, self.tokenizer, seed=self.rollout_seed(self.step_index),
+                                            gpu_memory_utilization=self.config.vllm_gpu_memory_utilization)
+        elif self._vllm_step != self.step_index:
+            self._vllm.sync_weights(model)
+        self._vllm_step = self.step_index
+        return self._vllm
 
     def _score(self, rollout: RolloutBatch, examples: Sequence[Example]) -> StepBatch:
         answers = [examples[int(g)].answer for g in rollout.group_ids]

@@ -1,0 +1,75 @@
+"""The real vLLM engine on a CUDA GPU (skipped without CUDA or without ``pip install 'thinklean[gpu]'``).
+
+Run on a GPU machine: ``python -m pytest tests/gpu -m gpu``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from thinklean.data.formats import format_prompt
+from thinklean.eval.evaluate import arith_examples
+from thinklean.rollout import SamplingConfig, generate
+from thinklean.rollout.vllm_engine import VLLMRollout, vllm_installed
+from thinklean.train.monitor import read_metrics
+from thinklean.train.rl import RLConfig, RLTrainer
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+    pytest.mark.skipif(not vllm_installed(), reason="needs vLLM: pip install 'thinklean[gpu]'"),
+]
+
+
+@pytest.fixture(scope="module")
+def engine_and_model(tiny_tokenizer):
+    from thinklean.models.tiny import build_model
+
+    model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=4, intermediate_size=128).cuda()
+    engine = VLLMRollout.launch(model, tiny_tokenizer, gpu_memory_utilization=0.2)
+    return engine, model
+
+
+def _greedy_agreement(engine, model, tokenizer) -> float:
+    prompts = [format_prompt(e.prompt, tokenizer) for e in arith_examples(16, "test", 0)]
+    config = SamplingConfig(max_new_tokens=24, temperature=0.0)
+    ours = engine.generate(prompts, 1, config, ["<think>"] * len(prompts))
+    reference = generate(model, tokenizer, prompts, 1, config, ["<think>"] * len(prompts))
+    return sum(a == b for a, b in zip(ours.texts, reference.texts)) / len(prompts)
+
+
+def test_greedy_vllm_matches_the_hf_engine(engine_and_model, tiny_tokenizer):
+    engine, model = engine_and_model
+    # float32 in both; different kernels may flip a near-tie argmax now and then
+    assert _greedy_agreement(engine, model, tiny_tokenizer) >= 0.9
+
+
+def test_sync_weights_makes_vllm_follow_an_updated_policy(engine_and_model, tiny_tokenizer):
+    engine, model = engine_and_model
+    updated = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in updated.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    assert _greedy_agreement(engine, updated, tiny_tokenizer) < 0.9  # the engine still has the old weights
+    engine.sync_weights(updated)
+    assert _greedy_agreement(engine, updated, tiny_tokenizer) >= 0.9
+    engine.sync_weights(model)
+
+
+def test_grpo_trains_with_vllm_rollouts(tmp_path, engine_and_model, tiny_tokenizer):
+    """Runs last: it reuses the module's engine (vLLM's external_launcher initialises
+    torch.distributed once per process, so a second engine would need a fresh process)."""
+    engine, model = engine_and_model
+    config = RLConfig(steps=3, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=16, save_every=0,
+                      rollout_backend="vllm")
+    trainer = RLTrainer(copy.deepcopy(model), tiny_tokenizer, config, arith_examples(32, "train", 0), tmp_path)
+    trainer._vllm = engine  # holds the same weights as the copy
+    trainer.train(show_progress=False)
+    metrics = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(metrics) == 3 and all(m["rollout_tokens_per_s"] > 0 for m in metrics)
+    assert trainer._vllm_step == 2  # synced before the rollouts of steps 2 and 3
+    assert (tmp_path / "model" / "model.safetensors").is_file()
