@@ -33,10 +33,11 @@ def test_build_requests_budgets_seeds_and_prefixes():
     assert (first["max_tokens"], second["max_tokens"]) == (5, 3)
     assert (first["seed"], second["seed"]) == (100, 101)
     assert (first["prompt_logprobs"], second["prompt_logprobs"]) == (None, 0)
-    assert first["stop"] == ["</answer>"] and first["include_stop_str_in_output"]
+    assert first["stop"] == ["</answer>"] and first["include_stop_str_in_output"] and first["detokenize"]
     assert first["stop_token_ids"] == [0, 4] and first["logprobs"] == 0 and first["n"] == 1
     assert (first["temperature"], first["top_p"]) == (0.7, 0.9)
-    assert build_requests([[1]], [[]], SamplingConfig(max_new_tokens=2), [0], 0)[0].sampling["stop"] is None
+    plain = build_requests([[1]], [[]], SamplingConfig(max_new_tokens=2), [0], 0)[0].sampling
+    assert plain["stop"] is None and not plain["detokenize"]
 
 
 def test_rows_from_outputs_puts_the_prefix_first_and_reads_finish_reasons():

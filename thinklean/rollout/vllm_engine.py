@@ -95,6 +95,7 @@ def build_requests(row_prompts: list[list[int]], prefix_tokens: list[list[int]],
                 "prompt_logprobs": 0 if prefix else None,
                 "stop": list(config.stop_strings) or None,
                 "include_stop_str_in_output": True,
+                "detokenize": bool(config.stop_strings),  # texts are decoded here; vLLM only needs them for stops
                 "stop_token_ids": list(eos_ids),
             }
         requests.append(VLLMRequest(prompt + prefix, len(prefix), sampling))
