@@ -15,7 +15,14 @@ from thinklean.data.jsonl import Example
 from thinklean.rollout import SamplingConfig, generate
 from thinklean.rollout import vllm_engine
 from thinklean.rollout.engine import eos_token_ids
-from thinklean.rollout.vllm_engine import VLLMRequest, VLLMRollout, build_requests, engine_model, rows_from_outputs
+from thinklean.rollout.vllm_engine import (
+    VLLMRequest,
+    VLLMRollout,
+    build_requests,
+    engine_arguments,
+    engine_model,
+    rows_from_outputs,
+)
 from thinklean.train.rl import ConfigError, RLConfig, RLTrainer
 
 
@@ -237,3 +244,36 @@ def test_cli_rollout_vllm_without_vllm_is_a_usage_error(tmp_path, capsys, monkey
     monkeypatch.setattr(vllm_engine, "vllm_installed", lambda: False)
     assert main(["train", "--rollout", "vllm", "--steps", "1", "--output", str(tmp_path / "o")]) == 2
     assert "pip install 'thinklean[gpu]'" in capsys.readouterr().err
+
+
+def test_requests_and_outputs_fit_the_installed_vllm():
+    """Against vLLM's own classes (skips where vLLM is not installed; needs no GPU): the engine
+    arguments are EngineArgs fields, the request keywords build SamplingParams, and real
+    RequestOutput/CompletionOutput/Logprob objects convert as the stand-ins above do."""
+    vllm = pytest.importorskip("vllm")
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.logprobs import Logprob
+    from vllm.outputs import CompletionOutput, RequestOutput
+
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    assert set(engine_arguments("/m", "bfloat16", 0, 0.3, None)) <= fields
+    config = SamplingConfig(max_new_tokens=5, temperature=0.7, top_p=0.9, stop_strings=("</answer>",))
+    requests = build_requests([[1, 2], [1, 2]], [[], [7, 8]], config, [0], seed=3)
+    params = [vllm.SamplingParams(**r.sampling) for r in requests]
+    assert (params[1].max_tokens, params[1].seed, params[1].prompt_logprobs) == (3, 4, 0)
+    assert params[0].stop == ["</answer>"] and params[0].logprobs == 0
+
+    def output(request, tokens, finish, prompt_logprobs=None):
+        lp = [{t: Logprob(logprob=-0.5)} for t in tokens]
+        completion = CompletionOutput(index=0, text="", token_ids=tokens, cumulative_logprob=None, logprobs=lp,
+                                      finish_reason=finish)
+        return RequestOutput(request_id="r", prompt=None, prompt_token_ids=request.prompt_ids,
+                             prompt_logprobs=prompt_logprobs, outputs=[completion], finished=True)
+
+    prompt_logprobs = [None, {2: Logprob(-1.0)}, {7: Logprob(-2.0)}, {8: Logprob(-3.0)}]
+    outputs = [output(requests[0], [5, 0], "stop"), output(requests[1], [5, 6, 6], "length", prompt_logprobs)]
+    responses, logprobs, finished = rows_from_outputs(requests, outputs)
+    assert responses == [[5, 0], [7, 8, 5, 6, 6]] and finished == [True, False]
+    assert logprobs[1].tolist() == [-2.0, -3.0, -0.5, -0.5, -0.5]

@@ -132,6 +132,15 @@ def rows_from_outputs(requests: list[VLLMRequest], outputs: list[Any]) -> tuple[
     return responses, logprobs, finished
 
 
+def engine_arguments(weights_dir: str, dtype: str, seed: int, gpu_memory_utilization: float,
+                     max_model_len: int | None) -> dict[str, Any]:
+    """``vllm.LLM`` keyword arguments of a colocated engine serving the checkpoint in ``weights_dir``."""
+    return dict(model=weights_dir, tokenizer=weights_dir, dtype=dtype, seed=seed,
+                gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                tensor_parallel_size=1, distributed_executor_backend="external_launcher",
+                logprobs_mode="processed_logprobs", enable_prefix_caching=True, trust_remote_code=False)
+
+
 def engine_model(llm: Any) -> torch.nn.Module:
     """The engine's in-process model (it has ``load_weights``); raises with the supported range."""
     try:
@@ -170,10 +179,7 @@ class VLLMRollout:
         save_pretrained(model, tokenizer, weights_dir.name)
         _single_process_rendezvous()
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        llm = LLM(model=weights_dir.name, tokenizer=weights_dir.name, dtype=dtype, seed=seed,
-                  gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                  tensor_parallel_size=1, distributed_executor_backend="external_launcher",
-                  logprobs_mode="processed_logprobs", enable_prefix_caching=True, trust_remote_code=False)
+        llm = LLM(**engine_arguments(weights_dir.name, dtype, seed, gpu_memory_utilization, max_model_len))
         engine = cls(llm, tokenizer, eos_token_ids(model, tokenizer), SamplingParams)
         engine._weights_dir = weights_dir
         return engine
