@@ -29,7 +29,7 @@ import importlib.util
 import os
 import socket
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,7 +73,7 @@ class VLLMRequest:
 
     prompt_ids: list[int]
     prefix_len: int
-    sampling: dict[str, Any] | None = field(default=None)
+    sampling: dict[str, Any] | None = None
 
 
 def build_requests(row_prompts: list[list[int]], prefix_tokens: list[list[int]], config: SamplingConfig,
