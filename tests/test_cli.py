@@ -123,3 +123,17 @@ def test_data_hft_writes_both_modes_and_rejects_bad_rules(tmp_path, capsys):
     assert all(r["difficulty"] <= 2 for r in rows if r["mode"] == "no_think")
     assert main(["data", "hft", "--no-think-rule", "easy", "--output", str(tmp_path / "x.jsonl")]) == 2
     assert "--no-think-rule" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_a_usage_error(tmp_path, capsys):
+    for command in (["eval"], ["analyze"], ["explain-tokens"], ["data", "hft", "--model", "base"]):
+        assert main([*command, "--device", "cuda", "--output", str(tmp_path / "o")]) == 2
+        assert "--device cuda: no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_eval_on_an_explicit_cpu_device(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(tiny_model_dir), "--n", "2", "--max-new-tokens", "4", "--device", "cpu",
+                 "--output", str(out)]) == 0
+    assert (out / "eval.json").is_file()

@@ -54,13 +54,32 @@ def _load_examples(data: str, n: int, split: str, seed: int, require_solution: b
     return load_jsonl(data, require_solution=require_solution, limit=n if n > 0 else None)
 
 
-def _load(model: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N")
+
+
+def _load(model: str, trust_remote_code: bool = False, device: str | None = None) -> tuple[Any, Any]:
+    """Model and tokenizer; moved to ``device`` (a ``--device`` value) when given. Trainers place
+    the model themselves (accelerate), so their commands pass none."""
+    import torch
+
     from thinklean.models.tiny import load_pretrained
 
+    if device is not None:
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is visible (use --device cpu)")
     try:
-        return load_pretrained(model, trust_remote_code=trust_remote_code)
+        model, tokenizer = load_pretrained(model, trust_remote_code=trust_remote_code)
     except (FileNotFoundError, OSError, ValueError, ImportError) as e:  # ImportError: a GGUF without `gguf`
         raise UsageError(f"--model {model}: {e}") from e
+    if device is not None:
+        try:
+            model.to(device)
+        except RuntimeError as e:  # e.g. cuda:3 on a 2-GPU machine
+            raise UsageError(f"--device {device}: {e}") from e
+    return model, tokenizer
 
 
 # --------------------------------------------------------------------------------- commands
@@ -98,7 +117,7 @@ def _data_hft(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(f"--no-think-rule: {e}") from e
     if args.model:  # measured: no-think = problems the model already answers right without reasoning
-        model, tokenizer = _load(args.model, args.trust_remote_code)
+        model, tokenizer = _load(args.model, args.trust_remote_code, args.device)
         problems = generate_problems(args.n, "train", args.seed, distinct=False) if args.data == "arith" else load_jsonl(args.data)
         direct = measured_no_think(model, tokenizer, problems)
         rule = lambda row: row["prompt"] in direct  # noqa: E731
@@ -117,7 +136,7 @@ def _data_litereason(args: argparse.Namespace) -> None:
     from thinklean.data.jsonl import write_jsonl
     from thinklean.data.litereason import litereason_records, records_summary
 
-    model, tokenizer = _load(args.model or "base", args.trust_remote_code)
+    model, tokenizer = _load(args.model or "base", args.trust_remote_code, args.device)
     examples = _load_examples(args.data, args.n, "train", args.seed)
     rows = litereason_records(model, tokenizer, examples, k=args.k, seed=args.seed, variants=args.variants,
                               max_new_tokens=args.max_new_tokens)
@@ -215,7 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     examples = _load_examples(args.data, args.n, "test", args.seed)
     if args.instruction:
         examples = [dataclasses.replace(e, prompt=f"{e.prompt} {args.instruction}") for e in examples]
-    model, tokenizer = _load(args.model, args.trust_remote_code)
+    model, tokenizer = _load(args.model, args.trust_remote_code, args.device)
     if args.hybrid:
         from thinklean.eval.hybrid import hybrid_accuracy, print_hybrid
 
@@ -243,7 +262,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     examples = _load_examples(args.data, args.n, "test", args.seed)
 
     def run(model_path: str) -> dict[str, Any]:
-        model, tokenizer = _load(model_path, args.trust_remote_code)
+        model, tokenizer = _load(model_path, args.trust_remote_code, args.device)
         prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
         try:
             result = analyze_model(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed,
@@ -269,7 +288,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 def cmd_explain_tokens(args: argparse.Namespace) -> None:
     from thinklean.eval.explain import explain_tokens, write_explanation
 
-    model, tokenizer = _load(args.model, args.trust_remote_code)
+    model, tokenizer = _load(args.model, args.trust_remote_code, args.device)
     examples = _load_examples(args.data, args.n, "test", args.seed)
     items = explain_tokens(model, tokenizer, examples, args.max_new_tokens, args.temperature, args.seed)
     print(f"wrote {write_explanation(items, args.output)}")
@@ -335,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "traces are sampled ('base' when not given)",
                         data_help="hft: 'arith' or a JSONL file whose rows name their mode; litereason: 'arith' or "
                         "a JSONL file with prompt, answer")
+    _add_device(p)
     p.add_argument("--mode-field", dest="mode_field", default="mode", help="hft JSONL: field holding think / no_think")
     p.add_argument("--no-think-rule", dest="no_think_rule", default=None,
                    help="hft: problems that may go no-think: 'difficulty<=2' (arith default), 'none', 'all'")
@@ -414,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample responses and measure, per layer, the entropy of the internal layer policy "
                        "softmax(h^l E_u^T) and the entropy change of attention and FFN modules; table, JSON/CSV and PNGs.")
     _add_model_and_data(p)
+    _add_device(p)
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="overlay two models (e.g. before/after training)")
     p.add_argument("--n", type=int, default=64, help="prompts to sample")
     p.add_argument("--max-new-tokens", type=int, default=160, help="response cap")
@@ -429,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample responses and colour each token by its normalised information gain about "
                        "the final answer (IAPO's early-exit probe); writes OUTPUT/tokens.html.")
     _add_model_and_data(p)
+    _add_device(p)
     p.add_argument("--n", type=int, default=5, help="responses to show")
     p.add_argument("--max-new-tokens", type=int, default=200, help="response cap")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -445,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", formatter_class=DEFAULTS, help="accuracy and token statistics of a model",
                        description="Generate on held-out problems, grade the last \\boxed{} answer, report accuracy and tokens.")
     _add_model_and_data(p)
+    _add_device(p)
     p.add_argument("--n", type=int, default=500, help="number of problems (JSONL: first N; 0 = all)")
     p.add_argument("--instruction", default="", help="text appended to every question, e.g. 'Please reason step by "
                    "step, and put your final answer within \\boxed{}.' for a real model (answers are graded on the "

@@ -43,3 +43,13 @@ def test_grpo_steps_on_cuda_and_the_saved_model_reloads(tmp_path, tiny_tokenizer
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, trained.cpu()(ids).logits)
+
+
+def test_eval_and_analyze_run_on_cuda(tmp_path, tiny_model_dir):
+    from thinklean.cli import main
+
+    for command in ("eval", "analyze"):
+        out = tmp_path / command
+        assert main([command, "--model", str(tiny_model_dir), "--n", "2", "--max-new-tokens", "8", "--device", "cuda",
+                     "--output", str(out)]) == 0
+    assert (tmp_path / "eval" / "eval.json").is_file() and (tmp_path / "analyze" / "analysis.json").is_file()
