@@ -5,6 +5,7 @@ weight sync, and the errors. The real engine is exercised in tests/gpu/test_vllm
 from __future__ import annotations
 
 import copy
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -277,3 +278,38 @@ def test_requests_and_outputs_fit_the_installed_vllm():
     responses, logprobs, finished = rows_from_outputs(requests, outputs)
     assert responses == [[5, 0], [7, 8, 5, 6, 6]] and finished == [True, False]
     assert logprobs[1].tolist() == [-2.0, -3.0, -0.5, -0.5, -0.5]
+
+
+def test_eval_with_the_vllm_engine_matches_the_hf_engine(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`thinklean eval --rollout vllm` through the stand-in engine: the engine serves the model
+    directory itself, and greedy results equal `--rollout hf`'s."""
+    from thinklean.cli import main
+
+    launched = []
+
+    def launch(model, tokenizer, **kwargs):
+        launched.append(kwargs)
+        return _backend(model, tokenizer)
+
+    monkeypatch.setattr(VLLMRollout, "launch", staticmethod(launch))
+    monkeypatch.setattr(vllm_engine, "vllm_problem", lambda: None)
+    summaries = {}
+    for rollout in ("hf", "vllm"):
+        out = tmp_path / rollout
+        assert main(["eval", "--model", str(tiny_model_dir), "--n", "4", "--max-new-tokens", "8", "--rollout", rollout,
+                     "--output", str(out)]) == 0
+        summaries[rollout] = json.loads((out / "eval.json").read_text())
+    assert len(launched) == 1 and launched[0]["checkpoint"] == tiny_model_dir
+    assert [r["text"] for r in summaries["vllm"]["responses"]] == [r["text"] for r in summaries["hf"]["responses"]]
+    for key in ("accuracy", "mean_response_tokens"):
+        assert summaries["vllm"]["summary"][key] == summaries["hf"]["summary"][key]
+
+
+def test_cli_eval_rollout_vllm_errors(tmp_path, capsys, monkeypatch):
+    from thinklean.cli import main
+
+    monkeypatch.setattr(vllm_engine, "vllm_installed", lambda: False)
+    assert main(["eval", "--rollout", "vllm", "--output", str(tmp_path / "o")]) == 2
+    assert "pip install 'thinklean[gpu]'" in capsys.readouterr().err
+    assert main(["eval", "--rollout", "vllm", "--hybrid", "--output", str(tmp_path / "o")]) == 2
+    assert "--hybrid runs on the hf engine" in capsys.readouterr().err

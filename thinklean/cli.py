@@ -234,7 +234,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     examples = _load_examples(args.data, args.n, "test", args.seed)
     if args.instruction:
         examples = [dataclasses.replace(e, prompt=f"{e.prompt} {args.instruction}") for e in examples]
-    model, tokenizer = _load(args.model, args.trust_remote_code, args.device)
+    engine = None
+    if args.rollout == "vllm":
+        from thinklean.models.tiny import is_gguf, resolve_model_path
+        from thinklean.rollout.vllm_engine import VLLMRollout, vllm_problem
+
+        if args.hybrid:
+            raise UsageError("--hybrid runs on the hf engine; drop --rollout vllm")
+        if problem := vllm_problem():
+            raise UsageError(problem)
+    # with vLLM the engine holds the weights on the GPU; the HF model only supplies the tokenizer and EOS ids
+    model, tokenizer = _load(args.model, args.trust_remote_code, "cpu" if args.rollout == "vllm" else args.device)
+    if args.rollout == "vllm":
+        path = resolve_model_path(args.model)
+        engine = VLLMRollout.launch(model, tokenizer, checkpoint=None if is_gguf(path) else path,
+                                    gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
     if args.hybrid:
         from thinklean.eval.hybrid import hybrid_accuracy, print_hybrid
 
@@ -251,7 +265,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, seed=args.seed, forced_prefix={"think": THINK, "no_think": NO_THINK}.get(args.force_mode, ""),
         answer_extraction=args.answer,
     )
-    summary = evaluate(model, tokenizer, examples, config, output=args.output / "eval.json")
+    summary = evaluate(model, tokenizer, examples, config, output=args.output / "eval.json", engine=engine)
     print_eval(summary, title=f"eval: {args.model}")
     print(f"wrote {args.output / 'eval.json'}")
 
@@ -468,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate on held-out problems, grade the last \\boxed{} answer, report accuracy and tokens.")
     _add_model_and_data(p)
     _add_device(p)
+    p.add_argument("--rollout", choices=["hf", "vllm"], default="hf",
+                   help="generation engine: hf (thinklean's decode loop) or vllm (CUDA; pip install 'thinklean[gpu]'; "
+                        "serves the checkpoint directory in its own dtype, a .gguf through a float32 copy)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="--rollout vllm: share of the GPU vLLM may take")
     p.add_argument("--n", type=int, default=500, help="number of problems (JSONL: first N; 0 = all)")
     p.add_argument("--instruction", default="", help="text appended to every question, e.g. 'Please reason step by "
                    "step, and put your final answer within \\boxed{}.' for a real model (answers are graded on the "

@@ -18,6 +18,7 @@ from thinklean.data.grading import format_ok, grade, reasoning_span
 from thinklean.data.jsonl import Example
 from thinklean.eval.metrics import ResponseRecord, records_to_json, summarize, summarize_by_difficulty
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
+from thinklean.rollout.vllm_engine import VLLMRollout
 
 
 @dataclass
@@ -97,13 +98,15 @@ def run_generation(
     examples: Sequence[Example],
     config: EvalConfig,
     on_progress: Callable[[int], None] | None = None,
+    engine: VLLMRollout | None = None,
 ) -> list[ResponseRecord]:
     """Generate ``config.samples`` responses per example and grade each one.
 
-    ``on_progress(n)`` is called after each chunk of ``n`` examples is graded.
+    ``on_progress(n)`` is called after each chunk of ``n`` examples is graded. ``engine``: a vLLM
+    engine holding ``model``'s weights samples instead of thinklean's decode loop.
     """
     prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)
+    generator = None if engine else torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)
     sampling = SamplingConfig(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
@@ -116,7 +119,10 @@ def run_generation(
     for start in range(0, len(prompts), chunk):
         part = prompts[start : start + chunk]
         prefixes = [config.forced_prefix] * (len(part) * config.samples) if config.forced_prefix else None
-        batch = generate(model, tokenizer, part, config.samples, sampling, forced_prefixes=prefixes, generator=generator)
+        if engine is None:
+            batch = generate(model, tokenizer, part, config.samples, sampling, forced_prefixes=prefixes, generator=generator)
+        else:  # every row of the evaluation gets its own seed
+            batch = engine.generate(part, config.samples, sampling, prefixes, seed=config.seed * 1_000_003 + start * config.samples)
         records += grade_rollout(tokenizer, examples, batch, start, config.answer_extraction)
         if on_progress is not None:
             on_progress(len(part))
@@ -130,13 +136,14 @@ def evaluate(
     config: EvalConfig = EvalConfig(),
     output: str | Path | None = None,
     on_progress: Callable[[int], None] | None = None,
+    engine: VLLMRollout | None = None,
 ) -> dict[str, Any]:
     """Metrics overall, per difficulty and per reasoning style; optionally written as JSON.
 
     ``output`` receives ``{"summary": ..., "responses": [...]}`` (the per-response records);
-    ``on_progress`` as in :func:`run_generation`.
+    ``on_progress`` and ``engine`` as in :func:`run_generation`.
     """
-    records = run_generation(model, tokenizer, examples, config, on_progress=on_progress)
+    records = run_generation(model, tokenizer, examples, config, on_progress=on_progress, engine=engine)
     ks = [k for k in (1, 2, 4, 8) if k <= config.samples] if config.samples > 1 else []
     summary = summarize(records, ks)
     summary["per_difficulty"] = summarize_by_difficulty(records)

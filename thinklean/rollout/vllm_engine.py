@@ -30,6 +30,7 @@ import os
 import socket
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -167,19 +168,25 @@ class VLLMRollout:
         self._weights_dir: tempfile.TemporaryDirectory | None = None
 
     @classmethod
-    def launch(cls, model: torch.nn.Module, tokenizer: Any, *, gpu_memory_utilization: float = 0.3,
-               seed: int = 0, max_model_len: int | None = None) -> VLLMRollout:
-        """Start a colocated engine on the current CUDA device from a copy of ``model``'s weights."""
+    def launch(cls, model: torch.nn.Module, tokenizer: Any, *, checkpoint: str | Path | None = None,
+               gpu_memory_utilization: float = 0.3, seed: int = 0, max_model_len: int | None = None) -> VLLMRollout:
+        """Start a colocated engine on the current CUDA device holding ``model``'s weights: served
+        from ``checkpoint`` (an HF directory with those weights, in its own dtype) when given, else
+        from a safetensors copy of ``model`` in its parameters' dtype."""
         problem = vllm_problem()
         if problem:
             raise RuntimeError(problem)
         from vllm import LLM, SamplingParams
 
-        weights_dir = tempfile.TemporaryDirectory(prefix="thinklean-vllm-")
-        save_pretrained(model, tokenizer, weights_dir.name)
+        weights_dir = None
+        if checkpoint is None:
+            weights_dir = tempfile.TemporaryDirectory(prefix="thinklean-vllm-")
+            save_pretrained(model, tokenizer, weights_dir.name)
+            source, dtype = weights_dir.name, str(next(model.parameters()).dtype).removeprefix("torch.")
+        else:
+            source, dtype = str(checkpoint), "auto"
         _single_process_rendezvous()
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        llm = LLM(**engine_arguments(weights_dir.name, dtype, seed, gpu_memory_utilization, max_model_len))
+        llm = LLM(**engine_arguments(source, dtype, seed, gpu_memory_utilization, max_model_len))
         engine = cls(llm, tokenizer, eos_token_ids(model, tokenizer), SamplingParams)
         engine._weights_dir = weights_dir
         return engine
