@@ -193,12 +193,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from thinklean.train.config import ConfigError, load_config, parse_overrides
 
     overrides = parse_overrides(args.set or [])
-    args.rollout_backend = args.rollout
-    for key in ("steps", "lr", "reward", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "eval_every",
-                "rollout_backend"):
+    for key in ("steps", "lr", "reward", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "eval_every"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = (value, 0)
+    if args.rollout is not None:
+        overrides["rollout_backend"] = (args.rollout, 0)
     overrides["seed"] = (args.seed, 0)
     method_kwargs = {k: v for k, v in (("layer", args.layer), ("s_inter", args.s_inter), ("projector", args.projector))
                      if v is not None}
@@ -484,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.add_argument("--rollout", choices=["hf", "vllm"], default="hf",
                    help="generation engine: hf (thinklean's decode loop) or vllm (CUDA; pip install 'thinklean[gpu]'; "
-                        "serves the checkpoint directory in its own dtype, a .gguf through a float32 copy)")
+                        "serves the checkpoint directory in its own dtype, a .gguf through a float32 copy; the HF model, "
+                        "used for the tokenizer and EOS ids, stays on the CPU whatever --device says)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="--rollout vllm: share of the GPU vLLM may take")
     p.add_argument("--n", type=int, default=500, help="number of problems (JSONL: first N; 0 = all)")
     p.add_argument("--instruction", default="", help="text appended to every question, e.g. 'Please reason step by "

@@ -205,6 +205,7 @@ def tokenize_rows(tokenizer, prompts: list[str], num_samples: int, config: Sampl
 
 
 def check_arguments(prompts, num_samples, config, forced_prefixes) -> None:
+    """Raise TypeError/ValueError naming the bad argument of a ``generate`` call."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, got a single string")
     if not prompts:
