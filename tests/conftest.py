@@ -69,3 +69,18 @@ def projector(tiny_model):
     """:func:`random_projector` for ``tiny_model``."""
     return random_projector(tiny_model)
 
+
+
+@pytest.fixture(scope="session")
+def digit_trainer():
+    """An ``RLTrainer`` subclass whose reward is the fraction of response tokens that are digits: it
+    varies within a group even for a random model, so every step has a gradient."""
+    from thinklean.train.rl import RLTrainer
+
+    class DigitTrainer(RLTrainer):
+        def compute_rewards(self, batch, examples, correct):
+            digits = torch.tensor(self.tokenizer.convert_tokens_to_ids(list("0123456789")))
+            hits = (torch.isin(batch.response_ids, digits) & batch.response_mask.bool()).sum(1).float()
+            return hits / batch.lengths.clamp(min=1).float(), {}
+
+    return DigitTrainer

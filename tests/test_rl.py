@@ -6,18 +6,9 @@ from thinklean.data.jsonl import Example
 from thinklean.methods.hmpo import budget_stats
 from thinklean.train.config import ConfigError, load_config, parse_overrides
 from thinklean.train.monitor import read_metrics
-from thinklean.train.rl import RLConfig, RLTrainer
+from thinklean.train.rl import RLConfig
 
 PROMPTS = [Example(prompt=f"Start with {i}. Add 1. What is the result?", answer=str(i + 1), difficulty=1) for i in range(1, 9)]
-
-
-class SevenTrainer(RLTrainer):
-    """Easy synthetic reward: the fraction of response tokens that are digits."""
-
-    def compute_rewards(self, batch, examples, correct):
-        digits = torch.tensor(self.tokenizer.convert_tokens_to_ids(list("0123456789")))
-        hits = (torch.isin(batch.response_ids, digits) & batch.response_mask.bool()).sum(1).float()
-        return hits / batch.lengths.clamp(min=1).float(), {}
 
 
 def _config(**kw):
@@ -26,8 +17,8 @@ def _config(**kw):
     return RLConfig(**{**base, **kw})
 
 
-def test_grpo_raises_an_easy_reward(tmp_path, tiny_model, tiny_tokenizer):
-    trainer = SevenTrainer(tiny_model, tiny_tokenizer, _config(steps=12), PROMPTS, tmp_path)
+def test_grpo_raises_an_easy_reward(digit_trainer, tmp_path, tiny_model, tiny_tokenizer):
+    trainer = digit_trainer(tiny_model, tiny_tokenizer, _config(steps=12), PROMPTS, tmp_path)
     trainer.train(show_progress=False)
     rewards = [m["reward"] for m in read_metrics(tmp_path / "metrics.jsonl")]
     assert len(rewards) == 12
@@ -35,15 +26,15 @@ def test_grpo_raises_an_easy_reward(tmp_path, tiny_model, tiny_tokenizer):
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
 
-def test_metrics_have_the_documented_fields(tmp_path, tiny_model, tiny_tokenizer):
-    SevenTrainer(tiny_model, tiny_tokenizer, _config(steps=1), PROMPTS, tmp_path).train(show_progress=False)
+def test_metrics_have_the_documented_fields(digit_trainer, tmp_path, tiny_model, tiny_tokenizer):
+    digit_trainer(tiny_model, tiny_tokenizer, _config(steps=1), PROMPTS, tmp_path).train(show_progress=False)
     record = read_metrics(tmp_path / "metrics.jsonl")[0]
     for key in ("reward", "accuracy", "length_mean", "length_min", "length_max", "kl", "entropy", "clip_frac",
                 "grad_norm", "step_time", "rollout_tokens_per_s", "train_tokens_per_s", "rollout_time", "update_time"):
         assert key in record, key
 
 
-def test_resume_continues_bit_identically(tmp_path, tiny_tokenizer):
+def test_resume_continues_bit_identically(digit_trainer, tmp_path, tiny_tokenizer):
     from thinklean.models.tiny import build_model
 
     def fresh():
@@ -51,12 +42,12 @@ def test_resume_continues_bit_identically(tmp_path, tiny_tokenizer):
                            num_key_value_heads=4, intermediate_size=128)
 
     config = _config(steps=4, save_every=2, ppo_epochs=2, mini_batches=2)
-    SevenTrainer(fresh(), tiny_tokenizer, config, PROMPTS, tmp_path / "a").train(show_progress=False)
+    digit_trainer(fresh(), tiny_tokenizer, config, PROMPTS, tmp_path / "a").train(show_progress=False)
     full = read_metrics(tmp_path / "a" / "metrics.jsonl")
 
-    SevenTrainer(fresh(), tiny_tokenizer, config, PROMPTS, tmp_path / "b").train(show_progress=False)
+    digit_trainer(fresh(), tiny_tokenizer, config, PROMPTS, tmp_path / "b").train(show_progress=False)
     (tmp_path / "b" / "checkpoints" / "latest").write_text("step-00000002")  # as if killed after step 2
-    SevenTrainer(fresh(), tiny_tokenizer, config, PROMPTS, tmp_path / "b").train(resume=True, show_progress=False)
+    digit_trainer(fresh(), tiny_tokenizer, config, PROMPTS, tmp_path / "b").train(resume=True, show_progress=False)
     resumed = read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     for key in ("loss", "reward", "length_mean", "grad_norm"):
@@ -64,7 +55,7 @@ def test_resume_continues_bit_identically(tmp_path, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
-def test_micro_batching_does_not_change_the_update(tmp_path, tiny_tokenizer, loss_agg):
+def test_micro_batching_does_not_change_the_update(digit_trainer, tmp_path, tiny_tokenizer, loss_agg):
     """One batch of 32, 4 micro-batches of 8 rows, and micro-batches cut by a 40-token budget
     all give the gradient of the whole batch."""
     from thinklean.models.tiny import build_model
@@ -74,7 +65,7 @@ def test_micro_batching_does_not_change_the_update(tmp_path, tiny_tokenizer, los
         model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=4, intermediate_size=128)
         config = _config(steps=1, micro_batch_size=size, micro_batch_tokens=tokens, loss_agg=loss_agg)
-        trainer = SevenTrainer(model, tiny_tokenizer, config, PROMPTS, tmp_path / name)
+        trainer = digit_trainer(model, tiny_tokenizer, config, PROMPTS, tmp_path / name)
         grads, n_micro = [], []
         step, micro_step = trainer.optimizer.step, trainer._micro_step
         trainer.optimizer.step = lambda *a: (grads.extend(p.grad.clone() for p in model.parameters()), step(*a))
@@ -91,8 +82,8 @@ def test_micro_batching_does_not_change_the_update(tmp_path, tiny_tokenizer, los
         assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g_one, g))
 
 
-def test_token_budget_micro_batches_respect_the_budget(tiny_model, tiny_tokenizer, tmp_path):
-    trainer = SevenTrainer(tiny_model, tiny_tokenizer, _config(micro_batch_size=3, micro_batch_tokens=30), PROMPTS, tmp_path)
+def test_token_budget_micro_batches_respect_the_budget(digit_trainer, tiny_model, tiny_tokenizer, tmp_path):
+    trainer = digit_trainer(tiny_model, tiny_tokenizer, _config(micro_batch_size=3, micro_batch_tokens=30), PROMPTS, tmp_path)
     prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1]])
     lengths = torch.tensor([2, 5, 20, 3, 4, 40])
 
@@ -109,8 +100,8 @@ def test_token_budget_micro_batches_respect_the_budget(tiny_model, tiny_tokenize
     assert micros == [[0, 3, 4], [1], [2], [5]]
 
 
-def test_dynamic_sampling_keeps_only_groups_with_reward_spread(tmp_path, tiny_model, tiny_tokenizer):
-    class HalfConstant(SevenTrainer):
+def test_dynamic_sampling_keeps_only_groups_with_reward_spread(digit_trainer, tmp_path, tiny_model, tiny_tokenizer):
+    class HalfConstant(digit_trainer):
         def compute_rewards(self, batch, examples, correct):
             # prompts with an even start value: constant reward (dropped); odd: reward varies
             rewards, _ = super().compute_rewards(batch, examples, correct)
@@ -126,8 +117,8 @@ def test_dynamic_sampling_keeps_only_groups_with_reward_spread(tmp_path, tiny_mo
     assert len(batch.rollout.lengths) == 8 * 4
 
 
-def test_kl_runs_with_a_reference_model_and_starts_at_zero(tmp_path, tiny_model, tiny_tokenizer):
-    SevenTrainer(tiny_model, tiny_tokenizer, _config(steps=1, kl_coef=0.1), PROMPTS, tmp_path).train(show_progress=False)
+def test_kl_runs_with_a_reference_model_and_starts_at_zero(digit_trainer, tmp_path, tiny_model, tiny_tokenizer):
+    digit_trainer(tiny_model, tiny_tokenizer, _config(steps=1, kl_coef=0.1), PROMPTS, tmp_path).train(show_progress=False)
     record = read_metrics(tmp_path / "metrics.jsonl")[0]
     assert record["kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference before the first update
 
@@ -201,7 +192,7 @@ def test_bupo_ipa_phase_trains_only_lower_layers_then_full_model(tmp_path, tiny_
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
-def test_sharing_the_prompt_forward_gives_the_full_row_gradient(tmp_path, tiny_tokenizer, loss_agg):
+def test_sharing_the_prompt_forward_gives_the_full_row_gradient(digit_trainer, tmp_path, tiny_tokenizer, loss_agg):
     """Each distinct prompt run once (KV cache leaves, micro-batches cut across groups) gives the
     loss and gradient of scoring every prompt + response row in full."""
     from thinklean.models.tiny import build_model
@@ -211,7 +202,7 @@ def test_sharing_the_prompt_forward_gives_the_full_row_gradient(tmp_path, tiny_t
         model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=4, intermediate_size=128)
         config = _config(steps=1, micro_batch_size=5, share_prompt_forward=share, loss_agg=loss_agg)
-        trainer = SevenTrainer(model, tiny_tokenizer, config, PROMPTS, tmp_path / str(share))
+        trainer = digit_trainer(model, tiny_tokenizer, config, PROMPTS, tmp_path / str(share))
         grads, prompt_passes = [], []
         step = trainer.optimizer.step
         trainer.optimizer.step = lambda *a: (grads.extend(p.grad.clone() for p in model.parameters()), step(*a))

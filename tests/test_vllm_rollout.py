@@ -182,20 +182,11 @@ def test_engine_model_names_the_supported_versions():
         engine_model(SimpleNamespace(llm_engine=SimpleNamespace()))
 
 
-class DigitTrainer(RLTrainer):
-    """Reward: the fraction of response tokens that are digits (moves a random model fast)."""
-
-    def compute_rewards(self, batch, examples, correct):
-        digits = torch.tensor(self.tokenizer.convert_tokens_to_ids(list("0123456789")))
-        hits = (torch.isin(batch.response_ids, digits) & batch.response_mask.bool()).sum(1).float()
-        return hits / batch.lengths.clamp(min=1).float(), {}
-
-
 PROMPTS = [Example(prompt=f"Start with {i}. Add 1. What is the result?", answer=str(i + 1), difficulty=1)
            for i in range(1, 9)]
 
 
-def test_trainer_syncs_the_engine_before_each_rollout_after_an_update(tmp_path, tiny_model, tiny_tokenizer, monkeypatch):
+def test_trainer_syncs_the_engine_before_each_rollout_after_an_update(digit_trainer, tmp_path, tiny_model, tiny_tokenizer, monkeypatch):
     """3 steps with dynamic sampling (several rollouts per step): the engine is started once, gets the
     weights once per update, and every rollout samples from the trainer's current weights."""
     launched = []
@@ -209,7 +200,7 @@ def test_trainer_syncs_the_engine_before_each_rollout_after_an_update(tmp_path, 
     config = RLConfig(steps=3, prompts_per_step=2, samples_per_prompt=4, max_new_tokens=6, lr=5e-3, save_every=0,
                       rollout_backend="vllm", dynamic_sampling=True, max_resample_rounds=2)
     before = copy.deepcopy(tiny_model)
-    trainer = DigitTrainer(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path)
+    trainer = digit_trainer(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path)
     trainer.train(show_progress=False)
     fake = trainer._vllm.llm
     assert len(launched) == 1 and launched[0]["gpu_memory_utilization"] == 0.3

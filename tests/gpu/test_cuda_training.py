@@ -13,27 +13,17 @@ import torch
 from thinklean.eval.evaluate import arith_examples
 from thinklean.models.tiny import build_model, load_pretrained
 from thinklean.train.monitor import read_metrics
-from thinklean.train.rl import RLConfig, RLTrainer
+from thinklean.train.rl import RLConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-class DigitTrainer(RLTrainer):
-    """Reward: the fraction of response tokens that are digits (varies within a group even for a
-    random model, so every step has a gradient)."""
-
-    def compute_rewards(self, batch, examples, correct):
-        digits = torch.tensor(self.tokenizer.convert_tokens_to_ids(list("0123456789")))
-        hits = (torch.isin(batch.response_ids, digits) & batch.response_mask.bool()).sum(1).float()
-        return hits / batch.lengths.clamp(min=1).float(), {}
-
-
-def test_grpo_steps_on_cuda_and_the_saved_model_reloads(tmp_path, tiny_tokenizer):
+def test_grpo_steps_on_cuda_and_the_saved_model_reloads(digit_trainer, tmp_path, tiny_tokenizer):
     model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=4, intermediate_size=128)
     before = copy.deepcopy(model)
     config = RLConfig(steps=2, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=16, lr=1e-3, save_every=0)
-    trainer = DigitTrainer(model, tiny_tokenizer, config, arith_examples(32, "train", 0), tmp_path)
+    trainer = digit_trainer(model, tiny_tokenizer, config, arith_examples(32, "train", 0), tmp_path)
     trainer.train(show_progress=False)
     trained = trainer.accelerator.unwrap_model(trainer.model)
     assert next(trained.parameters()).is_cuda
