@@ -1,5 +1,7 @@
 import random
 
+import pytest
+
 from thinklean.data.arith import (
     STYLES,
     ArithProblem,
@@ -32,6 +34,20 @@ def test_train_and_test_splits_are_disjoint():
     test = {p.question for p in generate_problems(500, "test", seed=0)}
     assert len(test) == 500
     assert not train & test
+
+
+def test_asking_for_more_distinct_problems_than_exist_names_the_short_difficulty():
+    # Every 1-operation problem, enumerated by hand from the generator's rules (start 1-50;
+    # +/- 1-9 within 0-99; * 2, 3 up to 99; / 2, 3 when exact), then split by the hash.
+    one_op = []
+    for start in range(1, 51):
+        ops = [("+", k) for k in range(1, 10) if start + k <= 99] + [("-", k) for k in range(1, 10) if start - k >= 0]
+        ops += [("*", k) for k in (2, 3) if start * k <= 99] + [("/", k) for k in (2, 3) if start % k == 0]
+        one_op += [ArithProblem(start, (op,)) for op in ops]
+    n_test = sum(p.split == "test" for p in one_op)
+    with pytest.raises(ValueError, match=rf"found only {n_test} distinct test problems with 1 operation.*need 500 of each"):
+        generate_problems(3000, "test")
+    assert len(generate_problems(6 * n_test, "test")) == 6 * n_test
 
 
 def test_difficulties_cycle_and_values_stay_small():

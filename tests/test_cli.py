@@ -24,6 +24,12 @@ def test_data_arith_writes_jsonl(tmp_path):
     assert len(rows) == 12 and {"prompt", "answer", "difficulty"} <= set(rows[0])
 
 
+def test_more_test_problems_than_exist_is_a_usage_error(tmp_path, capsys):
+    assert main(["data", "arith", "--split", "test", "--n", "3000", "--output", str(tmp_path / "t.jsonl")]) == 2
+    assert "--n 3000: found only" in capsys.readouterr().err
+    assert not (tmp_path / "t.jsonl").exists()
+
+
 def test_eval_with_bad_jsonl_reports_file_and_line_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Start with 1. What is the result?", "answer": "1"}\n{"prompt": "x"}\n')

@@ -45,7 +45,10 @@ def _load_examples(data: str, n: int, split: str, seed: int, require_solution: b
     from thinklean.eval.evaluate import REASONING_GYM, arith_examples, reasoning_gym_examples
 
     if data == "arith":
-        return arith_examples(n, split, seed)
+        try:
+            return arith_examples(n, split, seed)
+        except ValueError as e:
+            raise UsageError(f"--n {n}: {e}") from e
     if data.startswith(REASONING_GYM):
         try:
             return reasoning_gym_examples(data.removeprefix(REASONING_GYM), n, seed)
@@ -98,7 +101,10 @@ def cmd_data(args: argparse.Namespace) -> None:
     if args.split == "train" and args.solutions:
         rows = sft_records(args.n, seed=args.seed)
     else:
-        rows = [problem_record(p) for p in generate_problems(args.n, args.split, args.seed)]
+        try:
+            rows = [problem_record(p) for p in generate_problems(args.n, args.split, args.seed)]
+        except ValueError as e:
+            raise UsageError(f"--n {args.n}: {e}") from e
     out = args.output if args.output.suffix == ".jsonl" else args.output / f"arith-{args.split}.jsonl"
     write_jsonl(out, rows)
     print(f"wrote {len(rows)} rows to {out}")

@@ -25,6 +25,7 @@ STYLES = ("terse", "normal", "verbose")
 # The base model is trained on this mix: accurate but often verbose (see architecture.md).
 BASE_STYLE_WEIGHTS = {"terse": 0.2, "normal": 0.3, "verbose": 0.5}
 TEST_BUCKETS = 10  # one bucket in ten (by hash) is the test split
+_MAX_MISSES = 100_000  # consecutive rejected draws before a difficulty counts as exhausted
 
 _OP_WORDS = {"+": "Add {k}.", "-": "Subtract {k}.", "*": "Multiply by {k}.", "/": "Divide by {k}."}
 _OP_VERBS = {"+": "add {k}", "-": "subtract {k}", "*": "multiply by {k}", "/": "divide by {k}"}
@@ -114,14 +115,20 @@ def generate_problems(
     rng = random.Random(f"arith-{split}-{seed}")
     seen: set[str] = set()
     out: list[ArithProblem] = []
-    attempts = 0
+    misses = 0
     while len(out) < n:
-        attempts += 1
-        if attempts > 200 * n + 10_000:
-            raise RuntimeError(f"could not draw {n} distinct {split} problems; ask for fewer")
-        problem = sample_problem(rng, difficulties[len(out) % len(difficulties)])
+        difficulty = difficulties[len(out) % len(difficulties)]
+        problem = sample_problem(rng, difficulty)
         if problem.split != split or (distinct and problem.question in seen):
+            misses += 1
+            if misses > _MAX_MISSES:
+                found = sum(p.difficulty == difficulty for p in out)
+                raise ValueError(
+                    f"found only {found} distinct {split} problems with {difficulty} operation(s), and {n} problems "
+                    f"over difficulties {list(difficulties)} need {-(-n // len(difficulties))} of each; ask for fewer"
+                )
             continue
+        misses = 0
         seen.add(problem.question)
         out.append(problem)
     return out
