@@ -131,6 +131,10 @@ def _data_hft(args: argparse.Namespace) -> None:
         rows = hft_records(args.n, seed=args.seed, no_think_rule=rule, no_think_share=args.no_think_share)
     else:
         rows = hft_from_jsonl(args.data, mode_field=args.mode_field, no_think_rule=rule)
+    if args.only is not None:
+        rows = [row for row in rows if row["mode"] == args.only]
+        if not rows:
+            raise UsageError(f"--only {args.only}: none of the rows is {args.only} (check --no-think-rule / --no-think-share)")
     out = args.output if args.output.suffix == ".jsonl" else args.output / "hft.jsonl"
     write_jsonl(out, rows)
     print(format_mix_stats(mix_stats(rows)))
@@ -380,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hft: problems that may go no-think: 'difficulty<=2' (arith default), 'none', 'all'")
     p.add_argument("--no-think-share", dest="no_think_share", type=float, default=0.5,
                    help="hft arith: share of rule-selected problems written as no-think (the rest think)")
+    p.add_argument("--only", choices=("think", "no_think"), default=None,
+                   help="hft: write only this mode's rows (of the --n built), e.g. a direct-answer warm-up set")
     p.add_argument("--k", type=int, default=5, help="litereason: traces sampled per problem (temperature 0.7, top-p 0.8)")
     p.add_argument("--variants", type=int, default=2, help="litereason: random variants per kept trace and ratio (0.10, 0.25)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=320, help="litereason: response cap when sampling")
