@@ -317,3 +317,27 @@ def test_measured_no_think_keeps_problems_answered_directly(monkeypatch, tiny_mo
 
     monkeypatch.setattr("thinklean.data.hft.generate", fake_generate)
     assert measured_no_think(tiny_model, tiny_tokenizer, problems) == {"a", "b"}
+
+
+def test_build_hft_model_runs_the_stages_in_order_and_keeps_finished_ones(tmp_path, tiny_model_dir, monkeypatch):
+    import thinklean.methods.lhrm as lhrm
+    from thinklean.train.sft import SFTConfig
+
+    calls, real = [], lhrm.train_sft
+
+    def recording_train_sft(model, tokenizer, rows, *args, **kwargs):
+        calls.append((model.name_or_path, sorted({r["mode"] for r in rows}), len(rows)))
+        return real(model, tokenizer, rows, *args, **kwargs)
+
+    monkeypatch.setattr(lhrm, "train_sft", recording_train_sft)
+    stages = (lhrm.HFTStage("direct", SFTConfig(steps=2, batch_size=4), 60, no_think_share=1.0, only="no_think"),
+              lhrm.HFTStage("mixed", SFTConfig(steps=2, batch_size=4), 60))
+    final = lhrm.build_hft_model(tiny_model_dir, tmp_path / "hft", stages)
+    assert final == tmp_path / "hft" / "mixed" / "model" and (final / "model.safetensors").is_file()
+    # difficulties cycle 1..6, so 10 of the 60 rows have one operation; all of them are direct answers in stage 1
+    assert calls == [(str(tiny_model_dir), ["no_think"], 10),
+                     (str(tmp_path / "hft" / "direct" / "model"), ["no_think", "think"], 60)]
+    stamps = {s.name: (tmp_path / "hft" / s.name / "model" / "model.safetensors").stat().st_mtime_ns for s in stages}
+    assert lhrm.build_hft_model(tiny_model_dir, tmp_path / "hft", stages) == final
+    assert len(calls) == 2  # finished stages are kept, not retrained
+    assert {s.name: (tmp_path / "hft" / s.name / "model" / "model.safetensors").stat().st_mtime_ns for s in stages} == stamps
