@@ -53,11 +53,32 @@ def test_methods_all_runs_every_demo_method_in_order(tmp_path, monkeypatch):
 def test_excluded_methods_are_named_with_the_reason(tmp_path, capsys):
     from thinklean.cli import main
 
-    assert main(["demo", "--methods", "grpo,hgpo,nope", "--output", str(tmp_path)]) == 2
+    assert main(["demo", "--methods", "grpo,litereason,nope", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "hgpo (needs a hybrid think/no-think model" in err and "nope (unknown)" in err
+    assert "litereason (needs a trained reasoning projector" in err and "nope (unknown)" in err
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert "Not in the demo: hgpo (needs a hybrid" in shown and "litereason (needs a trained reasoning projector" in shown
+    assert "Not in the demo: litereason (needs a trained reasoning projector" in shown
     assert not (tmp_path / "results.json").exists()
+
+
+def test_hgpo_in_the_demo_builds_the_hybrid_model_first_and_reports_hybrid_metrics(tmp_path, tiny_model_dir, capsys):
+    budget = DemoBudget(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-3, n_eval=4)
+    out = tmp_path / "demo"
+    run_demo(out, quick=True, methods=("hgpo",), budget=budget, base_model=tiny_model_dir)
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["methods"]) == ["base", "hft", "hgpo"]
+    assert "hybrid" not in saved["methods"]["base"]
+    for name in ("hft", "hgpo"):
+        hybrid = saved["methods"][name]["hybrid"]
+        assert hybrid["n"] == 4 and 0.0 <= hybrid["hacc"] <= 1.0 and (out / name / "hybrid.json").is_file()
+    # the warm-up stage trains on direct answers only: <no_think> \boxed{N} </no_think> is at most 12 tokens a row
+    direct = [json.loads(line) for line in (out / "hft-build" / "direct" / "metrics.jsonl").read_text().splitlines()]
+    assert direct and all(m["tokens"] <= 12 * 8 for m in direct)
+    assert (out / "hft-build" / "hft" / "model" / "model.safetensors").is_file()
+    started = json.loads((out / "hgpo" / "config.json").read_text())
+    assert started["start_model"] == str(out / "hft-build" / "hft" / "model")
+    report = (out / "report" / "report.md").read_text()
+    assert "## Hybrid think / no-think" in report and "| hgpo |" in report.split("## Hybrid")[1]
+    assert "building the hybrid model" in capsys.readouterr().out

@@ -5,7 +5,7 @@ import pytest
 from matplotlib.image import imread
 
 from thinklean.cli import main
-from thinklean.eval.report import collect_runs, comparison_rows, write_report
+from thinklean.eval.report import collect_runs, comparison_rows, hybrid_rows, write_report
 
 
 def _demo_fixture(root):
@@ -31,6 +31,25 @@ def test_compression_columns_by_hand(tmp_path):
     assert rows["hmpo"]["compression_vs_base"] == pytest.approx(0.55)  # 1 - 45/100
     assert rows["hmpo"]["compression_vs_grpo"] == pytest.approx(0.5)  # 1 - 45/90
     assert rows["grpo"]["compression_vs_grpo"] is None and rows["base"]["compression_vs_base"] is None
+
+
+def test_hybrid_table_pools_think_ratios_by_problem_count(tmp_path):
+    _demo_fixture(tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    per = {"1": {"n": 10, "think_ratio": 0.1}, "2": {"n": 10, "think_ratio": 0.5},
+           "5": {"n": 10, "think_ratio": 0.7}, "6": {"n": 30, "think_ratio": 1.0}}
+    results["methods"]["hmpo"]["hybrid"] = {"n": 60, "hacc": 0.75, "think_ratio": 0.7, "accuracy": 0.8,
+                                            "mean_response_tokens": 30.0, "forced_think_accuracy": 0.9,
+                                            "forced_no_think_accuracy": 0.2, "per_difficulty": per}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    rows = hybrid_rows(collect_runs([tmp_path]))
+    assert [r["method"] for r in rows] == ["hmpo"]  # only runs with hybrid metrics
+    assert rows[0]["think_ratio_easy"] == pytest.approx(0.1)
+    assert rows[0]["think_ratio_hard"] == pytest.approx((10 * 0.7 + 30 * 1.0) / 40)  # 0.925, not the plain mean 0.85
+    assert rows[0]["hacc"] == 0.75
+    paths = write_report([tmp_path], tmp_path / "report")
+    assert "<table id=hybrid><tr><th>method</th><th>HAcc</th>" in paths["html"].read_text()
+    assert "| hmpo | 75.0% | 70.0% | 10.0% | 92.5% | 80.0% | 30.0 | 90.0% | 20.0% |" in paths["markdown"].read_text()
 
 
 def test_report_html_images_decode_and_table_matches_json(tmp_path):

@@ -359,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     excluded = "; ".join(f"{m} ({why})" for m, why in DEMO_EXCLUDED.items())
     p.add_argument("--methods", default="grpo,hmpo",
                    help=f"comma-separated: {', '.join(DEMO_METHODS)}, or 'all' (every one of these, in this order; "
-                   f"l1 is evaluated without its length target). Not in the demo: {excluded}")
+                   f"l1 is evaluated without its length target; hgpo first builds a hybrid model from the base model, the 'hft' row, "
+                   f"about 30 min). Not in the demo: {excluded}")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
     p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model first (about 40 min on 2 cores)")
     p.add_argument("--n", type=int, default=None, help="held-out problems to evaluate (default 500, --quick 40)")

@@ -12,6 +12,9 @@ interpolate compression at the base model's accuracy. A method whose
 ``--methods all`` runs every entry of :data:`DEMO_METHODS`; the methods in
 :data:`DEMO_EXCLUDED` do not start from the base model and are left out. L1 is trained with
 "Think for N tokens." prompts but evaluated, like every method here, on the plain questions.
+HGPO starts from a hybrid model that the demo first builds from the base model
+(:func:`thinklean.methods.lhrm.build_hft_model`, in ``OUTPUT/hft-build``) and reports as the
+``hft`` row; both rows also get the hybrid metrics (HAcc, think ratio) under ``"hybrid"``.
 """
 
 from __future__ import annotations
@@ -44,10 +47,13 @@ DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "thinkprune": ("thinkprune", {}),
     "bupo": ("bupo", {"method_kwargs": {"s_inter": 4}}),  # IPA phase at most 10% of the 40 demo steps (bupo.md)
     "iapo": ("iapo", {}),
+    "hgpo": ("hgpo", {}),  # from the hft row's model; 8 samples per prompt = 4 forced per mode
 }
+# methods that start from the hybrid (HFT) model, which the demo builds first and reports as a row
+HYBRID_METHODS = ("hgpo",)
+HYBRID_START = "hft"
 # trainer methods that need another model than the shipped base, and why
 DEMO_EXCLUDED: dict[str, str] = {
-    "hgpo": "needs a hybrid think/no-think model, made by thinklean data hft + thinklean sft",
     "litereason": "needs a trained reasoning projector, made by thinklean data litereason + thinklean litereason-sft",
 }
 DEFAULT_METHODS = ("grpo", "hmpo")
@@ -70,6 +76,28 @@ class DemoBudget:
 
 
 QUICK = DemoBudget(steps=3, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=200, n_eval=40, eval_every=2)
+HYBRID_K = 4  # forced samples per mode behind each prompt's correct mode (hybrid metrics)
+
+
+def hft_stages(quick: bool) -> tuple[Any, ...]:
+    """The HFT recipe the demo builds (a few steps of each stage with ``quick``)."""
+    from thinklean.methods.lhrm import HFT_STAGES, HFTStage
+    from thinklean.train.sft import SFTConfig
+
+    if not quick:
+        return HFT_STAGES
+    return tuple(HFTStage(s.name, SFTConfig(steps=3, batch_size=8, lr=s.config.lr), 120, s.no_think_rule,
+                          s.no_think_share, s.only) for s in HFT_STAGES)
+
+
+def methods_with_starts(methods: Sequence[str]) -> tuple[str, ...]:
+    """``methods`` with the hybrid start model's row (``hft``) before the first method that needs it."""
+    names: list[str] = []
+    for m in methods:
+        if m in HYBRID_METHODS and HYBRID_START not in names:
+            names.append(HYBRID_START)
+        names.append(m)
+    return tuple(names)
 
 
 def check_methods(methods: Sequence[str]) -> None:
@@ -92,6 +120,20 @@ def _earlier_methods(path: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 def _load_summary(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())["summary"] if path.is_file() else None
+
+
+def _hybrid_summary(model_dir: Path, examples: Sequence[Example], budget: DemoBudget, seed: int, run_dir: Path,
+                    console: Console) -> dict[str, Any]:
+    """HAcc, think ratio and forced-mode accuracies of a hybrid model (``RUN_DIR/hybrid.json``)."""
+    from thinklean.eval.hybrid import hybrid_accuracy, print_hybrid
+    from thinklean.models.tiny import load_pretrained
+
+    model, tokenizer = load_pretrained(model_dir)
+    console.print(f"hybrid accuracy of {run_dir.name}: {HYBRID_K} forced samples per mode and one greedy answer per problem")
+    summary = hybrid_accuracy(model, tokenizer, examples, k=HYBRID_K, max_new_tokens=budget.max_new_tokens, seed=seed,
+                              output=run_dir / "hybrid.json")
+    print_hybrid(summary, title=f"hybrid accuracy: {run_dir.name}", console=console)
+    return {key: value for key, value in summary.items() if key != "config"}
 
 
 def train_method(name: str, budget: DemoBudget, run_dir: Path, seed: int, base_model: str | Path | None = None,
@@ -156,8 +198,10 @@ def run_demo(
     eval_config = EvalConfig(max_new_tokens=budget.max_new_tokens, temperature=budget.eval_temperature, seed=seed)
     results: dict[str, Any] = {"methods": {}, "config": {"seed": seed, "quick": quick, "budget": asdict(budget),
                                                         "base_model": str(base_model), "methods": list(methods)}}
-    names = ("base", *methods)
+    names = ("base", *methods_with_starts(methods))
     earlier = {k: v for k, v in _earlier_methods(output / "results.json", results["config"]).items() if k not in names}
+    stages = hft_stages(quick)
+    hybrid_model = output / "hft-build" / stages[-1].name / "model"
     for index, name in enumerate(names, start=1):
         run_dir = output / name
         summary = _load_summary(run_dir / "eval.json")
@@ -165,10 +209,18 @@ def run_demo(
             t0 = time.time()
             if name == "base":
                 model_dir = base_model
+            elif name == HYBRID_START:
+                from thinklean.methods.lhrm import build_hft_model
+
+                console.print(f"[bold][{index}/{len(names)}] building the hybrid model[/bold] for "
+                              f"{', '.join(HYBRID_METHODS)}: direct-answer warm-up, then HFT "
+                              "(thinklean.methods.lhrm.HFT_STAGES; about 30 min on 2 cores)")
+                model_dir = build_hft_model(base_model, output / "hft-build", stages, seed)
             else:
                 console.print(f"[bold][{index}/{len(names)}] training {name}[/bold]: {budget.steps} steps × "
                               f"{budget.prompts_per_step} prompts × {budget.samples_per_prompt} samples")
-                model_dir = train_method(name, budget, run_dir, seed, base_model, eval_examples=examples)
+                start_model = hybrid_model if name in HYBRID_METHODS else base_model
+                model_dir = train_method(name, budget, run_dir, seed, start_model, eval_examples=examples)
             # the trainer's last periodic evaluation already wrote eval.json for the final model
             summary = _load_summary(run_dir / "eval.json")
             if summary is None:
@@ -177,6 +229,8 @@ def run_demo(
                     task = bar.add_task(f"[{index}/{len(names)}] evaluating {name}", total=len(examples), info="problems")
                     summary = evaluate(model, tokenizer, examples, eval_config, output=run_dir / "eval.json",
                                        on_progress=partial(bar.advance, task))
+            if name == HYBRID_START or name in HYBRID_METHODS:
+                summary["hybrid"] = _hybrid_summary(model_dir, examples, budget, seed, run_dir, console)
             summary["wall_seconds"] = round(time.time() - t0, 1)
             console.print(f"{name}: accuracy {100 * summary['accuracy']:.1f}%, {summary['mean_response_tokens']:.1f} tokens"
                           f" ({summary['wall_seconds']:.0f}s)")

@@ -7,6 +7,10 @@ evaluations and, when logged, periodic evaluations along training), training cur
 accuracy and mean length vs step) and the command lines that reproduce each run. Images are
 PNG files next to ``report.md`` and base64-embedded in ``report.html``.
 
+Hybrid think / no-think models (summaries with a ``"hybrid"`` entry, as the demo writes for
+``hft`` and ``hgpo``) get a second table: HAcc, think ratio overall, on 1-operation and on
+5-6-operation problems, and the forced-mode accuracies.
+
 Runs that logged periodic evaluations (``eval_accuracy`` / ``eval_length_mean`` in
 ``metrics.jsonl``, e.g. ``--eval-every``) also get compression at iso-accuracy against the base
 model and GRPO (:func:`thinklean.eval.metrics.iso_accuracy_compression`).
@@ -122,14 +126,55 @@ ISO_NOTE = ("Saved at base / GRPO accuracy: 1 - tokens / reference tokens, where
             "accuracy; '-' when the run logged none or never reaches it.")
 
 
-def _cells(row: Mapping[str, Any]) -> list[str]:
-    return [row["method"], *(_fmt(row[key], pct) for _, key, pct in COLUMNS)]
+HYBRID_COLUMNS = (
+    ("HAcc", "hacc", True),
+    ("think ratio", "think_ratio", True),
+    ("think ratio, 1 op", "think_ratio_easy", True),
+    ("think ratio, 5-6 ops", "think_ratio_hard", True),
+    ("accuracy (greedy)", "accuracy", True),
+    ("mean tokens (greedy)", "mean_response_tokens", False),
+    ("forced think accuracy", "forced_think_accuracy", True),
+    ("forced no-think accuracy", "forced_no_think_accuracy", True),
+)
+HYBRID_NOTE = ("Hybrid metrics (thinklean eval --hybrid): for each problem, sampled rollouts forced into each mode "
+               "decide the correct mode (think only if it beats no-think by more than the margin); the greedy unforced "
+               "answer's first tag is the chosen mode. HAcc = share of problems where the two agree.")
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| method | " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+def hybrid_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run whose summary has ``"hybrid"`` metrics; think ratios on 1-operation and
+    5-6-operation problems are pooled over their problems (``None`` when there are none)."""
+    rows = []
+    for name, run in runs.items():
+        hybrid = (run.get("summary") or {}).get("hybrid")
+        if not hybrid:
+            continue
+        per = hybrid.get("per_difficulty", {})
+
+        def pooled_think_ratio(difficulties: Sequence[str]) -> float | None:
+            parts = [per[d] for d in difficulties if d in per and per[d]["n"]]
+            n = sum(p["n"] for p in parts)
+            return sum(p["think_ratio"] * p["n"] for p in parts) / n if n else None
+
+        rows.append({"method": name, **{key: hybrid.get(key) for _, key, _ in HYBRID_COLUMNS},
+                     "think_ratio_easy": pooled_think_ratio(["1"]), "think_ratio_hard": pooled_think_ratio(["5", "6"])})
+    return rows
+
+
+def _cells(row: Mapping[str, Any], columns: Sequence[tuple[str, str, bool]] = COLUMNS) -> list[str]:
+    return [row["method"], *(_fmt(row[key], pct) for _, key, pct in columns)]
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, bool]] = COLUMNS) -> str:
+    lines = ["| method | " + " | ".join(h for h, _, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += ["| " + " | ".join(_cells(r, columns)) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, bool]], table_id: str) -> str:
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in ("method", *(h for h, _, _ in columns)))
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r, columns)) + "</tr>" for r in rows)
+    return f"<table id={table_id}><tr>{header}</tr>{cells}</table>"
 
 
 def plot_pareto(runs: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
@@ -188,12 +233,13 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, extra_imag
     images = [plot_pareto(runs, out / "pareto.png"), plot_curves(runs, out / "curves.png"), *map(Path, extra_images)]
     commands = sorted({r["command"] for r in runs.values()})
     (out / "table.json").write_text(json.dumps(rows, indent=1))
+    hybrid = hybrid_rows(runs)
     md = ["# thinklean report", "", markdown_table(rows), "", ISO_NOTE, ""]
+    if hybrid:
+        md += ["## Hybrid think / no-think", "", markdown_table(hybrid, HYBRID_COLUMNS), "", HYBRID_NOTE, ""]
     md += [f"![{p.stem}]({p.name})" for p in images]
     md += ["", "Reproduce:", "", "```bash", *commands, "```", ""]
     (out / "report.md").write_text("\n".join(md))
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in ("method", *(h for h, _, _ in COLUMNS)))
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>" for r in rows)
     embedded = "".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
         for p in images
@@ -202,8 +248,10 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, extra_imag
         "<!doctype html><meta charset=utf-8><title>thinklean report</title>"
         "<style>body{font-family:sans-serif;max-width:64em;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}img{max-width:100%}</style>"
-        "<h1>thinklean report</h1><table id=results><tr>" + header + "</tr>" + cells + "</table>"
-        f"<p>{html.escape(ISO_NOTE)}</p>" + embedded + "<h2>Reproduce</h2><pre>" + html.escape("\n".join(commands)) + "</pre>"
+        "<h1>thinklean report</h1>" + html_table(rows, COLUMNS, "results") + f"<p>{html.escape(ISO_NOTE)}</p>"
+        + (f"<h2>Hybrid think / no-think</h2>{html_table(hybrid, HYBRID_COLUMNS, 'hybrid')}<p>{html.escape(HYBRID_NOTE)}</p>"
+           if hybrid else "")
+        + embedded + "<h2>Reproduce</h2><pre>" + html.escape("\n".join(commands)) + "</pre>"
     )
     (out / "report.html").write_text(page)
     return {"markdown": out / "report.md", "html": out / "report.html", "table": out / "table.json",
