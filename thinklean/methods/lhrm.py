@@ -27,7 +27,7 @@ steps and 9% after 800 steps on twice the data, while the warm-up reaches 90%.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,9 +223,9 @@ HFT_STAGES = (
 
 def build_hft_model(base_model: str | Path, work_dir: str | Path, stages: Sequence[HFTStage] = HFT_STAGES,
                     seed: int = 0, show_progress: bool = True) -> Path:
-    """Run ``stages`` in turn from ``base_model``, each in ``WORK_DIR/NAME`` (resumable: a
-    finished stage is kept, an interrupted one continues from its checkpoint); returns the last
-    stage's model directory."""
+    """Run ``stages`` in turn from ``base_model``, each in ``WORK_DIR/NAME`` with ``seed`` for its
+    data and SFT (resumable: a finished stage is kept, an interrupted one continues from its
+    checkpoint); returns the last stage's model directory."""
     from thinklean.models.tiny import load_pretrained
 
     work_dir, model_dir = Path(work_dir), Path(base_model)
@@ -236,6 +236,7 @@ def build_hft_model(base_model: str | Path, work_dir: str | Path, stages: Sequen
             if stage.only is not None:
                 rows = [row for row in rows if row["mode"] == stage.only]
             model, tokenizer = load_pretrained(model_dir)
-            train_sft(model, tokenizer, rows, stage.config, stage_dir, resume=True, show_progress=show_progress)
+            config = replace(stage.config, seed=seed)
+            train_sft(model, tokenizer, rows, config, stage_dir, resume=True, show_progress=show_progress)
         model_dir = stage_dir / "model"
     return model_dir
