@@ -14,6 +14,7 @@ from thinklean.data.hft import (
     hft_records,
     measured_no_think,
     mix_stats,
+    upsample_mode,
 )
 from thinklean.data.jsonl import DataError, Example
 from thinklean.eval.hybrid import hybrid_accuracy
@@ -341,3 +342,14 @@ def test_build_hft_model_runs_the_stages_in_order_and_keeps_finished_ones(tmp_pa
     assert lhrm.build_hft_model(tiny_model_dir, tmp_path / "hft", stages) == final
     assert len(calls) == 2  # finished stages are kept, not retrained
     assert {s.name: (tmp_path / "hft" / s.name / "model" / "model.safetensors").stat().st_mtime_ns for s in stages} == stamps
+
+
+def test_upsample_mode_repeats_one_mode_to_the_share_by_hand():
+    rows = [{"mode": "think", "id": i} for i in range(3)] + [{"mode": "no_think", "id": c} for c in "ab"]
+    out = upsample_mode(rows, "no_think", 0.75)  # 3 think rows -> 3 * 0.75 / 0.25 = 9 no-think rows
+    assert [r["id"] for r in out] == [0, 1, 2, "a", "b", "a", "b", "a", "b", "a", "b", "a"]
+    assert upsample_mode(rows, "no_think", 0.25) == rows  # already 40%: unchanged, nothing dropped
+    with pytest.raises(ValueError, match="share"):
+        upsample_mode(rows, "no_think", 1.0)
+    with pytest.raises(ValueError, match="no no_think rows"):
+        upsample_mode(rows[:3], "no_think", 0.5)

@@ -193,6 +193,22 @@ def mix_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def upsample_mode(rows: Sequence[Mapping[str, Any]], mode: str, share: float) -> list[Mapping[str, Any]]:
+    """``rows`` with ``mode``'s rows repeated (cycling in order) until they are ``share`` of the
+    result, rounded down; the other rows once each, first. Never drops rows: a ``share`` the
+    rows already reach returns them unchanged."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    picked = [row for row in rows if row["mode"] == mode]
+    others = [row for row in rows if row["mode"] != mode]
+    if not picked:
+        raise ValueError(f"no {mode} rows to upsample")
+    wanted = int(share * len(others) / (1.0 - share))
+    if wanted <= len(picked):
+        return list(rows)
+    return [*others, *(picked[i % len(picked)] for i in range(wanted))]
+
+
 def format_mix_stats(stats: Mapping[str, Any]) -> str:
     """``mix_stats`` as a few lines for the terminal."""
     lines = [f"{stats['n']} rows: {stats['think']} think, {stats['no_think']} no_think"]

@@ -37,7 +37,7 @@ from thinklean.core.advantages import hgpo_advantages
 from thinklean.data.arith import ArithProblem
 from thinklean.data.formats import NO_THINK, THINK, format_prompt, response_mode
 from thinklean.data.grading import format_ok, grade
-from thinklean.data.hft import as_example, hft_records
+from thinklean.data.hft import as_example, hft_records, upsample_mode
 from thinklean.data.jsonl import Example
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.rollout.engine import position_ids_from_mask
@@ -209,6 +209,7 @@ class HFTStage:
     no_think_rule: str = "difficulty<=1"
     no_think_share: float = 0.5
     only: str | None = None
+    no_think_upsample: float | None = None  # repeat no-think rows until they are this share of the rows
 
 
 # Warm-up: every training 1-operation problem (888 distinct) as a direct answer, about 7
@@ -235,6 +236,8 @@ def build_hft_model(base_model: str | Path, work_dir: str | Path, stages: Sequen
             rows = hft_records(stage.rows, seed=seed, no_think_rule=stage.no_think_rule, no_think_share=stage.no_think_share)
             if stage.only is not None:
                 rows = [row for row in rows if row["mode"] == stage.only]
+            if stage.no_think_upsample is not None:
+                rows = upsample_mode(rows, "no_think", stage.no_think_upsample)
             model, tokenizer = load_pretrained(model_dir)
             config = replace(stage.config, seed=seed)
             train_sft(model, tokenizer, rows, config, stage_dir, resume=True, show_progress=show_progress)
