@@ -144,6 +144,18 @@ def test_data_hft_only_no_think_writes_the_direct_answer_rows(tmp_path, capsys):
     assert "--only no_think: none of the rows" in capsys.readouterr().err
 
 
+def test_data_hft_upsamples_no_think_rows_to_the_share(tmp_path, capsys):
+    out = tmp_path / "hft.jsonl"
+    assert main(["data", "hft", "--n", "60", "--no-think-rule", "difficulty<=1", "--no-think-share", "1",
+                 "--no-think-upsample", "0.75", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # 50 think rows (difficulties 2-6) stay; the 10 direct answers repeat to 50 * 0.75 / 0.25 = 150 rows
+    assert sum(r["mode"] == "think" for r in rows) == 50 and sum(r["mode"] == "no_think" for r in rows) == 150
+    assert "200 rows: 50 think, 150 no_think" in capsys.readouterr().out
+    assert main(["data", "hft", "--no-think-upsample", "1.5", "--output", str(tmp_path / "x.jsonl")]) == 2
+    assert "--no-think-upsample: share must be in (0, 1)" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
 def test_device_cuda_without_a_gpu_is_a_usage_error(tmp_path, capsys):
     for command in (["eval"], ["analyze"], ["explain-tokens"], ["data", "hft", "--model", "base"]):

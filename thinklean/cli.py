@@ -113,7 +113,8 @@ def cmd_data(args: argparse.Namespace) -> None:
 def _data_hft(args: argparse.Namespace) -> None:
     """Hybrid SFT mixture (lhrm.md): the embedded task by rule or measurement, or a JSONL naming each row's mode."""
     from thinklean.data.arith import generate_problems
-    from thinklean.data.hft import format_mix_stats, hft_from_jsonl, hft_records, measured_no_think, mix_stats, parse_no_think_rule
+    from thinklean.data.hft import (format_mix_stats, hft_from_jsonl, hft_records, measured_no_think, mix_stats,
+                                    parse_no_think_rule, upsample_mode)
     from thinklean.data.jsonl import load_jsonl, write_jsonl
 
     rule = args.no_think_rule or ("difficulty<=2" if args.data == "arith" else None)
@@ -135,6 +136,11 @@ def _data_hft(args: argparse.Namespace) -> None:
         rows = [row for row in rows if row["mode"] == args.only]
         if not rows:
             raise UsageError(f"--only {args.only}: none of the rows is {args.only} (check --no-think-rule / --no-think-share)")
+    if args.no_think_upsample is not None:
+        try:
+            rows = upsample_mode(rows, "no_think", args.no_think_upsample)
+        except ValueError as e:
+            raise UsageError(f"--no-think-upsample: {e}") from e
     out = args.output if args.output.suffix == ".jsonl" else args.output / "hft.jsonl"
     write_jsonl(out, rows)
     print(format_mix_stats(mix_stats(rows)))
@@ -387,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hft arith: share of rule-selected problems written as no-think (the rest think)")
     p.add_argument("--only", choices=("think", "no_think"), default=None,
                    help="hft: write only this mode's rows (of the --n built), e.g. a direct-answer warm-up set")
+    p.add_argument("--no-think-upsample", dest="no_think_upsample", type=float, default=None,
+                   help="hft: repeat the no-think rows until they are this share of all rows (e.g. 0.75; a small "
+                        "model needs many passes over direct answers)")
     p.add_argument("--k", type=int, default=5, help="litereason: traces sampled per problem (temperature 0.7, top-p 0.8)")
     p.add_argument("--variants", type=int, default=2, help="litereason: random variants per kept trace and ratio (0.10, 0.25)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=320, help="litereason: response cap when sampling")
