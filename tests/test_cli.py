@@ -131,19 +131,6 @@ def test_data_hft_writes_both_modes_and_rejects_bad_rules(tmp_path, capsys):
     assert "--no-think-rule" in capsys.readouterr().err
 
 
-def test_data_hft_only_no_think_writes_the_direct_answer_rows(tmp_path, capsys):
-    out = tmp_path / "direct.jsonl"
-    assert main(["data", "hft", "--n", "60", "--no-think-rule", "difficulty<=1", "--no-think-share", "1",
-                 "--only", "no_think", "--output", str(out)]) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 10  # difficulties cycle 1..6: the 10 one-operation problems of 60
-    assert all(r["mode"] == "no_think" and r["difficulty"] == 1 for r in rows)
-    assert rows[0]["solution"] == f"<no_think> \\boxed{{{rows[0]['answer']}}} </no_think>"
-    assert main(["data", "hft", "--n", "60", "--no-think-rule", "none", "--only", "no_think",
-                 "--output", str(tmp_path / "none.jsonl")]) == 2
-    assert "--only no_think: none of the rows" in capsys.readouterr().err
-
-
 def test_data_hft_upsamples_no_think_rows_to_the_share(tmp_path, capsys):
     out = tmp_path / "hft.jsonl"
     assert main(["data", "hft", "--n", "60", "--no-think-rule", "difficulty<=1", "--no-think-share", "1",

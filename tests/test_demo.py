@@ -73,9 +73,6 @@ def test_hgpo_in_the_demo_builds_the_hybrid_model_first_and_reports_hybrid_metri
     for name in ("hft", "hgpo"):
         hybrid = saved["methods"][name]["hybrid"]
         assert hybrid["n"] == 4 and 0.0 <= hybrid["hacc"] <= 1.0 and (out / name / "hybrid.json").is_file()
-    # the warm-up stage trains on direct answers only: <no_think> \boxed{N} </no_think> is at most 12 tokens a row
-    direct = [json.loads(line) for line in (out / "hft-build" / "direct" / "metrics.jsonl").read_text().splitlines()]
-    assert direct and all(m["tokens"] <= 12 * 8 for m in direct)
     assert (out / "hft-build" / "hft" / "model" / "model.safetensors").is_file()
     started = json.loads((out / "hgpo" / "config.json").read_text())
     assert started["start_model"] == str(out / "hft-build" / "hft" / "model")

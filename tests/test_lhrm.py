@@ -331,13 +331,13 @@ def test_build_hft_model_runs_the_stages_in_order_and_keeps_finished_ones(tmp_pa
         return real(model, tokenizer, rows, *args, **kwargs)
 
     monkeypatch.setattr(lhrm, "train_sft", recording_train_sft)
-    stages = (lhrm.HFTStage("direct", SFTConfig(steps=2, batch_size=4), 60, no_think_share=1.0, only="no_think"),
-              lhrm.HFTStage("mixed", SFTConfig(steps=2, batch_size=4), 60))
+    stages = (lhrm.HFTStage("first", SFTConfig(steps=2, batch_size=4), 60, no_think_share=1.0, no_think_upsample=0.75),
+              lhrm.HFTStage("second", SFTConfig(steps=2, batch_size=4), 60))
     final = lhrm.build_hft_model(tiny_model_dir, tmp_path / "hft", stages)
-    assert final == tmp_path / "hft" / "mixed" / "model" and (final / "model.safetensors").is_file()
-    # difficulties cycle 1..6, so 10 of the 60 rows have one operation; all of them are direct answers in stage 1
-    assert calls == [(str(tiny_model_dir), ["no_think"], 10),
-                     (str(tmp_path / "hft" / "direct" / "model"), ["no_think", "think"], 60)]
+    assert final == tmp_path / "hft" / "second" / "model" and (final / "model.safetensors").is_file()
+    # difficulties cycle 1..6: 10 of 60 rows are 1-operation direct answers, repeated to 50 * 0.75 / 0.25 = 150
+    assert calls == [(str(tiny_model_dir), ["no_think", "think"], 200),
+                     (str(tmp_path / "hft" / "first" / "model"), ["no_think", "think"], 60)]
     stamps = {s.name: (tmp_path / "hft" / s.name / "model" / "model.safetensors").stat().st_mtime_ns for s in stages}
     assert lhrm.build_hft_model(tiny_model_dir, tmp_path / "hft", stages) == final
     assert len(calls) == 2  # finished stages are kept, not retrained

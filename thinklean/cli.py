@@ -132,10 +132,6 @@ def _data_hft(args: argparse.Namespace) -> None:
         rows = hft_records(args.n, seed=args.seed, no_think_rule=rule, no_think_share=args.no_think_share)
     else:
         rows = hft_from_jsonl(args.data, mode_field=args.mode_field, no_think_rule=rule)
-    if args.only is not None:
-        rows = [row for row in rows if row["mode"] == args.only]
-        if not rows:
-            raise UsageError(f"--only {args.only}: none of the rows is {args.only} (check --no-think-rule / --no-think-share)")
     if args.no_think_upsample is not None:
         try:
             rows = upsample_mode(rows, "no_think", args.no_think_upsample)
@@ -366,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="grpo,hmpo",
                    help=f"comma-separated: {', '.join(DEMO_METHODS)}, or 'all' (every one of these, in this order; "
                    f"l1 is evaluated without its length target; hgpo first builds a hybrid model from the base model, the 'hft' row, "
-                   f"about 30 min). Not in the demo: {excluded}")
+                   f"about 50 min). Not in the demo: {excluded}")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
     p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model first (about 40 min on 2 cores)")
     p.add_argument("--n", type=int, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
@@ -391,8 +387,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hft: problems that may go no-think: 'difficulty<=2' (arith default), 'none', 'all'")
     p.add_argument("--no-think-share", dest="no_think_share", type=float, default=0.5,
                    help="hft arith: share of rule-selected problems written as no-think (the rest think)")
-    p.add_argument("--only", choices=("think", "no_think"), default=None,
-                   help="hft: write only this mode's rows (of the --n built), e.g. a direct-answer warm-up set")
     p.add_argument("--no-think-upsample", dest="no_think_upsample", type=float, default=None,
                    help="hft: repeat the no-think rows until they are this share of all rows (e.g. 0.75; a small "
                         "model needs many passes over direct answers)")

@@ -87,7 +87,7 @@ def hft_stages(quick: bool) -> tuple[Any, ...]:
     if not quick:
         return HFT_STAGES
     return tuple(HFTStage(s.name, SFTConfig(steps=3, batch_size=8, lr=s.config.lr), 120, s.no_think_rule,
-                          s.no_think_share, s.only) for s in HFT_STAGES)
+                          s.no_think_share, s.no_think_upsample) for s in HFT_STAGES)
 
 
 def methods_with_starts(methods: Sequence[str]) -> tuple[str, ...]:
@@ -213,8 +213,8 @@ def run_demo(
                 from thinklean.methods.lhrm import build_hft_model
 
                 console.print(f"[bold][{index}/{len(names)}] building the hybrid model[/bold] for "
-                              f"{', '.join(HYBRID_METHODS)}: direct-answer warm-up, then HFT "
-                              "(thinklean.methods.lhrm.HFT_STAGES; about 30 min on 2 cores)")
+                              f"{', '.join(HYBRID_METHODS)}: HFT with upsampled direct answers "
+                              "(thinklean.methods.lhrm.HFT_STAGES; about 50 min on 2 cores)")
                 model_dir = build_hft_model(base_model, output / "hft-build", stages, seed)
             else:
                 console.print(f"[bold][{index}/{len(names)}] training {name}[/bold]: {budget.steps} steps × "

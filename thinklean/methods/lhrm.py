@@ -17,11 +17,12 @@ tags fell from 96.5% to 47.5% of the first-token probability in 12 steps
 (``benchmarks/hgpo_tag_mass.py``). It leaves the choice between the two tags to the HGPO terms;
 ``tag_mass: 0`` is the paper's objective.
 
-:func:`build_hft_model` makes the hybrid model HGPO starts from, in two SFT stages
-(:data:`HFT_STAGES`): a direct-answer warm-up on the no-think rows alone, then the mixed HFT
-data. One pass of the mixture is not enough for the 4-layer model to answer anything without
-reasoning: its forced no-think accuracy on held-out 1-operation problems stays at 3.5% after 250
-steps and 9% after 800 steps on twice the data, while the warm-up reaches 90%.
+:func:`build_hft_model` makes the hybrid model HGPO starts from (:data:`HFT_STAGES`): SFT on
+the mixture with the direct answers repeated until they are 75% of the rows. The 4-layer model
+needs many passes over them: one pass of the plain mixture leaves its forced no-think accuracy on
+held-out 1-operation problems at 3.5% (9% after 800 steps on twice the data), and a separate
+direct-answer stage first reaches 90% but erases thinking (forced think 2.3% after 250 more
+mixture steps).
 """
 
 from __future__ import annotations
@@ -201,24 +202,21 @@ def rft_records(
 @dataclass(frozen=True)
 class HFTStage:
     """One SFT stage of the hybrid recipe: ``rows`` embedded-task HFT rows (``hft_records``
-    with ``no_think_rule`` / ``no_think_share``), of which only ``only``'s mode when set."""
+    with ``no_think_rule`` / ``no_think_share``), no-think rows optionally upsampled."""
 
     name: str
     config: SFTConfig
     rows: int
     no_think_rule: str = "difficulty<=1"
     no_think_share: float = 0.5
-    only: str | None = None
     no_think_upsample: float | None = None  # repeat no-think rows until they are this share of the rows
 
 
-# Warm-up: every training 1-operation problem (888 distinct) as a direct answer, about 7
-# epochs at batch 64 (12.5% held-out no-think accuracy at step 250, 69% at 500, 90% at 1500;
-# think mode is lost meanwhile). Then the mixture (8% no-think rows) restores thinking.
+# Direct answers for 1-operation problems (2,500 rows over the 888 distinct ones in the training
+# split, half of that difficulty's rows), repeated to 75% of ~110k rows; length bucketing puts them
+# in their own short batches, so most steps are cheap.
 HFT_STAGES = (
-    HFTStage("direct", SFTConfig(steps=1500, batch_size=64, lr=1e-3, save_every=250), 30_000,
-             no_think_share=1.0, only="no_think"),
-    HFTStage("hft", SFTConfig(steps=250, batch_size=32, lr=3e-4, save_every=50), 8_000),
+    HFTStage("hft", SFTConfig(steps=1500, batch_size=64, lr=5e-4, save_every=150), 30_000, no_think_upsample=0.75),
 )
 
 
@@ -234,8 +232,6 @@ def build_hft_model(base_model: str | Path, work_dir: str | Path, stages: Sequen
         stage_dir = work_dir / stage.name
         if not (stage_dir / "model" / "model.safetensors").is_file():
             rows = hft_records(stage.rows, seed=seed, no_think_rule=stage.no_think_rule, no_think_share=stage.no_think_share)
-            if stage.only is not None:
-                rows = [row for row in rows if row["mode"] == stage.only]
             if stage.no_think_upsample is not None:
                 rows = upsample_mode(rows, "no_think", stage.no_think_upsample)
             model, tokenizer = load_pretrained(model_dir)
