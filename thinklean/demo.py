@@ -212,9 +212,12 @@ def run_demo(
             elif name == HYBRID_START:
                 from thinklean.methods.lhrm import build_hft_model
 
-                console.print(f"[bold][{index}/{len(names)}] building the hybrid model[/bold] for "
-                              f"{', '.join(HYBRID_METHODS)}: HFT with upsampled direct answers "
-                              "(thinklean.methods.lhrm.HFT_STAGES; about 50 min on 2 cores)")
+                if (hybrid_model / "model.safetensors").is_file():
+                    console.print(f"[{index}/{len(names)}] hybrid model for {', '.join(HYBRID_METHODS)}: {hybrid_model}")
+                else:
+                    console.print(f"[bold][{index}/{len(names)}] building the hybrid model[/bold] for "
+                                  f"{', '.join(HYBRID_METHODS)}: HFT with upsampled direct answers "
+                                  "(thinklean.methods.lhrm.HFT_STAGES; about 50 min on 2 cores)")
                 model_dir = build_hft_model(base_model, output / "hft-build", stages, seed)
             else:
                 console.print(f"[bold][{index}/{len(names)}] training {name}[/bold]: {budget.steps} steps × "
