@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 
+import thinklean.demo
 from thinklean.demo import DEMO_EXCLUDED, DEMO_METHODS, DemoBudget, run_demo
 
 
@@ -63,9 +65,17 @@ def test_excluded_methods_are_named_with_the_reason(tmp_path, capsys):
     assert not (tmp_path / "results.json").exists()
 
 
-def test_hgpo_in_the_demo_builds_the_hybrid_model_first_and_reports_hybrid_metrics(tmp_path, tiny_model_dir, capsys):
+def test_hgpo_in_the_demo_builds_the_hybrid_model_first_and_reports_hybrid_metrics(tmp_path, tiny_model_dir, capsys,
+                                                                                   monkeypatch):
     budget = DemoBudget(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-3, n_eval=4)
     out = tmp_path / "demo"
+    started, real = {}, thinklean.demo.train_method
+
+    def recording_train_method(name, budget, run_dir, seed, base_model=None, **kwargs):
+        started[name] = Path(base_model)
+        return real(name, budget, run_dir, seed, base_model, **kwargs)
+
+    monkeypatch.setattr(thinklean.demo, "train_method", recording_train_method)
     run_demo(out, quick=True, methods=("hgpo",), budget=budget, base_model=tiny_model_dir)
     saved = json.loads((out / "results.json").read_text())
     assert list(saved["methods"]) == ["base", "hft", "hgpo"]
@@ -74,8 +84,7 @@ def test_hgpo_in_the_demo_builds_the_hybrid_model_first_and_reports_hybrid_metri
         hybrid = saved["methods"][name]["hybrid"]
         assert hybrid["n"] == 4 and 0.0 <= hybrid["hacc"] <= 1.0 and (out / name / "hybrid.json").is_file()
     assert (out / "hft-build" / "hft" / "model" / "model.safetensors").is_file()
-    started = json.loads((out / "hgpo" / "config.json").read_text())
-    assert started["start_model"] == str(out / "hft-build" / "hft" / "model")
+    assert started == {"hgpo": out / "hft-build" / "hft" / "model"}
     report = (out / "report" / "report.md").read_text()
     assert "## Hybrid think / no-think" in report and "| hgpo |" in report.split("## Hybrid")[1]
     assert "building the hybrid model" in capsys.readouterr().out

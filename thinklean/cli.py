@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     from thinklean.demo import DEMO_EXCLUDED, DEMO_METHODS
 
     p = sub.add_parser("demo", formatter_class=DEFAULTS, help="base model -> RL methods -> held-out comparison",
-                       description="Train each method from the shipped base model with the same budget and seed, "
+                       description="Train each method from the shipped base model (hgpo from a hybrid model built from it) with "
+                       "the same budget and seed, "
                        "evaluate all on the same held-out problems (also every 20 steps during training), print the "
                        "comparison and write OUTPUT/results.json and OUTPUT/report/. Finished methods are not re-run.")
     excluded = "; ".join(f"{m} ({why})" for m, why in DEMO_EXCLUDED.items())

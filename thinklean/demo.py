@@ -1,7 +1,7 @@
 """``thinklean demo``: base model -> RL methods with one budget -> held-out eval -> report.
 
-A thin script over library calls. Every method starts from the shipped base model with the
-same step budget, prompts, samples and seed, and is evaluated (sampled at
+A thin script over library calls. Every method starts from the shipped base model (HGPO from
+a hybrid model built from it, see below) with the same step budget, prompts, samples and seed, and is evaluated (sampled at
 ``DemoBudget.eval_temperature``, default 1.0, with one seed) on the same held-out problems;
 the same problems are evaluated during training (``DemoBudget.eval_every``), so the report can
 interpolate compression at the base model's accuracy. A method whose

@@ -632,8 +632,7 @@ class RLTrainer:
                              f"examples is fewer prompts than the {processes} processes (each rolls out whole prompts)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if main:
-            start_model = getattr(self.accelerator.unwrap_model(self.model), "name_or_path", "")  # where it was loaded from
-            (self.run_dir / "config.json").write_text(json.dumps({**asdict(cfg), "start_model": start_model}, indent=1))
+            (self.run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         start = 0
         if resume and (path := latest_checkpoint(self.run_dir)) is not None:
             ckpt = load_checkpoint(path)
