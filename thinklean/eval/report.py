@@ -150,15 +150,18 @@ def hybrid_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
         if not hybrid:
             continue
         per = hybrid.get("per_difficulty", {})
-
-        def pooled_think_ratio(difficulties: Sequence[str]) -> float | None:
-            parts = [per[d] for d in difficulties if d in per and per[d]["n"]]
-            n = sum(p["n"] for p in parts)
-            return sum(p["think_ratio"] * p["n"] for p in parts) / n if n else None
-
         rows.append({"method": name, **{key: hybrid.get(key) for _, key, _ in HYBRID_COLUMNS},
-                     "think_ratio_easy": pooled_think_ratio(["1"]), "think_ratio_hard": pooled_think_ratio(["5", "6"])})
+                     "think_ratio_easy": pooled_think_ratio(per, ["1"]),
+                     "think_ratio_hard": pooled_think_ratio(per, ["5", "6"])})
     return rows
+
+
+def pooled_think_ratio(per_difficulty: Mapping[str, Mapping[str, Any]], difficulties: Sequence[str]) -> float | None:
+    """Think ratio over the problems of ``difficulties`` (weighted by each one's ``n``); ``None``
+    when none of them has problems."""
+    parts = [per_difficulty[d] for d in difficulties if d in per_difficulty and per_difficulty[d]["n"]]
+    n = sum(p["n"] for p in parts)
+    return sum(p["think_ratio"] * p["n"] for p in parts) / n if n else None
 
 
 def _cells(row: Mapping[str, Any], columns: Sequence[tuple[str, str, bool]] = COLUMNS) -> list[str]:
