@@ -52,6 +52,31 @@ def test_methods_all_runs_every_demo_method_in_order(tmp_path, monkeypatch):
     assert not set(calls[0]) & set(DEMO_EXCLUDED)
 
 
+@pytest.mark.parametrize("steps, s_inter", [(40, 4), (80, 8), (3, 1)])
+def test_demo_bupo_is_grpo_plus_an_ipa_phase_of_a_tenth_of_the_steps(steps, s_inter):
+    from dataclasses import asdict
+
+    from thinklean.demo import method_config
+
+    budget = DemoBudget(steps=steps)
+    bupo, grpo = asdict(method_config("bupo", budget, seed=3)), asdict(method_config("grpo", budget, seed=3))
+    assert {key for key in grpo if bupo[key] != grpo[key]} == {"method", "method_kwargs"}
+    assert bupo["method_kwargs"]["s_inter"] == s_inter
+    assert (grpo["loss_agg"], grpo["steps"], grpo["seed"]) == ("seq-mean-token-mean", steps, 3)
+
+
+def test_demo_steps_flag_sets_the_budget_and_rejects_zero(tmp_path, monkeypatch, capsys):
+    from thinklean.cli import main
+
+    calls = []
+    monkeypatch.setattr(thinklean.demo, "run_demo", lambda **kwargs: calls.append(kwargs["steps"]))
+    assert main(["demo", "--steps", "80", "--output", str(tmp_path)]) == 0
+    assert calls == [80]
+    assert main(["demo", "--steps", "0", "--output", str(tmp_path)]) == 2
+    assert "--steps: expected at least 1" in capsys.readouterr().err
+    assert calls == [80]
+
+
 def test_excluded_methods_are_named_with_the_reason(tmp_path, capsys):
     from thinklean.cli import main
 

@@ -338,8 +338,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
         check_methods(methods)
     except ValueError as e:
         raise UsageError(f"--methods: {e}") from e
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps: expected at least 1 RL step per method, got {args.steps}")
     run_demo(output=args.output, quick=args.quick, rebuild=args.rebuild, seed=args.seed, n_eval=args.n,
-             methods=methods or DEFAULT_METHODS)
+             steps=args.steps, methods=methods or DEFAULT_METHODS)
 
 
 # ----------------------------------------------------------------------------------- parser
@@ -367,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
     p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model first (about 40 min on 2 cores)")
     p.add_argument("--n", type=int, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="RL steps per method (default 40, --quick 3); BuPO's IPA phase is 10%% of them")
     _add_common(p, "demo-out")
     p.set_defaults(func=cmd_demo)
 

@@ -45,7 +45,9 @@ DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "shorterbetter": ("grpo", {"reward": "shorterbetter"}),
     "l1": ("l1", {}),
     "thinkprune": ("thinkprune", {}),
-    "bupo": ("bupo", {"method_kwargs": {"s_inter": 4}}),  # IPA phase at most 10% of the 40 demo steps (bupo.md)
+    # GRPO's optimisation (not bupo.yaml's token-mean, dual clip and weight decay), so that the
+    # IPA phase (BUPO_IPA_SHARE of the steps) is the only difference from the grpo row
+    "bupo": ("bupo", {"loss_agg": "seq-mean-token-mean", "dual_clip": None, "weight_decay": 0.0}),
     "iapo": ("iapo", {}),
     "hgpo": ("hgpo", {}),  # from the hft row's model; 8 samples per prompt = 4 forced per mode
 }
@@ -57,6 +59,7 @@ DEMO_EXCLUDED: dict[str, str] = {
     "litereason": "needs a trained reasoning projector, made by thinklean data litereason + thinklean litereason-sft",
 }
 DEFAULT_METHODS = ("grpo", "hmpo")
+BUPO_IPA_SHARE = 0.1  # BuPO's IPA phase: this share of the demo's steps, at least 1 (bupo.md: about 10%)
 
 
 @dataclass
@@ -136,6 +139,22 @@ def _hybrid_summary(model_dir: Path, examples: Sequence[Example], budget: DemoBu
     return {key: value for key, value in summary.items() if key != "config"}
 
 
+def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int = 0) -> Any:
+    """The :class:`~thinklean.train.rl.RLConfig` the demo trains ``name`` with: the method's YAML,
+    then the budget, then the entry's overrides in :data:`DEMO_METHODS`."""
+    from thinklean.train.config import load_config
+
+    method, method_overrides = DEMO_METHODS[name]
+    if method == "bupo":
+        s_inter = max(1, round(BUPO_IPA_SHARE * budget.steps))
+        method_overrides = {**method_overrides, "method_kwargs": {"s_inter": s_inter}}
+    overrides = {k: (v, 0) for k, v in {**asdict(budget), **method_overrides}.items() if k != "n_eval"}
+    overrides.update({"seed": (seed, 0), "save_every": (10, 0)})
+    if eval_problems:
+        overrides["eval_problems"] = (eval_problems, 0)
+    return load_config(method, None, overrides)
+
+
 def train_method(name: str, budget: DemoBudget, run_dir: Path, seed: int, base_model: str | Path | None = None,
                  show_progress: bool = True, eval_examples: Sequence[Example] = ()) -> Path:
     """Train one demo method from ``base_model`` (default: the shipped one); returns its final
@@ -144,17 +163,11 @@ def train_method(name: str, budget: DemoBudget, run_dir: Path, seed: int, base_m
     from thinklean.eval.evaluate import arith_examples
     from thinklean.methods import get_trainer_class
     from thinklean.models.tiny import BASE_MODEL_DIR, load_pretrained
-    from thinklean.train.config import load_config
 
-    method, method_overrides = DEMO_METHODS[name]
-    overrides = {k: (v, 0) for k, v in {**asdict(budget), **method_overrides}.items() if k != "n_eval"}
-    overrides.update({"seed": (seed, 0), "save_every": (10, 0)})
-    if eval_examples:
-        overrides["eval_problems"] = (len(eval_examples), 0)
-    config = load_config(method, None, overrides)
+    config = method_config(name, budget, seed, len(eval_examples))
     model, tokenizer = load_pretrained(base_model or BASE_MODEL_DIR)
     train: list[Example] = arith_examples(config.train_problems, "train", seed)
-    trainer = get_trainer_class(method)(model, tokenizer, config, train, run_dir, eval_examples)
+    trainer = get_trainer_class(config.method)(model, tokenizer, config, train, run_dir, eval_examples)
     trainer.train(resume=True, show_progress=show_progress)
     return run_dir / "model"
 
@@ -165,6 +178,7 @@ def run_demo(
     rebuild: bool = False,
     seed: int = 0,
     n_eval: int | None = None,
+    steps: int | None = None,
     methods: tuple[str, ...] = DEFAULT_METHODS,
     budget: DemoBudget | None = None,
     base_model: str | Path | None = None,
@@ -186,6 +200,8 @@ def run_demo(
     budget = budget or (QUICK if quick else DemoBudget())
     if n_eval is not None:
         budget = DemoBudget(**{**asdict(budget), "n_eval": n_eval})
+    if steps is not None:
+        budget = DemoBudget(**{**asdict(budget), "steps": steps})
     check_methods(methods)
     start = time.time()
     if rebuild:
