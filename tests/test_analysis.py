@@ -91,7 +91,17 @@ def test_write_analysis_files_decode_and_match_the_numbers(tmp_path):
     assert rows[0]["dH_ffn"] == "" and [float(r["dH_ffn"]) for r in rows[1:]] == [0.25, 0.125, -1.5]
     comparison = list(csv.DictReader(paths["comparison_csv"].open()))
     assert [float(r["abs_H_change"]) for r in comparison] == [0.0, 0.5, 0.25, 0.5]
-    assert json.loads(paths["comparison_json"].read_text())["abs_H_change"] == [0.0, 0.5, 0.25, 0.5]
+    assert {r["after"] for r in comparison} == {result["model"]}
+    assert json.loads(paths["comparison_json"].read_text())["abs_H_change"] == {result["model"]: [0.0, 0.5, 0.25, 0.5]}
+
+    other = {**copy.deepcopy(result), "model": "other", "H": [5.0, 5.0, 3.75, 2.5]}  # vs before: 0, 1, 0.75, 0
+    paths = write_analysis(result, tmp_path / "two", compare=before, others=[other])
+    saved = json.loads(paths["comparison_json"].read_text())
+    assert saved["abs_H_change"] == {result["model"]: [0.0, 0.5, 0.25, 0.5], "other": [0.0, 1.0, 0.75, 0.0]}
+    assert [a["model"] for a in saved["after"]] == [result["model"], "other"]
+    assert len(list(csv.DictReader(paths["comparison_csv"].open()))) == 8
+    with pytest.raises(ValueError, match=r"but other has \[0, 1\]"):
+        write_analysis(result, tmp_path / "bad", compare=before, others=[{**other, "layers": [0, 1]}])
 
 
 def test_write_analysis_without_compare_writes_four_files_and_rejects_other_depths(tmp_path):

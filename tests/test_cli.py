@@ -91,6 +91,29 @@ def test_analyze_writes_plots_and_json(tmp_path, tiny_model_dir):
     assert with_norm["apply_final_norm"] and with_norm["H"][1:] != result["H"][1:]
 
 
+def test_analyze_compare_measures_each_after_model_against_before(tmp_path, tiny_model, tiny_tokenizer, tiny_model_dir,
+                                                                   capsys):
+    from thinklean.models.tiny import save_pretrained
+
+    with torch.no_grad():  # a "trained" copy: layer 2's MLP output moved
+        tiny_model.model.layers[1].mlp.down_proj.weight.mul_(3.0)
+    moved = tmp_path / "moved" / "model"
+    save_pretrained(tiny_model, tiny_tokenizer, moved)
+    out = tmp_path / "cmp"
+    args = ["analyze", "--n", "2", "--max-new-tokens", "4", "--output", str(out), "--compare"]
+    assert main([*args, str(tiny_model_dir), str(tiny_model_dir), str(moved)]) == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert len(comparison["after"]) == 2
+    same, changed = comparison["abs_H_change"].values()  # labels made unique: the first AFTER is BEFORE again
+    assert same == [0.0, 0.0, 0.0]  # same weights, same seed, same samples
+    assert changed[2] > 0.0  # layer 2's policy moved
+    rows = (out / "comparison.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 3 and rows[0].startswith("after,layer,H_before,H_after,abs_H_change")
+    assert (out / "entropy_change.png").stat().st_size > 1000
+    assert main([*args, str(tiny_model_dir)]) == 2
+    assert "--compare: expected BEFORE and at least one AFTER" in capsys.readouterr().err
+
+
 def test_analyze_reads_a_llama_checkpoint_directory(tmp_path, tiny_tokenizer):
     """A SmolLM2-shaped checkpoint (LlamaForCausalLM, grouped-query attention, tied embeddings)
     saved as a plain HF directory goes through the same code path as the shipped Qwen2."""

@@ -300,10 +300,12 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         return result
 
     if args.compare:
-        before, after = (run(m) for m in args.compare)
-        print_analysis(before)
-        print_analysis(after)
-        paths = write_analysis(after, args.output, compare=before)
+        if len(args.compare) < 2:
+            raise UsageError(f"--compare: expected BEFORE and at least one AFTER model, got {len(args.compare)} path")
+        before, *afters = (run(m) for m in args.compare)
+        for result in (before, *afters):
+            print_analysis(result)
+        paths = write_analysis(afters[0], args.output, compare=before, others=afters[1:])
     else:
         result = run(args.model)
         print_analysis(result)
@@ -470,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "softmax(h^l E_u^T) and the entropy change of attention and FFN modules; table, JSON/CSV and PNGs.")
     _add_model_and_data(p)
     _add_device(p)
-    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="overlay two models (e.g. before/after training)")
+    p.add_argument("--compare", nargs="+", metavar="MODEL",
+                   help="BEFORE AFTER [AFTER ...]: overlay models and plot how far each AFTER moved every layer's "
+                   "entropy from BEFORE (e.g. base grpo/model bupo/model)")
     p.add_argument("--n", type=int, default=64, help="prompts to sample")
     p.add_argument("--max-new-tokens", type=int, default=160, help="response cap")
     p.add_argument("--variant", choices=["module", "residual"], default="module",

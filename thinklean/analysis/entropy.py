@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,26 +141,33 @@ def _plot_module_deltas(path: Path, series: list[tuple[str, Mapping[str, Any]]])
     figure.savefig(path, dpi=100)
 
 
-def _plot_change(path: Path, layers: list[int], change: list[float], title: str) -> None:
+def _plot_change(path: Path, layers: list[int], changes: Mapping[str, list[float]], before: str) -> None:
     figure, (axes,) = _figure()
-    axes.bar(layers, change, color="tab:purple")
+    width = 0.8 / len(changes)
+    for i, (label, change) in enumerate(changes.items()):
+        axes.bar([l + (i - (len(changes) - 1) / 2) * width for l in layers], change, width=width, label=label)
     axes.set_xticks(layers)
     axes.set_xlabel("layer (0 = embeddings)")
     axes.set_ylabel("|H_after - H_before| (nats)")
-    axes.set_title(title)
+    axes.set_title(f"per-layer entropy change from {before}")
+    axes.legend()
     figure.savefig(path, dpi=100)
 
 
 def write_analysis(
-    result: Mapping[str, Any], out_dir: str | Path, compare: Mapping[str, Any] | None = None
+    result: Mapping[str, Any], out_dir: str | Path, compare: Mapping[str, Any] | None = None,
+    others: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Path]:
     """Write ``result`` (from :func:`analyze_model`) as JSON, CSV and PNG plots into ``out_dir``.
 
     Always: ``analysis.json`` (``result`` as is), ``analysis.csv`` (one row per layer,
     :data:`CSV_COLUMNS`, empty cells for undefined values), ``entropy.png`` (``H^l``) and
-    ``module_entropy.png`` (``ΔH_attn``/``ΔH_ffn`` bars). With ``compare`` (the model *before*,
-    ``result`` being *after*; same number of layers): both curves overlaid, one bar panel each,
-    plus ``comparison.json``/``comparison.csv`` and ``entropy_change.png`` with
+    ``module_entropy.png`` (``ΔH_attn``/``ΔH_ffn`` bars). With ``compare`` (the model *before*;
+    ``result`` and any ``others`` are *after*, e.g. two methods trained from it; all with the
+    same layers): every curve overlaid, one bar panel each, plus ``comparison.json``
+    (``{"before": ..., "after": [...], "abs_H_change": {label: [per layer]}}``),
+    ``comparison.csv`` (one row per after model and layer: ``H_before``, ``H_after``,
+    ``abs_H_change``, ``dH_ffn_before``, ``dH_ffn_after``) and ``entropy_change.png`` with
     ``|H^l_after - H^l_before|`` per layer, i.e. how far each internal policy moved.
     Returns ``{kind: path}``.
     """
@@ -179,27 +186,32 @@ def write_analysis(
 
     series = [(_label(result, "after"), result)]
     if compare is not None:
-        if list(compare["layers"]) != list(result["layers"]):
-            raise ValueError(
-                f"compare has layers {compare['layers']} but result has {result['layers']}; "
-                "compare two checkpoints of the same architecture"
-            )
-        before, after = _label(compare, "before"), _label(result, "after")
-        if before == after:
-            before, after = f"{before} (before)", f"{after} (after)"
-        series = [(before, compare), (after, result)]
-        change = [abs(a - b) for a, b in zip(result["H"], compare["H"])]
+        afters = [result, *others]
+        for after in afters:
+            if list(compare["layers"]) != list(after["layers"]):
+                raise ValueError(
+                    f"compare has layers {compare['layers']} but {_label(after, 'after')} has {after['layers']}; "
+                    "compare checkpoints of the same architecture"
+                )
+        before = _label(compare, "before")
+        labels = [_label(after, f"after {i + 1}") for i, after in enumerate(afters)]
+        if len(set(labels)) < len(labels):
+            labels = [f"{label} ({i + 1})" for i, label in enumerate(labels)]
+        if before in labels:
+            before = f"{before} (before)"
+        series = [(before, compare), *zip(labels, afters)]
+        changes = {label: [abs(a - b) for a, b in zip(after["H"], compare["H"])] for label, after in zip(labels, afters)}
         paths["comparison_json"] = out / "comparison.json"
         paths["comparison_csv"] = out / "comparison.csv"
         paths["change_plot"] = out / "entropy_change.png"
         paths["comparison_json"].write_text(json.dumps(
-            {"before": compare, "after": result, "abs_H_change": change}, indent=2) + "\n")
+            {"before": compare, "after": afters, "abs_H_change": changes}, indent=2) + "\n")
         _write_csv(paths["comparison_csv"],
-                   ["layer", "H_before", "H_after", "abs_H_change", "dH_ffn_before", "dH_ffn_after"],
-                   [[layer, compare["H"][i], result["H"][i], change[i], compare["dH_ffn"][i], result["dH_ffn"][i]]
-                    for i, layer in enumerate(result["layers"])])
-        _plot_change(paths["change_plot"], list(result["layers"]), change,
-                     f"per-layer entropy change: {before} -> {after}")
+                   ["after", "layer", "H_before", "H_after", "abs_H_change", "dH_ffn_before", "dH_ffn_after"],
+                   [[label, layer, compare["H"][i], after["H"][i], changes[label][i], compare["dH_ffn"][i],
+                     after["dH_ffn"][i]]
+                    for label, after in zip(labels, afters) for i, layer in enumerate(after["layers"])])
+        _plot_change(paths["change_plot"], list(result["layers"]), changes, before)
     _plot_entropy(paths["entropy_plot"], series)
     _plot_module_deltas(paths["module_plot"], series)
     return paths
