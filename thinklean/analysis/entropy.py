@@ -113,9 +113,12 @@ def _figure(rows: int = 1):
 
 
 def _plot_entropy(path: Path, series: list[tuple[str, Mapping[str, Any]]]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     figure, (axes,) = _figure()
     for label, result in series:
         axes.plot(result["layers"], result["H"], marker="o", label=label)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers, not fractions (any depth)
     axes.set_xlabel("layer (0 = embeddings)")
     axes.set_ylabel("entropy of internal layer policy (nats)")
     axes.set_title("H^l = H(softmax(h^l E_u^T)) over response tokens")
