@@ -42,12 +42,11 @@ window get the full (unwindowed) mask — equal to their own masking only within
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import Tensor
 
 from thinklean.core.losses import entropy_from_logits
+from thinklean.models.hf_compat import cache_argument, logits_to_keep_argument, output_cache
 from thinklean.rollout.engine import position_ids_from_mask
 
 __all__ = ["answer_entropies", "naive_answer_entropies", "information_gain"]
@@ -71,7 +70,7 @@ def answer_entropies(
     """Early-exit answer entropy ``H^A_t`` (nats) before every response token.
 
     Args:
-        model: any HF causal LM taking ``attention_mask``/``position_ids``/``past_key_values``
+        model: any HF causal LM taking ``attention_mask``/``position_ids`` and a KV cache
             (eager, sdpa or flex attention).
         prompt_ids, prompt_mask: ``[B, P]`` left-padded prompts (``RolloutBatch`` layout).
         response_ids, response_mask: ``[B, T]`` right-padded responses.
@@ -165,7 +164,7 @@ def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exi
 
     # 1) One cached forward over prompt + response.
     full_mask = torch.cat([prompt_mask, response_mask], 1).long()
-    keep = _logits_to_keep_argument(model)
+    keep, cache_name = logits_to_keep_argument(model), cache_argument(model)
     keep_logits = num_positions + 1 if with_token_entropy else 1
     output = model(
         input_ids=torch.cat([prompt_ids, response_ids], 1),
@@ -174,7 +173,7 @@ def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exi
         use_cache=True,
         **({keep: keep_logits} if keep else {}),
     )
-    cache, token_entropy = output.past_key_values, None
+    cache, token_entropy = output_cache(output), None
     if with_token_entropy:  # logits at prompt_width - 1 + t score response token t
         token_entropy = entropy_from_logits(output.logits[:, -num_positions - 1: -1], temperature=temperature)
     del output
@@ -219,9 +218,9 @@ def _probe_rows(model, prompt_ids, prompt_mask, response_ids, response_mask, exi
             input_ids=exit_tensor.repeat(copies)[None].expand(rows, -1),
             attention_mask=mask[:, None],
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             **kwargs,
+            **{cache_name: cache},
         ).logits
         if not kwargs:
             logits = logits[:, last_exit_token]
@@ -353,11 +352,3 @@ def _check_inputs(prompt_ids, prompt_mask, response_ids, response_mask, exit_ids
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
-
-def _logits_to_keep_argument(model) -> str | None:
-    """``logits_to_keep`` (takes an index tensor), ``num_logits_to_keep`` (old, int only) or None."""
-    parameters = inspect.signature(model.forward).parameters
-    for name in ("logits_to_keep", "num_logits_to_keep"):
-        if name in parameters:
-            return name
-    return None

@@ -1,7 +1,7 @@
 """Batched sampling with a KV cache, per-token log-probs, forced prefixes and stop strings.
 
 One decode loop serves RL rollouts and evaluation. It calls the model directly
-(``model(input_ids, attention_mask, position_ids, past_key_values, use_cache=True)``) instead of
+(``model(input_ids, attention_mask, position_ids, cache, use_cache=True)``) instead of
 ``model.generate`` because the loss needs the log-prob of every sampled token under the exact
 sampling distribution, and because on CPU the per-step Python overhead of ``generate`` (logits
 processors, stopping criteria, mask bookkeeping) is a large share of a tiny model's step.
@@ -24,10 +24,11 @@ embedding the ids first with ``model.get_input_embeddings()``).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
+
+from thinklean.models.hf_compat import cache_argument, logits_to_keep_argument, output_cache
 
 
 @dataclass
@@ -240,36 +241,27 @@ def _encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def _logits_to_keep_name(model) -> str | None:
-    """The forward argument that limits which positions get logits, if the model has one."""
-    parameters = inspect.signature(model.forward).parameters
-    for name in ("logits_to_keep", "num_logits_to_keep"):  # new name, transformers < 4.50 name
-        if name in parameters:
-            return name
-    return None
-
-
-def _forward(model, past_key_values, attention_mask, position_ids, *, input_ids=None,
-             inputs_embeds=None, keep_last: int = 1, logits_to_keep_name: str | None = None,
-             output_hidden_states: bool = False):
+def _forward(model, cache, attention_mask, position_ids, *, input_ids=None, inputs_embeds=None,
+             keep_last: int = 1, output_hidden_states: bool = False):
     """One cached forward over the new positions.
 
-    Returns ``(logits[b, keep_last, V] float32, past_key_values, hidden[b, L, d] or None)``
+    Returns ``(logits[b, keep_last, V] float32, cache, hidden[b, L, d] or None)``
     where ``hidden`` is the last (post-norm) hidden state, needed later by latent steps.
     """
-    kwargs = {logits_to_keep_name: keep_last} if logits_to_keep_name else {}
+    keep_name = logits_to_keep_argument(model)
+    kwargs = {keep_name: keep_last} if keep_name else {}
+    kwargs[cache_argument(model)] = cache
     out = model(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
         use_cache=True,
         output_hidden_states=output_hidden_states,
         **kwargs,
     )
     hidden = out.hidden_states[-1] if output_hidden_states else None
-    return out.logits[:, -keep_last:].float(), out.past_key_values, hidden
+    return out.logits[:, -keep_last:].float(), output_cache(out), hidden
 
 
 try:  # transformers >= 4.54 keeps one object per layer in the cache
@@ -374,9 +366,8 @@ def _decode_chunk(model, tokenizer, prompts, prefixes, config, pad_id, eos_ids, 
     lengths = prefix_lens.clone()  # tokens written so far per row
 
     max_prefix = int(prefix_lens.max())
-    logits_to_keep_name = _logits_to_keep_name(model)
     logits, cache, _ = _forward(model, None, attention_mask, positions, input_ids=input_ids,
-                                keep_last=max_prefix + 1, logits_to_keep_name=logits_to_keep_name)
+                                keep_last=max_prefix + 1)
     if max_prefix > 0:
         # Forced tokens are actions too: score them with the logits of the positions before them.
         scale = config.temperature if config.temperature > 0 else 1.0
@@ -424,7 +415,7 @@ def _decode_chunk(model, tokenizer, prompts, prefixes, config, pad_id, eos_ids, 
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows.numel(), 1)], dim=1)
         last_positions = last_positions + 1
         logits, cache, _ = _forward(model, cache, attention_mask, last_positions[:, None],
-                                    input_ids=next_tokens[:, None], logits_to_keep_name=logits_to_keep_name)
+                                    input_ids=next_tokens[:, None])
         logits = logits[:, -1]
 
     lengths_list = lengths.tolist()

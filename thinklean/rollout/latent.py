@@ -27,13 +27,13 @@ from dataclasses import dataclass
 import torch
 
 from thinklean.data.formats import LATENT, LATENT_END
+from thinklean.models.hf_compat import cache_argument, logits_to_keep_argument, output_cache
 from thinklean.models.projector import ReasoningProjector
 from thinklean.rollout.engine import (
     RolloutBatch,
     SamplingConfig,
     _forward,
     _hits_stop_string,
-    _logits_to_keep_name,
     _preallocate,
     _sample,
     assemble_batch,
@@ -229,10 +229,8 @@ def _decode_latent_chunk(model, tokenizer, projector, detector, prompts, prefixe
             segments[i].append(segment)
 
     max_cut = max(cuts)
-    keep_name = _logits_to_keep_name(model)
     logits, cache, hidden = _forward(model, None, attention_mask, positions, input_ids=input_ids,
-                                     keep_last=max_cut + 1, logits_to_keep_name=keep_name,
-                                     output_hidden_states=bool(latent_left.any()))
+                                     keep_last=max_cut + 1, output_hidden_states=bool(latent_left.any()))
     for i, k in enumerate(cuts):
         if k:  # forced tokens are actions: score them with the logits of the positions before them
             row_logprobs = torch.log_softmax(logits[i, max_cut - k: max_cut] / scale, dim=-1)
@@ -311,7 +309,7 @@ def _decode_latent_chunk(model, tokenizer, projector, detector, prompts, prefixe
         else:
             step = dict(input_ids=step_tokens[:, None])
         logits, cache, hidden = _forward(model, cache, attention_mask, last_positions[:, None],
-                                         logits_to_keep_name=keep_name, output_hidden_states=need_hidden, **step)
+                                         output_hidden_states=need_hidden, **step)
         logits = logits[:, -1]
         hidden = hidden[:, -1] if hidden is not None else None
 
@@ -365,7 +363,7 @@ def latent_forward(
         prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments))
     positions = position_ids_from_mask(mask)
     embed = model.get_input_embeddings()
-    keep_name = _logits_to_keep_name(model)
+    keep_name, cache_name = logits_to_keep_argument(model), cache_argument(model)
     extra = {keep_name: 1} if keep_name else {}  # logits come from the gathered hidden states below
 
     latent_columns = latent.any(0).nonzero().flatten().tolist()
@@ -383,8 +381,8 @@ def latent_forward(
             first = inputs[:, 0].index_put((rows,), vectors)
             inputs = torch.cat([first[:, None], inputs[:, 1:]], dim=1)
         out = model(inputs_embeds=inputs, attention_mask=mask[:, :end], position_ids=positions[:, start:end],
-                    past_key_values=cache, use_cache=True, output_hidden_states=True, **extra)
-        cache = out.past_key_values
+                    use_cache=True, output_hidden_states=True, **extra, **{cache_name: cache})
+        cache = output_cache(out)
         hidden_chunks.append(out.hidden_states[-1])
     hidden_all = torch.cat(hidden_chunks, dim=1)
     hidden = hidden_all.gather(1, score_columns[..., None].expand(-1, -1, hidden_all.shape[-1]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from thinklean.models.hf_compat import cache_argument, output_cache
 from thinklean.rollout.engine import position_ids_from_mask
 
 try:
@@ -52,7 +53,7 @@ class SharedPromptForward:
         attention_mask = torch.cat([self.prompt_mask[index], response_mask], 1)
         positions = position_ids_from_mask(attention_mask)[:, self.prompt_mask.shape[1]:]
         out = model(input_ids=response_ids, attention_mask=attention_mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **{cache_argument(model): cache})
         return torch.cat([last_logits[index].unsqueeze(1), out.logits[:, :-1]], 1)
 
     def backward(self) -> None:
@@ -74,7 +75,7 @@ def shared_prompt_forward(model: torch.nn.Module, prompt_ids: torch.Tensor,
         return None
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask),
                 use_cache=True, logits_to_keep=1)
-    layers = getattr(out.past_key_values, "layers", None)
+    layers = getattr(output_cache(out), "layers", None)
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
         return None
     outputs = [t for layer in layers for t in (layer.keys, layer.values)] + [out.logits[:, -1]]
