@@ -65,6 +65,23 @@ def test_demo_bupo_is_grpo_plus_an_ipa_phase_of_a_tenth_of_the_steps(steps, s_in
     assert (grpo["loss_agg"], grpo["steps"], grpo["seed"]) == ("seq-mean-token-mean", steps, 3)
 
 
+def test_demo_with_bupo_puts_the_entropy_comparison_in_the_report(tmp_path, tiny_model_dir, monkeypatch):
+    budget = DemoBudget(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-3, n_eval=4)
+    monkeypatch.setattr(thinklean.demo, "ANALYZE_PROMPTS", 3)
+    out = tmp_path / "demo"
+    run_demo(out, methods=("grpo",), budget=budget, base_model=tiny_model_dir)
+    assert not (out / "analyze").exists() and "entropy" not in (out / "report" / "report.md").read_text()
+
+    run_demo(out, methods=("bupo",), budget=budget, base_model=tiny_model_dir)  # grpo from the earlier run
+    comparison = json.loads((out / "analyze" / "comparison.json").read_text())
+    assert comparison["before"]["label"] == "base" and list(comparison["abs_H_change"]) == ["grpo", "bupo"]
+    assert comparison["before"]["model"] == str(tiny_model_dir)
+    report = (out / "report" / "report.md").read_text()
+    for plot in ("entropy.png", "entropy_change.png"):
+        assert f"({plot})" in report and (out / "report" / plot).is_file()
+    assert (out / "report" / "report.html").read_text().count("<img") == 4
+
+
 def test_demo_steps_flag_sets_the_budget_and_rejects_zero(tmp_path, monkeypatch, capsys):
     from thinklean.cli import main
 

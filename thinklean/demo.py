@@ -15,6 +15,8 @@ interpolate compression at the base model's accuracy. A method whose
 HGPO starts from a hybrid model that the demo first builds from the base model
 (:func:`thinklean.methods.lhrm.build_hft_model`, in ``OUTPUT/hft-build``) and reports as the
 ``hft`` row; both rows also get the hybrid metrics (HAcc, think ratio) under ``"hybrid"``.
+With BuPO, the report also shows the per-layer entropies of the base, GRPO and BuPO models
+(:func:`entropy_comparison`, in ``OUTPUT/analyze``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ DEMO_EXCLUDED: dict[str, str] = {
 }
 DEFAULT_METHODS = ("grpo", "hmpo")
 BUPO_IPA_SHARE = 0.1  # BuPO's IPA phase: this share of the demo's steps, at least 1 (bupo.md: about 10%)
+ANALYZE_PROMPTS = 32  # held-out prompts for the report's entropy plots, as `thinklean analyze --n 32`
 
 
 @dataclass
@@ -153,6 +156,31 @@ def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int =
     if eval_problems:
         overrides["eval_problems"] = (eval_problems, 0)
     return load_config(method, None, overrides)
+
+
+def entropy_comparison(output: Path, base_model: Path, names: Sequence[str], seed: int,
+                       max_new_tokens: int) -> list[Path]:
+    """With ``bupo`` among ``names``: per-layer entropies of the base model against the trained
+    ``grpo`` (when run) and ``bupo`` models, as ``thinklean analyze --compare base OUTPUT/grpo/model
+    OUTPUT/bupo/model --n 32`` with ``max_new_tokens``, written to ``OUTPUT/analyze``. Returns the
+    two plots for the report (none without a trained BuPO model)."""
+    trained = [(m, output / m / "model") for m in ("grpo", "bupo") if m in names and (output / m / "model").is_dir()]
+    if "bupo" not in dict(trained):
+        return []
+    from thinklean.analysis.entropy import analyze_model, write_analysis
+    from thinklean.data.formats import format_prompt
+    from thinklean.eval.evaluate import arith_examples
+    from thinklean.models.tiny import load_pretrained
+
+    examples = arith_examples(ANALYZE_PROMPTS, "test", seed)
+    results = []
+    for label, model_dir in [("base", base_model), *trained]:
+        model, tokenizer = load_pretrained(model_dir)
+        prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
+        result = analyze_model(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed, name=str(model_dir))
+        results.append({**result, "label": label})
+    paths = write_analysis(results[1], output / "analyze", compare=results[0], others=results[2:])
+    return [paths["entropy_plot"], paths["change_plot"]]
 
 
 def train_method(name: str, budget: DemoBudget, run_dir: Path, seed: int, base_model: str | Path | None = None,
@@ -263,6 +291,9 @@ def run_demo(
     print_comparison(results["methods"], console)
     results["config"]["total_seconds"] = round(time.time() - start, 1)
     (output / "results.json").write_text(json.dumps(results, indent=1))
-    report = write_report([output], output / "report")
+    if "bupo" in results["methods"]:
+        console.print(f"per-layer entropies (thinklean analyze) of base, grpo and bupo -> {output / 'analyze'}")
+    entropy_plots = entropy_comparison(output, base_model, list(results["methods"]), seed, budget.max_new_tokens)
+    report = write_report([output], output / "report", extra_images=entropy_plots)
     console.print(f"wrote {output / 'results.json'} and {report['html']}; total {time.time() - start:.0f}s")
     return results

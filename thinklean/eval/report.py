@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -228,12 +229,20 @@ def plot_curves(runs: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
 
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, extra_images: Sequence[Path] = ()) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html``, ``table.json`` and PNGs into ``out_dir``."""
+    """Write ``report.md``, ``report.html``, ``table.json`` and PNGs into ``out_dir``.
+
+    ``extra_images`` (PNGs made elsewhere, e.g. the demo's entropy plots) are copied into
+    ``out_dir`` and shown after the report's own plots."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = collect_runs(run_dirs)
     rows = comparison_rows(runs)
-    images = [plot_pareto(runs, out / "pareto.png"), plot_curves(runs, out / "curves.png"), *map(Path, extra_images)]
+    copies = []
+    for image in map(Path, extra_images):
+        if image.resolve() != (out / image.name).resolve():
+            shutil.copyfile(image, out / image.name)
+        copies.append(out / image.name)
+    images = [plot_pareto(runs, out / "pareto.png"), plot_curves(runs, out / "curves.png"), *copies]
     commands = sorted({r["command"] for r in runs.values()})
     (out / "table.json").write_text(json.dumps(rows, indent=1))
     hybrid = hybrid_rows(runs)
