@@ -241,3 +241,28 @@ def test_litereason_sft_has_help_with_defaults(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--with-lm" in out and "--seed" in out and "default: 0.0001" in out
+
+
+def test_latent_probe_benchmark_forces_latent_only_and_empty_think(tmp_path, tiny_model, tiny_tokenizer, projector,
+                                                                   monkeypatch):
+    from pathlib import Path
+
+    from thinklean.models.tiny import save_pretrained
+
+    model_dir = tmp_path / "model"
+    save_pretrained(tiny_model, tiny_tokenizer, model_dir)
+    projector.save(model_dir)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import litereason_latent_probe
+
+    out = tmp_path / "probe.json"
+    result = litereason_latent_probe.main(["--model", str(model_dir), "--n", "6", "--forced", "3", "--latent-steps", "3",
+                                           "--max-new-tokens", "8", "--out", str(out)])
+    rows = result["rows"]
+    assert list(rows) == ["greedy", "T=1", "1 op, latent only (K=3)", "1 op, empty think"]
+    latent_only, empty = rows["1 op, latent only (K=3)"], rows["1 op, empty think"]
+    assert latent_only["n"] == empty["n"] == 3 and rows["greedy"]["n"] == 6
+    assert latent_only["with_latent"] == 1.0 and latent_only["latent_steps"] >= 3.0
+    assert latent_only["example"].startswith(f"<think> {LATENT}3{LATENT_END}")
+    assert empty["example"].startswith("<think> </think>")
+    assert json.loads(out.read_text())["rows"]["greedy"]["n"] == 6
