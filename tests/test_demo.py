@@ -72,7 +72,8 @@ def test_demo_with_bupo_puts_the_entropy_comparison_in_the_report(tmp_path, tiny
     run_demo(out, methods=("grpo",), budget=budget, base_model=tiny_model_dir)
     assert not (out / "analyze").exists() and "entropy" not in (out / "report" / "report.md").read_text()
 
-    run_demo(out, methods=("bupo",), budget=budget, base_model=tiny_model_dir)  # grpo from the earlier run
+    with pytest.warns(UserWarning, match="s_inter=1 is more than 10% of 1 steps"):
+        run_demo(out, methods=("bupo",), budget=budget, base_model=tiny_model_dir)  # grpo from the earlier run
     comparison = json.loads((out / "analyze" / "comparison.json").read_text())
     assert comparison["before"]["label"] == "base" and list(comparison["abs_H_change"]) == ["grpo", "bupo"]
     assert comparison["before"]["model"] == str(tiny_model_dir)
