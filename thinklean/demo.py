@@ -158,8 +158,8 @@ def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int =
     return load_config(method, None, overrides)
 
 
-def entropy_comparison(output: Path, base_model: Path, names: Sequence[str], seed: int,
-                       max_new_tokens: int) -> list[Path]:
+def entropy_comparison(output: Path, base_model: Path, names: Sequence[str], seed: int, max_new_tokens: int,
+                       console: Console) -> list[Path]:
     """With ``bupo`` among ``names``: per-layer entropies of the base model against the trained
     ``grpo`` (when run) and ``bupo`` models, as ``thinklean analyze --compare base OUTPUT/grpo/model
     OUTPUT/bupo/model --n 32`` with ``max_new_tokens``, written to ``OUTPUT/analyze``. Returns the
@@ -172,6 +172,7 @@ def entropy_comparison(output: Path, base_model: Path, names: Sequence[str], see
     from thinklean.eval.evaluate import arith_examples
     from thinklean.models.tiny import load_pretrained
 
+    console.print(f"per-layer entropies (thinklean analyze) of base, {', '.join(dict(trained))} -> {output / 'analyze'}")
     examples = arith_examples(ANALYZE_PROMPTS, "test", seed)
     results = []
     for label, model_dir in [("base", base_model), *trained]:
@@ -291,9 +292,8 @@ def run_demo(
     print_comparison(results["methods"], console)
     results["config"]["total_seconds"] = round(time.time() - start, 1)
     (output / "results.json").write_text(json.dumps(results, indent=1))
-    if "bupo" in results["methods"]:
-        console.print(f"per-layer entropies (thinklean analyze) of base, grpo and bupo -> {output / 'analyze'}")
-    entropy_plots = entropy_comparison(output, base_model, list(results["methods"]), seed, budget.max_new_tokens)
+    entropy_plots = entropy_comparison(output, base_model, list(results["methods"]), seed, budget.max_new_tokens,
+                                       console)
     report = write_report([output], output / "report", extra_images=entropy_plots)
     console.print(f"wrote {output / 'results.json'} and {report['html']}; total {time.time() - start:.0f}s")
     return results

@@ -351,4 +351,3 @@ def _check_inputs(prompt_ids, prompt_mask, response_ids, response_mask, exit_ids
 
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
-
