@@ -67,8 +67,8 @@ def test_micro_batching_does_not_change_the_update(digit_trainer, tmp_path, tiny
         config = _config(steps=1, micro_batch_size=size, micro_batch_tokens=tokens, loss_agg=loss_agg)
         trainer = digit_trainer(model, tiny_tokenizer, config, PROMPTS, tmp_path / name)
         grads, n_micro = [], []
-        step, micro_step = trainer.optimizer.step, trainer._micro_step
-        trainer.optimizer.step = lambda *a: (grads.extend(p.grad.clone() for p in model.parameters()), step(*a))
+        micro_step = trainer._micro_step
+        trainer.optimizer.register_step_pre_hook(lambda *a: grads.extend(p.grad.clone() for p in model.parameters()))
         trainer._micro_step = lambda batch, rows, *a: (n_micro.append(len(rows)), micro_step(batch, rows, *a))
         trainer.train(show_progress=False)
         results.append((read_metrics(tmp_path / name / "metrics.jsonl")[0], grads, n_micro))
@@ -177,14 +177,9 @@ def test_bupo_ipa_phase_trains_only_lower_layers_then_full_model(tmp_path, tiny_
     with pytest.warns(UserWarning, match="s_inter"):
         trainer = BuPOTrainer(model, tiny_tokenizer, config, PROMPTS, tmp_path)
     seen = []
-    step = trainer.optimizer.step
     layers = model.model.layers
-
-    def record(*a):
-        seen.append([all(p.grad is None for p in layer.parameters()) for layer in layers])
-        return step(*a)
-
-    trainer.optimizer.step = record
+    trainer.optimizer.register_step_pre_hook(
+        lambda *a: seen.append([all(p.grad is None for p in layer.parameters()) for layer in layers]))
     trainer.train(show_progress=False)
     # step 1 (IPA on layer 1): layers 2 and 3 untouched by the loss; step 2 (GRPO): all layers get grads
     assert seen == [[False, True, True], [False, False, False]]
@@ -204,8 +199,7 @@ def test_sharing_the_prompt_forward_gives_the_full_row_gradient(digit_trainer, t
         config = _config(steps=1, micro_batch_size=5, share_prompt_forward=share, loss_agg=loss_agg)
         trainer = digit_trainer(model, tiny_tokenizer, config, PROMPTS, tmp_path / str(share))
         grads, prompt_passes = [], []
-        step = trainer.optimizer.step
-        trainer.optimizer.step = lambda *a: (grads.extend(p.grad.clone() for p in model.parameters()), step(*a))
+        trainer.optimizer.register_step_pre_hook(lambda *a: grads.extend(p.grad.clone() for p in model.parameters()))
         share_prompts = trainer._share_prompts
         trainer._share_prompts = lambda *a: (prompt_passes.append(1), share_prompts(*a))[1]
         trainer.train(show_progress=False)
