@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -83,16 +83,34 @@ def latent_variant(response: str, tokenizer: Any, ratio: float, rng: random.Rand
     """
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    return _replace(response, tokenizer, max_steps,
+                    lambda replaceable: rng.sample(replaceable, max(1, int(ratio * len(replaceable) + 0.5))))
+
+
+def latent_prefix_variant(response: str, tokenizer: Any, count: int,
+                          max_steps: int = MAX_LATENT_STEPS) -> tuple[str, int] | None:
+    """``response`` with its first ``count`` replaceable reasoning sentences (all, if fewer) made
+    latent: stage ``count`` of a Coconut-style curriculum (arXiv 2412.06769), which replaces
+    reasoning from the front one step per stage. Returns ``(variant, sentences replaced)``, or
+    None when no sentence is replaceable (see :func:`latent_variant`)."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    return _replace(response, tokenizer, max_steps, lambda replaceable: replaceable[:count])
+
+
+def _replace(response: str, tokenizer: Any, max_steps: int,
+             choose: Callable[[list[int]], Sequence[int]]) -> tuple[str, int] | None:
+    """Make latent the replaceable reasoning sentences that ``choose`` picks (by piece index)."""
     start, end = _reasoning_bounds(response)
     lead, pieces, trail = _pieces(response[start:end])
     replaceable = [i for i in range(0, len(pieces), 2)
                    if "\\boxed" not in pieces[i] and LATENT not in pieces[i] and LATENT_END not in pieces[i]]
     if not replaceable:
         return None
-    count = max(1, int(ratio * len(replaceable) + 0.5))  # round half up, at least one
-    for i in rng.sample(replaceable, count):
+    chosen = choose(replaceable)
+    for i in chosen:
         pieces[i] = latent_segment(latent_steps_for(pieces[i], tokenizer, max_steps))
-    return response[:start] + lead + "".join(pieces) + trail + response[end:], count
+    return response[:start] + lead + "".join(pieces) + trail + response[end:], len(chosen)
 
 
 def variant_rows(example: Example, trace: str, tokenizer: Any, rng: random.Random,
