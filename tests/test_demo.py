@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 import thinklean.demo
-from thinklean.demo import DEMO_EXCLUDED, DEMO_METHODS, DemoBudget, run_demo
+from thinklean.demo import DEMO_METHODS, DemoBudget, run_demo
 
 
 def test_demo_trains_each_method_evaluates_all_and_resumes(tmp_path, tiny_model_dir, capsys):
@@ -21,6 +21,7 @@ def test_demo_trains_each_method_evaluates_all_and_resumes(tmp_path, tiny_model_
     assert (out / "hmpo" / "model" / "model.safetensors").is_file()
     assert results["methods"]["grpo"]["n"] == 4
     assert "hmpo" in (out / "report" / "report.html").read_text()
+    assert "latent steps" not in (out / "report" / "report.md").read_text()  # that table is for LiteReason runs
     logged = [json.loads(line) for line in (out / "hmpo" / "metrics.jsonl").read_text().splitlines()]
     assert "eval_accuracy" in logged[-1]  # held-out evaluation during training, for iso-accuracy
     assert "iso_compression_vs_base" in json.loads((out / "report" / "table.json").read_text())[1]
@@ -48,8 +49,7 @@ def test_methods_all_runs_every_demo_method_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(thinklean.demo, "run_demo", lambda **kwargs: calls.append(kwargs["methods"]))
     assert main(["demo", "--methods", "all", "--output", str(tmp_path)]) == 0
     assert calls == [tuple(DEMO_METHODS)]
-    assert {"grpo", "hmpo", "iapo", "bupo", "l1", "thinkprune"} <= set(calls[0])
-    assert not set(calls[0]) & set(DEMO_EXCLUDED)
+    assert {"grpo", "hmpo", "iapo", "bupo", "l1", "thinkprune", "hgpo", "litereason"} <= set(calls[0])
 
 
 @pytest.mark.parametrize("steps, s_inter", [(40, 4), (80, 8), (3, 1)])
@@ -95,16 +95,15 @@ def test_demo_steps_flag_sets_the_budget_and_rejects_zero(tmp_path, monkeypatch,
     assert calls == [80]
 
 
-def test_excluded_methods_are_named_with_the_reason(tmp_path, capsys):
+def test_unknown_methods_are_named_before_any_work(tmp_path, capsys):
     from thinklean.cli import main
 
-    assert main(["demo", "--methods", "grpo,litereason,nope", "--output", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "litereason (needs a trained reasoning projector" in err and "nope (unknown)" in err
+    assert main(["demo", "--methods", "grpo,nope,litereason", "--output", str(tmp_path)]) == 2
+    assert "not a demo method: nope; available: grpo" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert "Not in the demo: litereason (needs a trained reasoning projector" in shown
+    assert "litereason first builds a model with a trained projector, the 'litereason-sft' row" in shown
     assert not (tmp_path / "results.json").exists()
 
 
@@ -131,3 +130,46 @@ def test_hgpo_in_the_demo_builds_the_hybrid_model_first_and_reports_hybrid_metri
     report = (out / "report" / "report.md").read_text()
     assert "## Hybrid think / no-think" in report and "| hgpo |" in report.split("## Hybrid")[1]
     assert "building the hybrid model" in capsys.readouterr().out
+
+
+def test_litereason_in_the_demo_builds_its_start_model_and_reports_latent_steps(tmp_path, tiny_model_dir, monkeypatch):
+    from dataclasses import asdict
+
+    from thinklean.data.arith import generate_problems
+    from thinklean.data.formats import LATENT, LATENT_END
+    from thinklean.data.jsonl import write_jsonl
+    from thinklean.data.litereason import litereason_prompt
+    from thinklean.demo import method_config
+    from thinklean.methods.litereason import StartRecipe
+
+    budget = DemoBudget(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-3, n_eval=4)
+    out = tmp_path / "demo"
+    # The untrained tiny model samples no correct trace, so the start model's data is given (the
+    # builder reuses OUTPUT/litereason-sft/litereason.jsonl); every row opens a latent segment.
+    rows = [{"prompt": litereason_prompt(p.question), "answer": str(p.answer),
+             "solution": f"<think> {LATENT}2{LATENT_END} </think> \\boxed{{{p.answer}}}"}
+            for p in generate_problems(8, "train", 0)]
+    write_jsonl(out / "litereason-sft" / "litereason.jsonl", rows)
+    monkeypatch.setattr(thinklean.demo, "litereason_recipe", lambda quick: StartRecipe(problems=8, k=1, epochs=2, lr=1e-2))
+    started, real = {}, thinklean.demo.train_method
+
+    def recording_train_method(name, budget, run_dir, seed, base_model=None, **kwargs):
+        started[name] = Path(base_model)
+        return real(name, budget, run_dir, seed, base_model, **kwargs)
+
+    monkeypatch.setattr(thinklean.demo, "train_method", recording_train_method)
+    run_demo(out, methods=("grpo", "litereason"), budget=budget, base_model=tiny_model_dir)
+    saved = json.loads((out / "results.json").read_text())["methods"]
+    assert list(saved) == ["base", "grpo", "litereason-sft", "litereason"]
+    start = out / "litereason-sft" / "model"
+    assert (start / "projector.safetensors").is_file() and (out / "litereason" / "model" / "projector.json").is_file()
+    assert started == {"grpo": tiny_model_dir, "litereason": start}
+    assert "latent_steps_mean" not in saved["grpo"] and "latent_steps_mean" in saved["litereason"]
+    # 2 epochs at lr 1e-2 on rows that all open a segment: the start model writes some itself
+    assert saved["litereason-sft"]["latent_rows"] > 0 and saved["litereason-sft"]["latent_steps_mean"] > 0
+    report = (out / "report" / "report.md").read_text().split("## Reasoning tokens vs latent steps")[1]
+    assert "| litereason-sft |" in report and "| grpo |" in report and "latent steps per response" in report
+    sft_row = next(line for line in report.splitlines() if line.startswith("| litereason-sft |"))
+    assert sft_row.endswith(" - |")  # built by SFT: its logged SFT step times are not RL seconds per step
+    grpo, litereason = asdict(method_config("grpo", budget, 0)), asdict(method_config("litereason", budget, 0))
+    assert {k for k in grpo if grpo[k] != litereason[k]} == {"method", "method_kwargs"}  # same prompts and budget

@@ -17,6 +17,7 @@ from thinklean.data.jsonl import Example
 from thinklean.data.litereason import (
     INSTRUCTION,
     latent_steps_for,
+    latent_prefix_variant,
     latent_variant,
     litereason_prompt,
     litereason_records,
@@ -99,6 +100,21 @@ def test_every_variant_replaces_at_least_one_sentence_and_never_the_answer_or_a_
         assert variant.endswith(" So \\boxed{4}.")
         assert f" {LATENT}3{LATENT_END} " in variant and len(SEGMENT.findall(variant)) == 2
     assert latent_variant("So \\boxed{4}.", WordTokenizer(), 0.25, random.Random(0)) is None
+
+
+def test_a_prefix_variant_replaces_the_first_sentences_in_order():
+    # Curriculum stage 2 of "A a a. B b b b b b. C c. So \boxed{4}.": the first two sentences
+    # become segments of N = max(1, floor(3 / 5)) = 1 and floor(6 / 5) = 1; C and the answer stay.
+    trace = "<think> A a a. B b b b b b. C c. </think> So \\boxed{4}."
+    variant, count = latent_prefix_variant(trace, WordTokenizer(), 2)
+    assert count == 2
+    assert variant == f"<think> {LATENT}1{LATENT_END} {LATENT}1{LATENT_END} C c. </think> So \\boxed{{4}}."
+    # A stage past the end makes every sentence latent; the answer is never replaced.
+    everything, count = latent_prefix_variant(trace, WordTokenizer(), 9)
+    assert count == 3 and everything.endswith(f"{LATENT}1{LATENT_END} </think> So \\boxed{{4}}.")
+    assert latent_prefix_variant("So \\boxed{4}.", WordTokenizer(), 1) is None
+    with pytest.raises(ValueError, match="at least 1"):
+        latent_prefix_variant(trace, WordTokenizer(), 0)
 
 
 def test_variant_rows_carry_the_instructed_prompt_the_ratio_and_distinct_variants():
@@ -266,3 +282,50 @@ def test_latent_probe_benchmark_forces_latent_only_and_empty_think(tmp_path, tin
     assert latent_only["example"].startswith(f"<think> {LATENT}3{LATENT_END}")
     assert empty["example"].startswith("<think> </think>")
     assert json.loads(out.read_text())["rows"]["greedy"]["n"] == 6
+
+
+@pytest.mark.parametrize("experiment", ["capacity", "curriculum"])
+def test_capacity_benchmark_trains_and_evaluates_every_pass(tmp_path, tiny_model, tiny_tokenizer, monkeypatch,
+                                                            experiment):
+    from pathlib import Path
+
+    from thinklean.models.tiny import save_pretrained
+
+    model_dir = tmp_path / "model"
+    save_pretrained(tiny_model, tiny_tokenizer, model_dir)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import litereason_capacity
+
+    out = tmp_path / "capacity.json"
+    result = litereason_capacity.main(["--experiment", experiment, "--model", str(model_dir), "--rows", "20",
+                                       "--epochs", "2", "--stages", "2", "--eval", "12", "--threads", "1",
+                                       "--out", str(out)])
+    records = result["records"]
+    if experiment == "capacity":  # 1-2-op problems only: 4 of the 12 held-out ones
+        assert [(r["run"], r["pass"]) for r in records] == [("every sentence latent", 1), ("every sentence latent", 2),
+                                                            ("empty think", 1), ("empty think", 2)]
+        assert result["held_out"] == 4 and all(set(r["by_difficulty"]) == {1, 2} for r in records)
+        assert all(r["example"].startswith("<think> </think>") for r in records[2:])
+    else:
+        assert [r["pass"] for r in records] == [1, 2] and result["held_out"] == 12
+    assert all(r["steps"] == 2 for r in records)  # ceil(20 rows / batch 16)
+    assert json.loads(out.read_text())["records"][0]["pass"] == 1
+
+
+def test_start_model_builder_reuses_its_data_and_a_finished_model(tmp_path, tiny_model_dir):
+    from thinklean.data.jsonl import write_jsonl
+    from thinklean.methods.litereason import StartRecipe, build_start_model
+
+    recipe = StartRecipe(problems=2, k=1, epochs=1, max_new_tokens=4)
+    with pytest.raises(ValueError, match="no correct trace among 1 samples of 2 problems"):  # untrained tiny model
+        build_start_model(tiny_model_dir, tmp_path / "none", recipe)
+    assert not (tmp_path / "none" / "litereason.jsonl").exists()
+
+    rows = [{"prompt": litereason_prompt("Start with 1. Add 2. What is the result?"), "answer": "3",
+             "solution": f"<think> {LATENT}2{LATENT_END} </think> \\boxed{{3}}"}] * 3
+    write_jsonl(tmp_path / "build" / "litereason.jsonl", rows)
+    model_dir = build_start_model(tiny_model_dir, tmp_path / "build", recipe)
+    assert model_dir == tmp_path / "build" / "model" and (model_dir / "projector.safetensors").is_file()
+    stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert build_start_model(tiny_model_dir, tmp_path / "build", recipe) == model_dir
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp

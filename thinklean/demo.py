@@ -9,12 +9,15 @@ interpolate compression at the base model's accuracy. A method whose
 ``OUTPUT/results.json`` is shaped ``{"methods": {"base": {...}, "grpo": {...}, ...}, "config":
 {...}}`` with accuracy as a fraction; later methods add entries under the same keys.
 
-``--methods all`` runs every entry of :data:`DEMO_METHODS`; the methods in
-:data:`DEMO_EXCLUDED` do not start from the base model and are left out. L1 is trained with
+``--methods all`` runs every entry of :data:`DEMO_METHODS`. L1 is trained with
 "Think for N tokens." prompts but evaluated, like every method here, on the plain questions.
 HGPO starts from a hybrid model that the demo first builds from the base model
 (:func:`thinklean.methods.lhrm.build_hft_model`, in ``OUTPUT/hft-build``) and reports as the
 ``hft`` row; both rows also get the hybrid metrics (HAcc, think ratio) under ``"hybrid"``.
+LiteReason starts from a model with a trained projector that the demo first builds from the base
+model (:func:`thinklean.methods.litereason.build_start_model`, in ``OUTPUT/litereason-sft``) and
+reports as the ``litereason-sft`` row; both rows are evaluated with latent decoding from the
+LiteReason prompt, and their summaries add ``latent_steps_mean`` and ``latent_rows``.
 With BuPO, the report also shows the per-layer entropies of the base, GRPO and BuPO models
 (:func:`entropy_comparison`, in ``OUTPUT/analyze``).
 """
@@ -36,7 +39,8 @@ from thinklean.data.jsonl import Example
 # The model, evaluation and report modules are imported where used, so that the CLI can read
 # the method lists below for its --help without loading torch.
 
-# name -> (trainer method, config overrides on top of its YAML); every entry trains from the base model
+# name -> (trainer method, config overrides on top of its YAML); each trains from the base model or, for
+# the methods in STARTS, from the start model the demo builds from it first
 DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "grpo": ("grpo", {}),
     "drgrpo": ("drgrpo", {}),
@@ -52,14 +56,16 @@ DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "bupo": ("bupo", {"loss_agg": "seq-mean-token-mean", "dual_clip": None, "weight_decay": 0.0}),
     "iapo": ("iapo", {}),
     "hgpo": ("hgpo", {}),  # from the hft row's model; 8 samples per prompt = 4 forced per mode
+    # from the litereason-sft row's model (LM + trained projector); the prompts GRPO sees (RLConfig's
+    # default pool, not litereason.yaml's 400 for a projector refresh every 100 steps)
+    "litereason": ("litereason", {"train_problems": 20000}),
 }
 # methods that start from the hybrid (HFT) model, which the demo builds first and reports as a row
 HYBRID_METHODS = ("hgpo",)
 HYBRID_START = "hft"
-# trainer methods that need another model than the shipped base, and why
-DEMO_EXCLUDED: dict[str, str] = {
-    "litereason": "needs a trained reasoning projector, made by thinklean data litereason + thinklean litereason-sft",
-}
+# LiteReason starts from a model the demo builds first (data litereason + litereason-sft), also a row
+LITEREASON_START = "litereason-sft"
+STARTS = {**{m: HYBRID_START for m in HYBRID_METHODS}, "litereason": LITEREASON_START}
 DEFAULT_METHODS = ("grpo", "hmpo")
 BUPO_IPA_SHARE = 0.1  # BuPO's IPA phase: this share of the demo's steps, at least 1 (bupo.md: about 10%)
 ANALYZE_PROMPTS = 32  # held-out prompts for the report's entropy plots, as `thinklean analyze --n 32`
@@ -97,21 +103,21 @@ def hft_stages(quick: bool) -> tuple[Any, ...]:
 
 
 def methods_with_starts(methods: Sequence[str]) -> tuple[str, ...]:
-    """``methods`` with the hybrid start model's row (``hft``) before the first method that needs it."""
+    """``methods`` with each start model's row (:data:`STARTS`: ``hft``, ``litereason-sft``)
+    before the first method that needs it."""
     names: list[str] = []
     for m in methods:
-        if m in HYBRID_METHODS and HYBRID_START not in names:
-            names.append(HYBRID_START)
+        if m in STARTS and STARTS[m] not in names:
+            names.append(STARTS[m])
         names.append(m)
     return tuple(names)
 
 
 def check_methods(methods: Sequence[str]) -> None:
-    """``ValueError`` naming any method that is not in the demo, and why when it is excluded."""
-    problems = [f"{m} ({DEMO_EXCLUDED[m]})" if m in DEMO_EXCLUDED else f"{m} (unknown)"
-                for m in methods if m not in DEMO_METHODS]
-    if problems:
-        raise ValueError(f"not a demo method: {'; '.join(problems)}; available: {', '.join(DEMO_METHODS)}, all")
+    """``ValueError`` naming any method that is not in the demo."""
+    unknown = [m for m in methods if m not in DEMO_METHODS]
+    if unknown:
+        raise ValueError(f"not a demo method: {', '.join(unknown)}; available: {', '.join(DEMO_METHODS)}, all")
 
 
 def _earlier_methods(path: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +146,26 @@ def _hybrid_summary(model_dir: Path, examples: Sequence[Example], budget: DemoBu
                               output=run_dir / "hybrid.json")
     print_hybrid(summary, title=f"hybrid accuracy: {run_dir.name}", console=console)
     return {key: value for key, value in summary.items() if key != "config"}
+
+
+def litereason_recipe(quick: bool) -> Any:
+    """The recipe of the demo's LiteReason start model (a few problems and steps with ``quick``)."""
+    from thinklean.methods.litereason import StartRecipe
+
+    return StartRecipe(problems=8, k=2, max_new_tokens=120) if quick else StartRecipe()
+
+
+def _latent_summary(model_dir: Path, examples: Sequence[Example], budget: DemoBudget, seed: int,
+                    output: Path) -> dict[str, Any]:
+    """:func:`~thinklean.methods.litereason.evaluate_latent` of a model with its projector, as the
+    demo samples every model (``eval_temperature``, ``max_new_tokens``)."""
+    from thinklean.methods.litereason import evaluate_latent, load_projector
+    from thinklean.models.tiny import load_pretrained
+    from thinklean.rollout import SamplingConfig
+
+    model, tokenizer = load_pretrained(model_dir)
+    sampling = SamplingConfig(max_new_tokens=budget.max_new_tokens, temperature=budget.eval_temperature)
+    return evaluate_latent(model, tokenizer, load_projector(model), examples, sampling, seed, output)
 
 
 def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int = 0) -> Any:
@@ -246,7 +272,9 @@ def run_demo(
     names = ("base", *methods_with_starts(methods))
     earlier = {k: v for k, v in _earlier_methods(output / "results.json", results["config"]).items() if k not in names}
     stages = hft_stages(quick)
-    hybrid_model = output / "hft-build" / stages[-1].name / "model"
+    start_models = {HYBRID_START: output / "hft-build" / stages[-1].name / "model",
+                    LITEREASON_START: output / LITEREASON_START / "model"}
+    latent_names = (LITEREASON_START, "litereason")
     for index, name in enumerate(names, start=1):
         run_dir = output / name
         summary = _load_summary(run_dir / "eval.json")
@@ -257,6 +285,7 @@ def run_demo(
             elif name == HYBRID_START:
                 from thinklean.methods.lhrm import build_hft_model
 
+                hybrid_model = start_models[HYBRID_START]
                 if (hybrid_model / "model.safetensors").is_file():
                     console.print(f"[{index}/{len(names)}] hybrid model for {', '.join(HYBRID_METHODS)}: {hybrid_model}")
                 else:
@@ -264,13 +293,23 @@ def run_demo(
                                   f"{', '.join(HYBRID_METHODS)}: HFT with upsampled direct answers "
                                   "(thinklean.methods.lhrm.HFT_STAGES; about 50 min on 2 cores)")
                 model_dir = build_hft_model(base_model, output / "hft-build", stages, seed)
+            elif name == LITEREASON_START:
+                from thinklean.methods.litereason import build_start_model
+
+                recipe = litereason_recipe(quick)
+                console.print(f"[bold][{index}/{len(names)}] building the LiteReason start model[/bold]: "
+                              f"{recipe.k} traces of {recipe.problems} problems, correct ones with sentences made "
+                              f"latent, then {recipe.epochs:g} epoch of projector + LM SFT (25 min on a shared 2-core machine)")
+                model_dir = build_start_model(base_model, run_dir, recipe, seed)
             else:
                 console.print(f"[bold][{index}/{len(names)}] training {name}[/bold]: {budget.steps} steps × "
                               f"{budget.prompts_per_step} prompts × {budget.samples_per_prompt} samples")
-                start_model = hybrid_model if name in HYBRID_METHODS else base_model
+                start_model = start_models[STARTS[name]] if name in STARTS else base_model
                 model_dir = train_method(name, budget, run_dir, seed, start_model, eval_examples=examples)
             # the trainer's last periodic evaluation already wrote eval.json for the final model
             summary = _load_summary(run_dir / "eval.json")
+            if summary is None and name in latent_names:
+                summary = _latent_summary(model_dir, examples, budget, seed, run_dir / "eval.json")
             if summary is None:
                 model, tokenizer = load_pretrained(model_dir)
                 with progress_bar() as bar:

@@ -11,6 +11,9 @@ Hybrid think / no-think models (summaries with a ``"hybrid"`` entry, as the demo
 ``hft`` and ``hgpo``) get a second table: HAcc, think ratio overall, on 1-operation and on
 5-6-operation problems, and the forced-mode accuracies.
 
+LiteReason runs (summaries with ``latent_steps_mean``) add a table of discrete reasoning tokens
+against latent steps per response and RL seconds per step, with every other run for reference.
+
 Runs that logged periodic evaluations (``eval_accuracy`` / ``eval_length_mean`` in
 ``metrics.jsonl``, e.g. ``--eval-every``) also get compression at iso-accuracy against the base
 model and GRPO (:func:`thinklean.eval.metrics.iso_accuracy_compression`).
@@ -165,6 +168,34 @@ def pooled_think_ratio(per_difficulty: Mapping[str, Mapping[str, Any]], difficul
     return sum(p["think_ratio"] * p["n"] for p in parts) / n if n else None
 
 
+LATENT_COLUMNS = (
+    ("accuracy", "accuracy", True),
+    ("reasoning tokens", "mean_reasoning_tokens", False),
+    ("response tokens", "mean_response_tokens", False),
+    ("latent steps per response", "latent_steps_mean", False),
+    ("responses with latent steps", "latent_rows", True),
+    ("RL seconds per step", "step_seconds", False),
+)
+LATENT_NOTE = ("LiteReason: reasoning and response tokens count discrete tokens only (tags and numbers included); "
+               "latent steps are the projector steps run per response. RL seconds per step: mean logged step_time of the RL steps (none for SFT-built rows).")
+
+
+def latent_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Discrete reasoning tokens vs latent steps, one row per evaluated run, when some run's
+    summary has ``latent_steps_mean`` (LiteReason); otherwise no rows. Runs without latent
+    decoding show 0 latent steps."""
+    summaries = {n: r["summary"] for n, r in runs.items() if r.get("summary")}
+    if not any("latent_steps_mean" in s for s in summaries.values()):
+        return []
+    rows = []
+    for name, s in summaries.items():
+        times = [m["step_time"] for m in runs[name]["metrics"] if "step_time" in m and "rollout_time" in m]  # RL steps
+        rows.append({"method": name, **{key: s.get(key) for _, key, _ in LATENT_COLUMNS},
+                     "latent_steps_mean": s.get("latent_steps_mean", 0.0), "latent_rows": s.get("latent_rows", 0.0),
+                     "step_seconds": sum(times) / len(times) if times else None})
+    return rows
+
+
 def _cells(row: Mapping[str, Any], columns: Sequence[tuple[str, str, bool]] = COLUMNS) -> list[str]:
     return [row["method"], *(_fmt(row[key], pct) for _, key, pct in columns)]
 
@@ -249,6 +280,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, extra_imag
     md = ["# thinklean report", "", markdown_table(rows), "", ISO_NOTE, ""]
     if hybrid:
         md += ["## Hybrid think / no-think", "", markdown_table(hybrid, HYBRID_COLUMNS), "", HYBRID_NOTE, ""]
+    latent = latent_rows(runs)
+    if latent:
+        md += ["## Reasoning tokens vs latent steps", "", markdown_table(latent, LATENT_COLUMNS), "", LATENT_NOTE, ""]
     md += [f"![{p.stem}]({p.name})" for p in images]
     md += ["", "Reproduce:", "", "```bash", *commands, "```", ""]
     (out / "report.md").write_text("\n".join(md))
@@ -263,6 +297,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, extra_imag
         "<h1>thinklean report</h1>" + html_table(rows, COLUMNS, "results") + f"<p>{html.escape(ISO_NOTE)}</p>"
         + (f"<h2>Hybrid think / no-think</h2>{html_table(hybrid, HYBRID_COLUMNS, 'hybrid')}<p>{html.escape(HYBRID_NOTE)}</p>"
            if hybrid else "")
+        + (f"<h2>Reasoning tokens vs latent steps</h2>{html_table(latent, LATENT_COLUMNS, 'latent')}"
+           f"<p>{html.escape(LATENT_NOTE)}</p>" if latent else "")
         + embedded + "<h2>Reproduce</h2><pre>" + html.escape("\n".join(commands)) + "</pre>"
     )
     (out / "report.html").write_text(page)

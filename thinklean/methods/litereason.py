@@ -17,6 +17,9 @@
 holds one, else a fresh projector whose blocks copy the last MLP), ``refresh_fraction`` (0.1),
 ``refresh_lr`` (1e-4). The projector is saved next to the LM in ``RUN_DIR/model`` and, after
 each refresh, in ``RUN_DIR/projector`` (``--resume`` reloads it).
+
+:func:`build_start_model` chains the data and projector-SFT steps (the demo's ``litereason-sft``
+row); :func:`evaluate_latent` scores a model with latent decoding.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import random
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +39,12 @@ import torch.nn.functional as F
 
 from thinklean.core import entropy_from_logits
 from thinklean.data.formats import format_prompt
-from thinklean.data.jsonl import Example
-from thinklean.data.litereason import RATIOS, litereason_prompt, variant_rows
-from thinklean.eval.evaluate import grade_rollout
+from thinklean.data.jsonl import Example, example_to_dict, load_jsonl, write_jsonl
+from thinklean.data.litereason import RATIOS, litereason_prompt, litereason_records, variant_rows
+from thinklean.eval.evaluate import arith_examples, grade_rollout
 from thinklean.eval.metrics import summarize, summarize_by_difficulty
 from thinklean.models.projector import CONFIG_NAME, ReasoningProjector
+from thinklean.models.tiny import load_pretrained
 from thinklean.rollout import SamplingConfig
 from thinklean.rollout.latent import LatentRolloutBatch, generate_latent, latent_forward, segment_finder
 from thinklean.train.config import ConfigError
@@ -251,24 +256,14 @@ class LiteReasonTrainer(RLTrainer):
         with (self.run_dir / "projector_refresh.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    @torch.no_grad()
     def evaluate(self, n: int | None = None, output: Path | None = None) -> dict[str, Any]:
-        """Accuracy and mean discrete response tokens with latent decoding, one response per problem
-        at ``eval_temperature`` (0: greedy; sampled with ``seed``); ``output``: the summary as JSON."""
+        """:func:`evaluate_latent` of the policy on the first ``n`` (default ``eval_problems``)
+        held-out problems at ``eval_temperature``."""
         cfg = self.config
-        examples = self.eval_examples[: n or cfg.eval_problems]
-        prompts, _ = self.build_prompts(examples)
         sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature,
                                   batch_size=cfg.rollout_batch_size)
-        generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed)
-        batch = generate_latent(self.model, self.tokenizer, self.projector, prompts, 1, sampling, generator)
-        records = grade_rollout(self.tokenizer, examples, batch)
-        summary = {**summarize(records), "latent_steps_mean": float(batch.latent_steps.float().mean()),
-                   "latent_rows": float((batch.latent_steps > 0).float().mean()),
-                   "per_difficulty": summarize_by_difficulty(records)}
-        if output is not None:
-            Path(output).write_text(json.dumps({"summary": summary}, indent=1))
-        return summary
+        return evaluate_latent(self.model, self.tokenizer, self.projector, self.eval_examples[: n or cfg.eval_problems],
+                               sampling, cfg.seed, output)
 
     def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
         """The generic loop; the projector of the last refresh is reloaded on ``resume`` and
@@ -279,3 +274,67 @@ class LiteReasonTrainer(RLTrainer):
         result = super().train(resume=resume, show_progress=show_progress)
         self.projector.save(result["model"])
         return result
+
+
+@torch.no_grad()
+def evaluate_latent(model: torch.nn.Module, tokenizer: Any, projector: ReasoningProjector, examples: Sequence[Example],
+                    sampling: SamplingConfig, seed: int = 0, output: Path | None = None) -> dict[str, Any]:
+    """Accuracy and token statistics (discrete tokens only) of one response per problem decoded
+    with latent steps from the LiteReason prompt (temperature 0: greedy; else sampled with
+    ``seed``), plus ``latent_steps_mean`` (per response) and ``latent_rows`` (share of responses
+    with a latent segment). ``output``: the summary as JSON (``{"summary": ...}``)."""
+    device = next(model.parameters()).device
+    prompts = [format_prompt(litereason_prompt(e.prompt), tokenizer) for e in examples]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batch = generate_latent(model, tokenizer, projector, prompts, 1, sampling, generator)
+    records = grade_rollout(tokenizer, examples, batch)
+    summary = {**summarize(records), "latent_steps_mean": float(batch.latent_steps.float().mean()),
+               "latent_rows": float((batch.latent_steps > 0).float().mean()),
+               "per_difficulty": summarize_by_difficulty(records)}
+    if output is not None:
+        Path(output).write_text(json.dumps({"summary": summary}, indent=1))
+    return summary
+
+
+@dataclass(frozen=True)
+class StartRecipe:
+    """How :func:`build_start_model` makes a LiteReason start model from a base model.
+
+    problems:   training problems rejection-sampled (``thinklean data litereason --n``), ``k`` traces each.
+    epochs, lr: projector SFT over the rows (``thinklean litereason-sft``; cosine, 10% warm-up).
+    with_lm:    also fine-tune the LM (``--with-lm``): the embedded model cannot follow the
+                prompt's instruction to write segments, so a frozen LM would never open one.
+    """
+
+    problems: int = 1000
+    k: int = 5
+    epochs: float = 1.0
+    lr: float = 1e-4
+    with_lm: bool = True
+    max_new_tokens: int = 320
+
+
+def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: StartRecipe = StartRecipe(),
+                      seed: int = 0, show_progress: bool = True) -> Path:
+    """``thinklean data litereason`` + ``thinklean litereason-sft`` from ``base_model``:
+    ``BUILD_DIR/litereason.jsonl`` (kept, and reused when present) and ``BUILD_DIR/model`` (the
+    LM with its projector; returned as it is when already built)."""
+    build_dir = Path(build_dir)
+    model_dir = build_dir / "model"
+    if (model_dir / CONFIG_NAME).is_file():
+        return model_dir
+    model, tokenizer = load_pretrained(base_model)
+    data = build_dir / "litereason.jsonl"
+    if data.is_file():
+        rows = [example_to_dict(e) for e in load_jsonl(data, require_solution=True)]
+    else:
+        examples = arith_examples(recipe.problems, "train", seed)
+        rows = litereason_records(model, tokenizer, examples, k=recipe.k, seed=seed,
+                                  max_new_tokens=recipe.max_new_tokens, show_progress=show_progress)
+        if not rows:
+            raise ValueError(f"{base_model}: no correct trace among {recipe.k} samples of {recipe.problems} problems")
+        write_jsonl(data, rows)
+    config = projector_sft_config(len(rows), lr=recipe.lr, epochs=recipe.epochs, seed=seed)
+    train_projector(model, tokenizer, ReasoningProjector.from_model(model), rows, build_dir, config,
+                    with_lm=recipe.with_lm, show_progress=show_progress)
+    return model_dir
