@@ -534,9 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _end_distributed() -> None:
-    """Destroy the process group a command started under ``accelerate launch``: a process that
-    exits with its gloo/NCCL group alive can abort in the group's teardown ("terminate called
-    without an active exception": twice in about ten full test runs), failing the run."""
+    """Destroy the process group a command started under ``accelerate launch``, as torch asks
+    before a process exits (it warns otherwise and leaves the group's teardown to interpreter exit)."""
     distributed = sys.modules.get("torch.distributed")  # only loaded if the command used torch
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         distributed.destroy_process_group()
