@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import time
@@ -534,10 +535,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _end_distributed() -> None:
-    """Destroy the process group a command started under ``accelerate launch``, as torch asks
-    before a process exits (it warns otherwise and leaves the group's teardown to interpreter exit)."""
+    """Destroy the process group a command started under ``accelerate launch`` while Python is alive.
+
+    Gloo's worker threads finish collective work (the trainer's last ``gather_object`` and barrier)
+    that holds Python-owned tensors, and releasing them takes the GIL. If the group outlives
+    interpreter finalisation, a worker takes the GIL after Python has shut down and the process
+    dies in ``std::terminate`` (seen on rank 1 of 2-process HGPO runs). ``destroy_process_group``
+    alone does not free the group while the finished trainer and its DDP-wrapped model, left in
+    reference cycles, still hold it; collecting those first lets the group join its threads here."""
     distributed = sys.modules.get("torch.distributed")  # only loaded if the command used torch
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        gc.collect()
         distributed.destroy_process_group()
 
 
