@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from thinklean.data import formats
@@ -26,8 +27,9 @@ def _bias_logits(model, tokenizer, biases: dict[str, float]):
     return model.lm_head.register_forward_hook(lambda module, args, out: out + bias.to(out.dtype))
 
 
-def _reference_logits(model, projector, prompt: list[int], response: list[int], segments) -> torch.Tensor:
-    """From scratch, one row, no cache, no padding: ``[len(response), V]`` logits scoring each token.
+def _reference(model, projector, prompt: list[int], response: list[int], segments) -> tuple[torch.Tensor, torch.Tensor]:
+    """From scratch, one row, no cache, no padding: ``[len(response), V]`` logits scoring each
+    token and the ``[latent steps, d]`` latent input embeddings.
 
     Every latent step re-runs the whole sequence so far as ``inputs_embeds``.
     """
@@ -35,15 +37,20 @@ def _reference_logits(model, projector, prompt: list[int], response: list[int], 
     steps_after = dict(segments)
     with torch.no_grad():
         embeds = embed(torch.tensor(prompt))
-        scoring_rows = []
+        scoring_rows, latents = [], []
         for t, token in enumerate(response):
             scoring_rows.append(embeds.shape[0] - 1)
             embeds = torch.cat([embeds, embed(torch.tensor([token]))])
             for _ in range(steps_after.get(t + 1, 0)):
                 hidden = model(inputs_embeds=embeds[None], output_hidden_states=True).hidden_states[-1][0, -1]
-                embeds = torch.cat([embeds, projector(hidden)[None]])
+                latents.append(projector(hidden))
+                embeds = torch.cat([embeds, latents[-1][None]])
         logits = model(inputs_embeds=embeds[None]).logits[0]
-    return logits[scoring_rows].float()
+    return logits[scoring_rows].float(), torch.stack(latents) if latents else embeds[:0]
+
+
+def _reference_logits(model, projector, prompt: list[int], response: list[int], segments) -> torch.Tensor:
+    return _reference(model, projector, prompt, response, segments)[0]
 
 
 def _row(batch: LatentRolloutBatch, i: int) -> tuple[list[int], list[int]]:
@@ -64,9 +71,16 @@ def test_cached_latent_rollout_matches_recomputation_from_scratch(tiny_model, ti
 
     forward = latent_forward(tiny_model, projector, batch.prompt_ids, batch.prompt_mask, batch.response_ids,
                              batch.response_mask, batch.latent_segments)
+    replayed = latent_forward(tiny_model, projector, batch.prompt_ids, batch.prompt_mask, batch.response_ids,
+                              batch.response_mask, batch.latent_segments, latent_inputs=batch.latent_inputs)
     for i in range(2):
         prompt, response = _row(batch, i)
-        reference = _reference_logits(tiny_model, projector, prompt, response, batch.latent_segments[i])
+        reference, latents = _reference(tiny_model, projector, prompt, response, batch.latent_segments[i])
+        # The rollout recorded the embeddings its latent steps were fed...
+        assert latents.shape == (batch.latent_steps[i], 64)
+        torch.testing.assert_close(batch.latent_inputs[i], latents, atol=1e-4, rtol=0)
+        # ...and feeding them back in one call scores like the recomputation.
+        torch.testing.assert_close(replayed.logits[i, : len(response)].float(), reference, atol=1e-4, rtol=0)
         # The rollout (KV cache, one latent per step) scored every token like the recomputation...
         expected = _gathered_logprobs(reference, torch.tensor(response), 1.0)
         torch.testing.assert_close(batch.logprobs[i, : len(response)], expected, atol=1e-4, rtol=0)
@@ -133,16 +147,65 @@ def test_a_latent_row_and_a_plain_row_share_a_batch(tiny_model, tiny_tokenizer, 
                                _gathered_logprobs(reference, torch.tensor(response), 1.0), atol=1e-4, rtol=0)
 
 
-def test_latent_forward_logprobs_equal_the_rollouts(tiny_model, tiny_tokenizer, projector):
+def _mixed_batch(model, tokenizer, projector) -> LatentRolloutBatch:
+    """6 rows over 2 decoding chunks: one or two segments, or none."""
     config = SamplingConfig(max_new_tokens=16, temperature=0.8, top_p=0.9, batch_size=4)
-    batch = generate_latent(tiny_model, tiny_tokenizer, projector, PROMPTS + [formats.format_prompt("Start with 1.")],
-                            2, config, generator=torch.Generator().manual_seed(2),
-                            forced_prefixes=[ONE_SEGMENT, "<think>", TWO_SEGMENTS, "", "<think>", ONE_SEGMENT])
+    return generate_latent(model, tokenizer, projector, PROMPTS + [formats.format_prompt("Start with 1.")],
+                           2, config, generator=torch.Generator().manual_seed(2),
+                           forced_prefixes=[ONE_SEGMENT, "<think>", TWO_SEGMENTS, "", "<think>", ONE_SEGMENT])
+
+
+@pytest.mark.parametrize("replay", [False, True], ids=["rebuilt", "recorded"])
+def test_latent_forward_logprobs_equal_the_rollouts(tiny_model, tiny_tokenizer, projector, replay):
+    batch = _mixed_batch(tiny_model, tiny_tokenizer, projector)
+    assert [len(s) for s in batch.latent_segments] == [1, 0, 2, 0, 0, 1]
     forward = latent_forward(tiny_model, projector, batch.prompt_ids, batch.prompt_mask, batch.response_ids,
-                             batch.response_mask, batch.latent_segments)
+                             batch.response_mask, batch.latent_segments,
+                             latent_inputs=batch.latent_inputs if replay else None)
     logprobs = _gathered_logprobs(forward.logits, batch.response_ids, 0.8) * batch.response_mask
     torch.testing.assert_close(logprobs, batch.logprobs, atol=1e-4, rtol=0)
     assert forward.hidden.shape == (6, batch.response_ids.shape[1], 64)
+
+
+def test_recorded_latent_inputs_keep_the_rollouts_state(tiny_model, tiny_tokenizer, projector):
+    batch = _mixed_batch(tiny_model, tiny_tokenizer, projector)
+    with torch.no_grad():  # the projector changes after the rollout (as a refresh would)
+        for p in projector.parameters():
+            p.mul_(1.5)
+
+    def logprobs(latent_inputs):
+        out = latent_forward(tiny_model, projector, batch.prompt_ids, batch.prompt_mask, batch.response_ids,
+                             batch.response_mask, batch.latent_segments, latent_inputs=latent_inputs)
+        return _gathered_logprobs(out.logits, batch.response_ids, 0.8) * batch.response_mask
+
+    torch.testing.assert_close(logprobs(batch.latent_inputs), batch.logprobs, atol=1e-4, rtol=0)
+    assert (logprobs(None) - batch.logprobs).abs().max() > 1e-2  # rebuilt latents are other states
+
+
+def test_recorded_latent_inputs_give_the_lm_the_same_gradient(tiny_model, tiny_tokenizer, projector):
+    batch = _mixed_batch(tiny_model, tiny_tokenizer, projector)
+
+    def gradients(latent_inputs) -> dict[str, torch.Tensor]:
+        tiny_model.zero_grad()
+        out = latent_forward(tiny_model, projector, batch.prompt_ids, batch.prompt_mask, batch.response_ids,
+                             batch.response_mask, batch.latent_segments, latent_inputs=latent_inputs)
+        (_gathered_logprobs(out.logits, batch.response_ids, 0.8) * batch.response_mask).sum().backward()
+        return {name: p.grad.clone() for name, p in tiny_model.named_parameters()}
+
+    rebuilt, recorded = gradients(None), gradients(batch.latent_inputs)
+    for name, grad in rebuilt.items():
+        torch.testing.assert_close(recorded[name], grad, atol=1e-4, rtol=1e-3, msg=name)
+    assert all(p.grad is None for p in projector.parameters())
+
+
+def test_latent_forward_rejects_recorded_inputs_that_do_not_fit(tiny_model, tiny_tokenizer, projector):
+    batch = _mixed_batch(tiny_model, tiny_tokenizer, projector)
+    args = (tiny_model, projector, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
+            batch.latent_segments)
+    with pytest.raises(ValueError, match=r"hold \[2, 0, 3, 0, 0, 2\] vectors per row but the segments ask for \[2, 0, 4"):
+        latent_forward(*args, latent_inputs=[v[:3] for v in batch.latent_inputs])
+    with pytest.raises(ValueError, match="cannot get a gradient"):
+        latent_forward(*args, grad_through_projector=True, latent_inputs=batch.latent_inputs)
 
 
 def test_segment_number_is_parsed_and_clamped(tiny_model, tiny_tokenizer, projector):

@@ -61,10 +61,10 @@ def no_eos(tiny_model, tiny_tokenizer):
     handle.remove()
 
 
-def randomise(projector: ReasoningProjector) -> None:
+def randomise(projector: ReasoningProjector, seed: int = 0) -> None:
     """Random weights of embedding scale: copies of a fresh tiny MLP shrink every vector to
     ~1e-8, so latents would barely matter and Adam's steps would vanish under its epsilon."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in projector.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.12)
@@ -121,11 +121,13 @@ def test_lengths_masks_and_length_rewards_count_discrete_tokens_only(tmp_path, t
     assert torch.equal(batch.rewards, kimi_reward(batch.correct, torch.tensor([8, 8, 8, 8]), r.group_ids))
 
 
-def test_training_logprobs_recompute_the_rollouts_latent_steps(tmp_path, tiny_model, tiny_tokenizer, no_eos):
+def test_training_logprobs_replay_the_rollouts_latent_steps(tmp_path, tiny_model, tiny_tokenizer, no_eos):
     trainer = ForcedSegmentTrainer(tiny_model, tiny_tokenizer, config(max_new_tokens=10), EXAMPLES, tmp_path)
     randomise(trainer.projector)
     batch = trainer.collect(0)
     rows = trainer._rows(batch, torch.arange(4))
+    assert [v.shape for v in rows["latent_inputs"]] == [(5, 64)] * 4
+    randomise(trainer.projector, seed=1)  # the update feeds the recorded latent inputs, not the projector's
     with torch.no_grad():
         logprobs, entropy = trainer.policy_logprobs(tiny_model, rows, with_entropy=True)
         plain, _ = RLTrainer.policy_logprobs(trainer, tiny_model, rows)  # the same tokens without latent steps

@@ -8,7 +8,10 @@
    (:func:`~thinklean.rollout.latent.generate_latent`). Only discrete tokens are actions:
    latent positions are outside ``response_mask`` and ``lengths``, so every registered reward
    (``--reward hmpo`` for "LiteReason + LP") sees discrete tokens only. The training forward
-   recomputes the latent embeddings under ``no_grad``; the projector gets no RL gradient.
+   feeds the latent embeddings the rollout recorded, as state without gradient, so the
+   projector gets no RL gradient. (The spec recomputes them under ``no_grad``: the same values
+   before the first optimizer step, which then cost one forward call per latent column; after
+   it, recomputed ones would no longer be the states the old log-probs were taken in.)
 3. **Projector refresh** (:meth:`LiteReasonTrainer.on_epoch_end`): after each pass over the RL
    prompts, projector SFT (1 epoch, constant lr) on a 10% sample of the pass's correct
    rollouts, each converted at both ratios.
@@ -223,15 +226,17 @@ class LiteReasonTrainer(RLTrainer):
 
     def _rows(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, Any]:
         out = super()._rows(batch, rows)
-        out["latent_segments"] = [batch.rollout.latent_segments[i] for i in rows.tolist()]
+        indices = rows.tolist()
+        out["latent_segments"] = [batch.rollout.latent_segments[i] for i in indices]
+        out["latent_inputs"] = [batch.rollout.latent_inputs[i] for i in indices]
         return out
 
     def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, Any],
                         with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs ``[b, T]`` of the discrete tokens with the rollout's latent steps recomputed
-        under ``no_grad`` (they are state, not actions); entropy ``[b, T]`` optionally."""
+        """Log-probs ``[b, T]`` of the discrete tokens, in one forward call, with the latent
+        embeddings the rollout fed (state, not actions: no gradient); entropy ``[b, T]`` optionally."""
         out = latent_forward(model, self.projector, rows["prompt_ids"], rows["prompt_mask"], rows["response_ids"],
-                             rows["response_mask"], rows["latent_segments"], grad_through_projector=False)
+                             rows["response_mask"], rows["latent_segments"], latent_inputs=rows["latent_inputs"])
         logits = out.logits.float() / max(self.config.temperature, 1e-6)
         logprobs = torch.log_softmax(logits, -1).gather(-1, rows["response_ids"].unsqueeze(-1)).squeeze(-1)
         return logprobs, entropy_from_logits(logits.detach()) if with_entropy else None

@@ -8,8 +8,8 @@ token and no log-prob; the output at latent N predicts the next discrete token.
 Latent positions are left out of ``response_ids``/``response_mask``/``logprobs``/``lengths`` (so
 rewards and metrics count discrete tokens only) and recorded as ``latent_segments``: per row a
 list of ``(position, N)``, meaning N latent steps sit right after the first ``position`` response
-tokens (the closing tag is ``response_ids[row, position - 1]``). :func:`latent_forward` puts them
-back to score a batch.
+tokens (the closing tag is ``response_ids[row, position - 1]``), and their input embeddings as
+``latent_inputs``. :func:`latent_forward` puts them back to score a batch.
 
 Detection works on decoded text, so it also covers tokenizers in which the tags are ordinary
 text spread over several tokens: the newest token must complete ``</implicit_thought>``, the last
@@ -21,7 +21,7 @@ text spread over several tokens: the newest token must complete ``</implicit_tho
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,10 +56,13 @@ class LatentRolloutBatch(RolloutBatch):
     latent_steps:    LongTensor[B], latent steps run by each row (sum of its segments' N).
     latent_segments: per row, ``[(position, N), ...]`` in order: N latent steps follow the first
                      ``position`` response tokens. Feed it to :func:`latent_forward`.
+    latent_inputs:   per row, FloatTensor[latent_steps[row], d] (projector dtype, model device):
+                     the input embeddings the row's latent steps were fed, in order.
     """
 
     latent_steps: torch.LongTensor
     latent_segments: list[list[tuple[int, int]]]
+    latent_inputs: list[torch.Tensor]
 
 
 @dataclass
@@ -138,7 +141,7 @@ def generate_latent(
     """:func:`thinklean.rollout.engine.generate` with LiteReason latent steps.
 
     Same arguments and outputs as ``generate`` (``max_new_tokens`` caps discrete tokens; latent
-    steps are free), plus ``latent_steps`` and ``latent_segments``. A segment closed inside a
+    steps are free), plus ``latent_steps``, ``latent_segments`` and ``latent_inputs``. A segment closed inside a
     forced prefix runs its latent steps there too. Runs under ``torch.no_grad()`` with model and
     projector in eval mode; their training flags are restored.
     """
@@ -154,7 +157,7 @@ def generate_latent(
     row_prompts, prefix_tokens = tokenize_rows(tokenizer, prompts, num_samples, config, forced_prefixes)
     detector = _SegmentDetector(tokenizer, projector.max_steps, device)
 
-    responses, logprobs, finished, segments, latent_steps = [], [], [], [], []
+    responses, logprobs, finished, segments, latent_steps, latent_inputs = [], [], [], [], [], []
     model_was_training, projector_was_training = model.training, projector.training
     model.eval()
     projector.eval()
@@ -166,7 +169,8 @@ def generate_latent(
                     model, tokenizer, projector, detector, row_prompts[start:stop],
                     prefix_tokens[start:stop], config, pad_id, eos_ids, generator,
                 )
-                for collected, part in zip((responses, logprobs, finished, segments, latent_steps), chunk):
+                for collected, part in zip((responses, logprobs, finished, segments, latent_steps, latent_inputs),
+                                           chunk):
                     collected.extend(part)
     finally:
         model.train(model_was_training)
@@ -178,6 +182,7 @@ def generate_latent(
         **vars(batch),
         latent_steps=torch.tensor(latent_steps, dtype=torch.long),
         latent_segments=segments,
+        latent_inputs=latent_inputs,
     )
 
 
@@ -193,7 +198,8 @@ def _check_projector(model, projector: ReasoningProjector) -> None:
 
 def _decode_latent_chunk(model, tokenizer, projector, detector, prompts, prefixes, config, pad_id, eos_ids,
                          generator):
-    """Decode one chunk of rows; per row: response tokens, log-probs, finished, segments, latent steps.
+    """Decode one chunk of rows; per row: response tokens, log-probs, finished, segments, latent
+    steps, latent input embeddings ``[steps, d]``.
 
     Each loop step feeds every live row one position: a latent row ``projector(hidden)``, any
     other row the embedding of its next token (forced or sampled), all in one ``inputs_embeds``.
@@ -222,6 +228,7 @@ def _decode_latent_chunk(model, tokenizer, projector, detector, prompts, prefixe
     latent_left = torch.zeros(n, dtype=torch.long, device=device)  # latent steps still to feed
     latent_steps = [0] * n
     segments: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    fed: list[list[torch.Tensor]] = [[] for _ in range(n)]  # per row, the latent input embeddings
     for i, segment in enumerate(first_segments):
         if segment and segment[0] < max_len:  # a segment that ends the budget is never continued
             latent_left[i] = segment[1]
@@ -291,6 +298,8 @@ def _decode_latent_chunk(model, tokenizer, projector, detector, prompts, prefixe
         if bool(latent.any()):  # latent rows never finish in this step, so this survives the drop
             latent_inputs = projector(hidden[latent].to(projector.dtype))
             latent_left[rows[latent]] -= 1
+            for row, vector in zip(rows[latent].tolist(), latent_inputs):
+                fed[row].append(vector)
 
         if bool(done.all()):
             break
@@ -317,7 +326,9 @@ def _decode_latent_chunk(model, tokenizer, projector, detector, prompts, prefixe
     tokens_cpu, logprobs_cpu = tokens_out.cpu(), logprobs_out.cpu()
     responses = [tokens_cpu[i, : lengths_list[i]].tolist() for i in range(n)]
     row_logprobs = [logprobs_cpu[i, : lengths_list[i]] for i in range(n)]
-    return responses, row_logprobs, finished.cpu().tolist(), segments, latent_steps
+    empty = torch.empty(0, projector.hidden_size, dtype=projector.dtype, device=device)
+    vectors = [torch.stack(row) if row else empty for row in fed]
+    return responses, row_logprobs, finished.cpu().tolist(), segments, latent_steps, vectors
 
 
 # ------------------------------------------------------------------------- training forward
@@ -332,8 +343,10 @@ def latent_forward(
     response_mask: torch.LongTensor,
     segments: list[list[tuple[int, int]]],
     grad_through_projector: bool = False,
+    latent_inputs: Sequence[torch.Tensor] | None = None,
 ) -> LatentForwardOutput:
-    """Score a (latent) rollout teacher-forced, rebuilding its latent steps with ``projector``.
+    """Score a (latent) rollout teacher-forced, rebuilding its latent steps with ``projector`` or
+    feeding the ones the rollout recorded.
 
     prompt_ids, prompt_mask:     LongTensor[B, P], left-padded (as in :class:`RolloutBatch`).
     response_ids, response_mask: LongTensor[B, T], right-padded, discrete tokens only.
@@ -342,21 +355,35 @@ def latent_forward(
                                  part of the state, and the projector gets no gradient. True
                                  (projector SFT): the loss backpropagates through the unrolled
                                  latent steps into the projector (and into the LM's activations).
+    latent_inputs:               per row FloatTensor[sum of its N, d] (``LatentRolloutBatch.latent_inputs``):
+                                 the latent steps' input embeddings, fed as they are (state, no
+                                 gradient) in one ordinary forward call instead of being rebuilt
+                                 one latent column at a time. Not with ``grad_through_projector``.
 
     Returns :class:`LatentForwardOutput` with ``logits[B, T, V]`` in the same layout as a plain
     forward's ``logits[:, P - 1: -1]``: ``log_softmax(logits / temperature)`` gathered at
-    ``response_ids`` equals the rollout's ``logprobs``. Without segments this is one ordinary
-    forward; each latent column costs one extra cached forward call (rows share calls: the
-    j-th segments of all rows are aligned, see :func:`_latent_layout`).
+    ``response_ids`` equals the rollout's ``logprobs``. Without segments, or with
+    ``latent_inputs``, this is one ordinary forward; otherwise each latent column costs one
+    extra cached forward call (rows share calls: the j-th segments of all rows are aligned, see
+    :func:`_latent_layout`).
     """
     if len(segments) != response_ids.shape[0]:
         raise ValueError(f"segments has {len(segments)} rows but response_ids has {response_ids.shape[0]}")
+    if latent_inputs is not None:
+        if grad_through_projector:
+            raise ValueError("latent_inputs are fixed embeddings: the projector cannot get a gradient through "
+                             "them; pass grad_through_projector=False or no latent_inputs")
+        steps = [sum(int(k) for _, k in row) for row in segments]
+        counts = [int(v.shape[0]) for v in latent_inputs]
+        if counts != steps:
+            raise ValueError(f"latent_inputs hold {counts} vectors per row but the segments ask for {steps} "
+                             "latent steps")
     checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5 name
     if checkpointing is None:
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
-    if model.training and checkpointing:
+    if model.training and checkpointing and latent_inputs is None:
         raise ValueError("latent_forward joins its chunks through the KV cache, which gradient checkpointing "
-                         "switches off; call model.gradient_checkpointing_disable() first")
+                         "switches off; call model.gradient_checkpointing_disable() first or pass latent_inputs")
     _check_projector(model, projector)
     device = response_ids.device
     ids, mask, latent, score_columns = (t.to(device) for t in _latent_layout(
@@ -365,6 +392,15 @@ def latent_forward(
     embed = model.get_input_embeddings()
     keep_name, cache_name = logits_to_keep_argument(model), cache_argument(model)
     extra = {keep_name: 1} if keep_name else {}  # logits come from the gathered hidden states below
+
+    if latent_inputs is not None:
+        inputs = embed(ids)
+        if bool(latent.any()):  # the boolean mask walks row by row, segment by segment, as recorded
+            vectors = torch.cat([v.detach() for v in latent_inputs]).to(device=inputs.device, dtype=inputs.dtype)
+            inputs = inputs.index_put((latent,), vectors)
+        out = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False,
+                    output_hidden_states=True, **extra)
+        return _score(model, out.hidden_states[-1], score_columns)
 
     latent_columns = latent.any(0).nonzero().flatten().tolist()
     starts = [0] + latent_columns
@@ -384,7 +420,11 @@ def latent_forward(
                     use_cache=True, output_hidden_states=True, **extra, **{cache_name: cache})
         cache = output_cache(out)
         hidden_chunks.append(out.hidden_states[-1])
-    hidden_all = torch.cat(hidden_chunks, dim=1)
+    return _score(model, torch.cat(hidden_chunks, dim=1), score_columns)
+
+
+def _score(model, hidden_all: torch.Tensor, score_columns: torch.Tensor) -> LatentForwardOutput:
+    """Logits and hidden states ``[B, T, .]`` at the columns that score each response token."""
     hidden = hidden_all.gather(1, score_columns[..., None].expand(-1, -1, hidden_all.shape[-1]))
     return LatentForwardOutput(logits=model.get_output_embeddings()(hidden), hidden=hidden)
 
