@@ -141,9 +141,9 @@ def generate_latent(
     """:func:`thinklean.rollout.engine.generate` with LiteReason latent steps.
 
     Same arguments and outputs as ``generate`` (``max_new_tokens`` caps discrete tokens; latent
-    steps are free), plus ``latent_steps``, ``latent_segments`` and ``latent_inputs``. A segment closed inside a
-    forced prefix runs its latent steps there too. Runs under ``torch.no_grad()`` with model and
-    projector in eval mode; their training flags are restored.
+    steps are free), plus ``latent_steps``, ``latent_segments`` and ``latent_inputs``. A segment
+    closed inside a forced prefix runs its latent steps there too. Runs under ``torch.no_grad()``
+    with model and projector in eval mode; their training flags are restored.
     """
     check_arguments(prompts, num_samples, config, forced_prefixes)
     pad_id = pad_token_id(tokenizer)
