@@ -386,22 +386,24 @@ def latent_forward(
                          "switches off; call model.gradient_checkpointing_disable() first or pass latent_inputs")
     _check_projector(model, projector)
     device = response_ids.device
-    ids, mask, latent, score_columns = (t.to(device) for t in _latent_layout(
-        prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments))
-    positions = position_ids_from_mask(mask)
     embed = model.get_input_embeddings()
     keep_name, cache_name = logits_to_keep_argument(model), cache_argument(model)
     extra = {keep_name: 1} if keep_name else {}  # logits come from the gathered hidden states below
 
     if latent_inputs is not None:
+        ids, mask, latent, score_columns = (t.to(device) for t in _compact_layout(
+            prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments))
         inputs = embed(ids)
         if bool(latent.any()):  # the boolean mask walks row by row, segment by segment, as recorded
             vectors = torch.cat([v.detach() for v in latent_inputs]).to(device=inputs.device, dtype=inputs.dtype)
             inputs = inputs.index_put((latent,), vectors)
-        out = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False,
-                    output_hidden_states=True, **extra)
+        out = model(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                    use_cache=False, output_hidden_states=True, **extra)
         return _score(model, out.hidden_states[-1], score_columns)
 
+    ids, mask, latent, score_columns = (t.to(device) for t in _latent_layout(
+        prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments))
+    positions = position_ids_from_mask(mask)
     latent_columns = latent.any(0).nonzero().flatten().tolist()
     starts = [0] + latent_columns
     ends = latent_columns + [ids.shape[1]]
@@ -429,6 +431,55 @@ def _score(model, hidden_all: torch.Tensor, score_columns: torch.Tensor) -> Late
     return LatentForwardOutput(logits=model.get_output_embeddings()(hidden), hidden=hidden)
 
 
+def _checked_segments(response_mask, segments) -> list[tuple[list[tuple[int, int]], int]]:
+    """Per row ``(segments as ints, response length)``; ValueError unless the mask is right-padded
+    and positions increase within ``1..length`` with every N >= 1."""
+    checked = []
+    for b, row in enumerate(segments):
+        length = int(response_mask[b].sum())
+        if not bool(response_mask[b, :length].all()):
+            raise ValueError(f"response_mask row {b} is not right-padded (1s then 0s)")
+        row_segments = [(int(p), int(k)) for p, k in row]
+        bounds = [p for p, _ in row_segments]
+        if any(not 1 <= p <= length for p in bounds) or bounds != sorted(set(bounds)):
+            raise ValueError(f"segments[{b}] = {row}: positions must increase within 1..{length} "
+                             "(the row's response length)")
+        if any(k < 1 for _, k in row_segments):
+            raise ValueError(f"segments[{b}] = {row}: every N must be >= 1")
+        checked.append((row_segments, length))
+    return checked
+
+
+def _compact_layout(prompt_ids, prompt_mask, response_ids, response_mask, segments):
+    """Lay out ``[prompt + response]`` with each row's latent slots where they occurred, for one
+    forward call with the latent inputs known: the prompts as given (left-padded, width P), then
+    per row its response tokens with N slots after the first ``position`` tokens of each segment,
+    right-padded. Returns what :func:`_latent_layout` returns, width ``P + T + max latent steps``.
+    """
+    num_rows, response_width = response_ids.shape
+    prompt_width = prompt_ids.shape[1]
+    segments = [row for row, _ in _checked_segments(response_mask, segments)]
+    steps_at = torch.zeros((num_rows, response_width + 1), dtype=torch.long)  # [b, p]: N of a segment at p
+    for b, row in enumerate(segments):
+        for position, steps in row:
+            steps_at[b, position] = steps
+    before = steps_at.cumsum(1)  # [b, t]: latent slots before response token t
+    columns = prompt_width + torch.arange(response_width) + before[:, :response_width]  # [B, T]
+    width = prompt_width + response_width + int(before[:, -1].max())
+    ids = torch.zeros((num_rows, width), dtype=torch.long)
+    mask = torch.zeros((num_rows, width), dtype=torch.long)
+    latent = torch.zeros((num_rows, width), dtype=torch.bool)
+    ids[:, :prompt_width], mask[:, :prompt_width] = prompt_ids, prompt_mask
+    ids.scatter_(1, columns, response_ids)
+    mask.scatter_(1, columns, response_mask.long())
+    for b, row in enumerate(segments):
+        for position, steps in row:
+            start = prompt_width + position + int(before[b, position - 1])
+            latent[b, start: start + steps] = True
+    mask[latent] = 1
+    return ids, mask, latent, columns - 1
+
+
 def _latent_layout(prompt_ids, prompt_mask, response_ids, response_mask, segments):
     """Lay out ``[prompt + response]`` with latent slots so that rows can share forward calls.
 
@@ -444,20 +495,10 @@ def _latent_layout(prompt_ids, prompt_mask, response_ids, response_mask, segment
     """
     num_rows, response_width = response_ids.shape
     prompts, responses, cuts, latents = [], [], [], []
-    for b in range(num_rows):
-        length = int(response_mask[b].sum())
-        if not bool(response_mask[b, :length].all()):
-            raise ValueError(f"response_mask row {b} is not right-padded (1s then 0s)")
+    for b, (row_segments, length) in enumerate(_checked_segments(response_mask, segments)):
         prompts.append(prompt_ids[b][prompt_mask[b].bool()].tolist())
         responses.append(response_ids[b, :length].tolist())
-        row_segments = [(int(p), int(k)) for p, k in segments[b]]
-        bounds = [p for p, _ in row_segments]
-        if any(not 1 <= p <= length for p in bounds) or bounds != sorted(set(bounds)):
-            raise ValueError(f"segments[{b}] = {segments[b]}: positions must increase within 1..{length} "
-                             "(the row's response length)")
-        if any(k < 1 for _, k in row_segments):
-            raise ValueError(f"segments[{b}] = {segments[b]}: every N must be >= 1")
-        cuts.append([0] + bounds + [length])
+        cuts.append([0] + [p for p, _ in row_segments] + [length])
         latents.append([k for _, k in row_segments])
     num_segments = max(len(k) for k in latents)
     for b in range(num_rows):  # rows with fewer segments: empty blocks at the end
