@@ -18,6 +18,7 @@ from thinklean.data.litereason import INSTRUCTION
 from thinklean.methods import get_trainer_class
 from thinklean.methods.litereason import LiteReasonTrainer
 from thinklean.models.projector import ReasoningProjector
+from thinklean.models.tiny import build_model
 from thinklean.rollout import RolloutBatch
 from thinklean.train.config import ConfigError, load_config
 from thinklean.train.monitor import read_metrics
@@ -135,6 +136,42 @@ def test_training_logprobs_replay_the_rollouts_latent_steps(tmp_path, tiny_model
     torch.testing.assert_close(logprobs[mask], batch.rollout.logprobs[mask], atol=1e-4, rtol=0)
     assert (plain[:, 5] - logprobs[:, 5]).abs().max() > 1e-3  # the first token after the latent steps differs
     assert entropy.shape == (4, 10)
+
+
+def test_the_update_on_shared_prompts_gives_the_full_row_gradient(tmp_path, tiny_tokenizer):
+    """Each distinct prompt run once, the responses with their recorded latent steps on its cache:
+    the loss and gradient of scoring every prompt + latent response row in full."""
+    results = []
+    for share in (False, True):
+        model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=4, intermediate_size=128)
+        no_eos = torch.zeros(model.config.vocab_size)
+        no_eos[tiny_tokenizer.convert_tokens_to_ids(EOS)] = -1e4
+        model.lm_head.register_forward_hook(lambda module, args, out: out + no_eos.to(out.dtype))
+        trainer = AlternatingRewardTrainer(model, tiny_tokenizer, config(share_prompt_forward=share, micro_batch_size=3,
+                                                                       samples_per_prompt=3),
+                                           EXAMPLES, tmp_path / str(share))
+        randomise(trainer.projector)
+        grads, passes = [], []
+        trainer.optimizer.register_step_pre_hook(lambda *a: grads.extend(p.grad.clone() for p in model.parameters()))
+        share_prompts = trainer._share_prompts
+
+        def recorded(*args, share_prompts=share_prompts, passes=passes):
+            shared = share_prompts(*args)
+            passes.append(shared is not None)
+            return shared
+
+        trainer._share_prompts = recorded
+        metrics = trainer.step()
+        results.append((metrics, grads, passes))
+    (m_full, g_full, _), (m_shared, g_shared, shared_used) = results
+    assert shared_used == [True]
+    assert m_shared["latent_steps_mean"] == 5
+    assert m_full["loss"] == pytest.approx(m_shared["loss"], abs=1e-6)
+    assert m_full["entropy"] == pytest.approx(m_shared["entropy"], rel=1e-5)
+    assert len(g_full) == len(g_shared) > 0
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g_full, g_shared))
+    assert sum(float(g.abs().sum()) for g in g_shared) > 0
 
 
 def test_the_refresh_trains_the_projector_on_a_tenth_of_the_passs_correct_rollouts(tmp_path, tiny_model,

@@ -49,7 +49,13 @@ from thinklean.eval.metrics import summarize, summarize_by_difficulty
 from thinklean.models.projector import CONFIG_NAME, ReasoningProjector
 from thinklean.models.tiny import load_pretrained
 from thinklean.rollout import SamplingConfig
-from thinklean.rollout.latent import LatentRolloutBatch, generate_latent, latent_forward, segment_finder
+from thinklean.rollout.latent import (
+    LatentRolloutBatch,
+    generate_latent,
+    latent_forward,
+    latent_replay_inputs,
+    segment_finder,
+)
 from thinklean.train.config import ConfigError
 from thinklean.train.rl import RLConfig, RLTrainer, StepBatch
 from thinklean.train.sft import IGNORE_INDEX, LossFn, SFTConfig, train_sft
@@ -231,13 +237,27 @@ class LiteReasonTrainer(RLTrainer):
         out["latent_inputs"] = [batch.rollout.latent_inputs[i] for i in indices]
         return out
 
+    policy_logprobs_shares_prompts = True
+
     def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, Any],
                         with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs ``[b, T]`` of the discrete tokens, in one forward call, with the latent
-        embeddings the rollout fed (state, not actions: no gradient); entropy ``[b, T]`` optionally."""
-        out = latent_forward(model, self.projector, rows["prompt_ids"], rows["prompt_mask"], rows["response_ids"],
-                             rows["response_mask"], rows["latent_segments"], latent_inputs=rows["latent_inputs"])
-        logits = out.logits.float() / max(self.config.temperature, 1e-6)
+        embeddings the rollout fed (state, not actions: no gradient); entropy ``[b, T]`` optionally.
+        On ``rows["shared_prompt"]`` (the update) only the responses run, on the prompts' cache."""
+        shared = rows.get("shared_prompt")
+        if shared is None:
+            logits = latent_forward(model, self.projector, rows["prompt_ids"], rows["prompt_mask"],
+                                    rows["response_ids"], rows["response_mask"], rows["latent_segments"],
+                                    latent_inputs=rows["latent_inputs"]).logits
+        else:
+            no_prompt = rows["prompt_ids"][:, :0]
+            inputs, mask, columns = latent_replay_inputs(model, no_prompt, no_prompt, rows["response_ids"],
+                                                         rows["response_mask"], rows["latent_segments"],
+                                                         rows["latent_inputs"])
+            logits = shared.response_logits(model, rows["prompt_index"], None, mask, inputs_embeds=inputs)
+            # logits[:, c] is column c - 1's output (c = 0: the prompt's last); token t's is columns[t]
+            logits = logits.gather(1, (columns + 1)[..., None].expand(-1, -1, logits.shape[-1]))
+        logits = logits.float() / max(self.config.temperature, 1e-6)
         logprobs = torch.log_softmax(logits, -1).gather(-1, rows["response_ids"].unsqueeze(-1)).squeeze(-1)
         return logprobs, entropy_from_logits(logits.detach()) if with_entropy else None
 

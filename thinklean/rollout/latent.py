@@ -369,15 +369,9 @@ def latent_forward(
     """
     if len(segments) != response_ids.shape[0]:
         raise ValueError(f"segments has {len(segments)} rows but response_ids has {response_ids.shape[0]}")
-    if latent_inputs is not None:
-        if grad_through_projector:
-            raise ValueError("latent_inputs are fixed embeddings: the projector cannot get a gradient through "
-                             "them; pass grad_through_projector=False or no latent_inputs")
-        steps = [sum(int(k) for _, k in row) for row in segments]
-        counts = [int(v.shape[0]) for v in latent_inputs]
-        if counts != steps:
-            raise ValueError(f"latent_inputs hold {counts} vectors per row but the segments ask for {steps} "
-                             "latent steps")
+    if latent_inputs is not None and grad_through_projector:
+        raise ValueError("latent_inputs are fixed embeddings: the projector cannot get a gradient through "
+                         "them; pass grad_through_projector=False or no latent_inputs")
     checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5 name
     if checkpointing is None:
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
@@ -391,12 +385,8 @@ def latent_forward(
     extra = {keep_name: 1} if keep_name else {}  # logits come from the gathered hidden states below
 
     if latent_inputs is not None:
-        ids, mask, latent, score_columns = (t.to(device) for t in _compact_layout(
-            prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments))
-        inputs = embed(ids)
-        if bool(latent.any()):  # the boolean mask walks row by row, segment by segment, as recorded
-            vectors = torch.cat([v.detach() for v in latent_inputs]).to(device=inputs.device, dtype=inputs.dtype)
-            inputs = inputs.index_put((latent,), vectors)
+        inputs, mask, score_columns = latent_replay_inputs(model, prompt_ids, prompt_mask, response_ids,
+                                                           response_mask, segments, latent_inputs)
         out = model(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                     use_cache=False, output_hidden_states=True, **extra)
         return _score(model, out.hidden_states[-1], score_columns)
@@ -425,6 +415,38 @@ def latent_forward(
     return _score(model, torch.cat(hidden_chunks, dim=1), score_columns)
 
 
+def latent_replay_inputs(
+    model,
+    prompt_ids: torch.LongTensor,
+    prompt_mask: torch.LongTensor,
+    response_ids: torch.LongTensor,
+    response_mask: torch.LongTensor,
+    segments: list[list[tuple[int, int]]],
+    latent_inputs: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, torch.LongTensor, torch.LongTensor]:
+    """One forward call's inputs for rows whose latent input embeddings are known (recorded).
+
+    Arguments as in :func:`latent_forward` (``prompt_ids``/``prompt_mask`` may have width 0: the
+    responses alone, to score on a shared prompt cache). Columns: the prompts as given, then per
+    row its response tokens with N latent slots after the first ``position`` tokens of each
+    segment, right-padded. Returns ``inputs_embeds[B, W, d]`` (the latent slots hold
+    ``latent_inputs``, detached), ``attention_mask[B, W]`` and ``score_columns[B, T]``: the
+    column whose output scores response token t (-1: the prompt's last position, outside).
+    """
+    steps = [sum(int(k) for _, k in row) for row in segments]
+    counts = [int(v.shape[0]) for v in latent_inputs]
+    if counts != steps:
+        raise ValueError(f"latent_inputs hold {counts} vectors per row but the segments ask for {steps} latent steps")
+    device = response_ids.device
+    ids, mask, latent, score_columns = (t.to(device) for t in _compact_layout(
+        prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments))
+    inputs = model.get_input_embeddings()(ids)
+    if bool(latent.any()):  # the boolean mask walks row by row, segment by segment, as recorded
+        vectors = torch.cat([v.detach() for v in latent_inputs]).to(device=inputs.device, dtype=inputs.dtype)
+        inputs = inputs.index_put((latent,), vectors)
+    return inputs, mask, score_columns
+
+
 def _score(model, hidden_all: torch.Tensor, score_columns: torch.Tensor) -> LatentForwardOutput:
     """Logits and hidden states ``[B, T, .]`` at the columns that score each response token."""
     hidden = hidden_all.gather(1, score_columns[..., None].expand(-1, -1, hidden_all.shape[-1]))
@@ -451,11 +473,8 @@ def _checked_segments(response_mask, segments) -> list[tuple[list[tuple[int, int
 
 
 def _compact_layout(prompt_ids, prompt_mask, response_ids, response_mask, segments):
-    """Lay out ``[prompt + response]`` with each row's latent slots where they occurred, for one
-    forward call with the latent inputs known: the prompts as given (left-padded, width P), then
-    per row its response tokens with N slots after the first ``position`` tokens of each segment,
-    right-padded. Returns what :func:`_latent_layout` returns, width ``P + T + max latent steps``.
-    """
+    """The columns of :func:`latent_replay_inputs`; returns what :func:`_latent_layout` returns,
+    width ``P + T + most latent steps of a row``."""
     num_rows, response_width = response_ids.shape
     prompt_width = prompt_ids.shape[1]
     segments = [row for row, _ in _checked_segments(response_mask, segments)]

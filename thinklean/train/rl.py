@@ -104,7 +104,8 @@ class RLConfig:
     # rows are length-sorted first, so short rows share a micro-batch and padding stays small
     micro_batch_tokens: int = 1024
     # run each distinct prompt once per mini-batch in the update, not once per sample (same
-    # gradient; single process, methods that keep the default policy_logprobs/response_logits)
+    # gradient; single process, methods that keep the default policy_logprobs/response_logits
+    # or whose policy_logprobs scores on the shared prompts, as LiteReason's does)
     share_prompt_forward: bool = True
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, resample
     max_resample_rounds: int = 3
@@ -175,6 +176,9 @@ def _first_prompt_column(prompt_mask: torch.Tensor) -> int:
 
 class RLTrainer:
     """Generic policy-gradient trainer; subclass and override hooks for a method."""
+
+    # A subclass whose own policy_logprobs scores rows["shared_prompt"] (see _share_prompts) sets this.
+    policy_logprobs_shares_prompts = False
 
     def __init__(
         self,
@@ -522,7 +526,8 @@ class RLTrainer:
         -1 outside ``mini``); ``None`` where the update must score full rows instead."""
         cls = type(self)
         if not (self.config.share_prompt_forward and self.accelerator.num_processes == 1
-                and cls.policy_logprobs is RLTrainer.policy_logprobs and cls.response_logits is RLTrainer.response_logits):
+                and (cls.policy_logprobs is RLTrainer.policy_logprobs or cls.policy_logprobs_shares_prompts)
+                and cls.response_logits is RLTrainer.response_logits):
             return None
         r = batch.rollout
         start = _first_prompt_column(r.prompt_mask[mini])

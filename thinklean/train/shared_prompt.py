@@ -39,12 +39,14 @@ class SharedPromptForward:
         self.leaves = [t.detach().requires_grad_(t.requires_grad) for t in outputs]
         self.prompt_mask = prompt_mask
 
-    def response_logits(self, model: torch.nn.Module, index: torch.Tensor, response_ids: torch.Tensor,
-                        response_mask: torch.Tensor) -> torch.Tensor:
+    def response_logits(self, model: torch.nn.Module, index: torch.Tensor, response_ids: torch.Tensor | None,
+                        response_mask: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[b, T, V]`` predicting each response token of ``b`` rows.
 
         ``index[b]``: each row's prompt (row of ``prompt_mask``); ``response_ids``/``response_mask``
         ``[b, T]`` right-padded. Position ``t`` holds the logits that score ``response_ids[:, t]``.
+        ``inputs_embeds`` ``[b, T, d]``, with ``response_ids=None``: fed instead of the ids (a
+        response with LiteReason latent steps); position ``t`` then scores input ``t``.
         """
         *kv, last_logits = self.leaves
         cache = DynamicCache()
@@ -52,7 +54,8 @@ class SharedPromptForward:
             cache.update(keys[index], values[index], layer)
         attention_mask = torch.cat([self.prompt_mask[index], response_mask], 1)
         positions = position_ids_from_mask(attention_mask)[:, self.prompt_mask.shape[1]:]
-        out = model(input_ids=response_ids, attention_mask=attention_mask, position_ids=positions,
+        inputs = {"input_ids": response_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+        out = model(**inputs, attention_mask=attention_mask, position_ids=positions,
                     use_cache=True, **{cache_argument(model): cache})
         return torch.cat([last_logits[index].unsqueeze(1), out.logits[:, :-1]], 1)
 
