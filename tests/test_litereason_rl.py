@@ -52,12 +52,16 @@ def config(**kw) -> RLConfig:
     return RLConfig(**{**base, **kw})
 
 
+def forbid_eos(model, tokenizer) -> torch.utils.hooks.RemovableHandle:
+    """The model never writes EOS, so every row has exactly max_new_tokens discrete tokens."""
+    bias = torch.zeros(model.config.vocab_size)
+    bias[tokenizer.convert_tokens_to_ids(EOS)] = -1e4
+    return model.lm_head.register_forward_hook(lambda module, args, out: out + bias.to(out.dtype))
+
+
 @pytest.fixture()
 def no_eos(tiny_model, tiny_tokenizer):
-    """The tiny model never writes EOS, so every row has exactly max_new_tokens discrete tokens."""
-    bias = torch.zeros(tiny_model.config.vocab_size)
-    bias[tiny_tokenizer.convert_tokens_to_ids(EOS)] = -1e4
-    handle = tiny_model.lm_head.register_forward_hook(lambda module, args, out: out + bias.to(out.dtype))
+    handle = forbid_eos(tiny_model, tiny_tokenizer)
     yield
     handle.remove()
 
@@ -145,9 +149,7 @@ def test_the_update_on_shared_prompts_gives_the_full_row_gradient(tmp_path, tiny
     for share in (False, True):
         model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=4, intermediate_size=128)
-        no_eos = torch.zeros(model.config.vocab_size)
-        no_eos[tiny_tokenizer.convert_tokens_to_ids(EOS)] = -1e4
-        model.lm_head.register_forward_hook(lambda module, args, out: out + no_eos.to(out.dtype))
+        forbid_eos(model, tiny_tokenizer)
         trainer = AlternatingRewardTrainer(model, tiny_tokenizer, config(share_prompt_forward=share, micro_batch_size=3,
                                                                        samples_per_prompt=3),
                                            EXAMPLES, tmp_path / str(share))

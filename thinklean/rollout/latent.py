@@ -380,7 +380,6 @@ def latent_forward(
                          "switches off; call model.gradient_checkpointing_disable() first or pass latent_inputs")
     _check_projector(model, projector)
     device = response_ids.device
-    embed = model.get_input_embeddings()
     keep_name, cache_name = logits_to_keep_argument(model), cache_argument(model)
     extra = {keep_name: 1} if keep_name else {}  # logits come from the gathered hidden states below
 
@@ -394,6 +393,7 @@ def latent_forward(
     ids, mask, latent, score_columns = (t.to(device) for t in _latent_layout(
         prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments))
     positions = position_ids_from_mask(mask)
+    embed = model.get_input_embeddings()
     latent_columns = latent.any(0).nonzero().flatten().tolist()
     starts = [0] + latent_columns
     ends = latent_columns + [ids.shape[1]]
