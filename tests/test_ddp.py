@@ -114,7 +114,6 @@ def test_two_process_ddp_hgpo_with_its_auxiliary_tag_mass_loss(tmp_path, tiny_to
     _ddp_against_one_process(tmp_path, tiny_tokenizer, "hgpo", HGPOShardReplay, [], ("auxiliary_loss",))
 
 
-
 _THREADS_AT_EXIT = """
 import os, sys
 import thinklean.cli as cli

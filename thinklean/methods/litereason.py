@@ -186,6 +186,8 @@ def refresh_rows(rollouts: Sequence[tuple[Example, str]], tokenizer: Any, fracti
 class LiteReasonTrainer(RLTrainer):
     """GRPO whose rollouts run latent steps; projector frozen in RL, refreshed after each pass."""
 
+    policy_logprobs_shares_prompts = True  # the update scores responses on the shared prompt cache
+
     def __init__(self, model: torch.nn.Module, tokenizer: Any, config: RLConfig, train_examples: Sequence[Example],
                  run_dir: str | Path, eval_examples: Sequence[Example] = ()) -> None:
         unknown = sorted(set(config.method_kwargs) - set(METHOD_KWARGS))
@@ -236,8 +238,6 @@ class LiteReasonTrainer(RLTrainer):
         out["latent_segments"] = [batch.rollout.latent_segments[i] for i in indices]
         out["latent_inputs"] = [batch.rollout.latent_inputs[i] for i in indices]
         return out
-
-    policy_logprobs_shares_prompts = True
 
     def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, Any],
                         with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
