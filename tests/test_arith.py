@@ -3,22 +3,30 @@ import random
 import pytest
 
 from thinklean.data.arith import (
+    BASE_STYLE_WEIGHTS,
     STYLES,
     ArithProblem,
+    detect_style,
     generate_problems,
+    parse_question,
+    parse_steps,
     render_reasoning,
+    render_trace,
     sft_records,
     solution_text,
+    wrong_product,
 )
 from thinklean.data.formats import EOS, THINK, THINK_END
+from thinklean.eval.steps import step_stats
 
 
-def test_problem_text_and_answer_worked_by_hand():
+def test_problem_text_answer_and_risky_steps_worked_by_hand():
     p = ArithProblem(7, (("+", 5), ("*", 3), ("-", 4)))
     assert p.question == "Start with 7. Add 5. Multiply by 3. Subtract 4. What is the result?"
     # 7 + 5 = 12; 12 * 3 = 36; 36 - 4 = 32
     assert p.values() == [7, 12, 36, 32]
     assert p.answer == 32 and p.difficulty == 3
+    assert p.risky_steps == (1,)
 
 
 def test_generator_is_deterministic_per_seed():
@@ -37,12 +45,12 @@ def test_train_and_test_splits_are_disjoint():
 
 
 def test_asking_for_more_distinct_problems_than_exist_names_the_short_difficulty():
-    # Every 1-operation problem, enumerated by hand from the generator's rules (start 1-50;
-    # +/- 1-9 within 0-99; * 2, 3 up to 99; / 2, 3 when exact), then split by the hash.
+    # Every 1-operation problem, enumerated by hand from the generator's rules (start 2-60;
+    # +/- 1-9 staying >= 0; * 4-9 when the start has two digits), then split by the hash.
     one_op = []
-    for start in range(1, 51):
-        ops = [("+", k) for k in range(1, 10) if start + k <= 99] + [("-", k) for k in range(1, 10) if start - k >= 0]
-        ops += [("*", k) for k in (2, 3) if start * k <= 99] + [("/", k) for k in (2, 3) if start % k == 0]
+    for start in range(2, 61):
+        ops = [("+", k) for k in range(1, 10)] + [("-", k) for k in range(1, 10) if start - k >= 0]
+        ops += [("*", k) for k in range(4, 10) if start >= 10]
         one_op += [ArithProblem(start, (op,)) for op in ops]
     n_test = sum(p.split == "test" for p in one_op)
     with pytest.raises(ValueError, match=rf"found only {n_test} distinct test problems with 1 operation.*need 500 of each"):
@@ -50,30 +58,114 @@ def test_asking_for_more_distinct_problems_than_exist_names_the_short_difficulty
     assert len(generate_problems(6 * n_test, "test")) == 6 * n_test
 
 
-def test_difficulties_cycle_and_values_stay_small():
-    problems = generate_problems(120, "test", seed=1)
+def test_values_stay_in_range_and_only_two_digit_values_are_multiplied():
+    problems = generate_problems(600, "test", seed=1)
     assert sorted({p.difficulty for p in problems}) == [1, 2, 3, 4, 5, 6]
+    multiplied = 0
     for p in problems:
-        assert all(0 <= v <= 99 for v in p.values())
+        values = p.values()
+        assert all(0 <= v <= 999 for v in values)
+        for (symbol, k), before in zip(p.ops, values):
+            if symbol == "*":
+                multiplied += 1
+                assert 10 <= before <= 99 and 4 <= k <= 9
+            else:
+                assert 1 <= k <= 9
+    assert multiplied > 100
 
 
-def test_terse_reasoning_for_a_known_problem():
-    p = ArithProblem(12, (("+", 8), ("*", 3)))
-    assert render_reasoning(p, "terse", random.Random(0)) == "12 + 8 = 20. 20 * 3 = 60."
-    assert solution_text(p, "terse", random.Random(0)) == f"{THINK} 12 + 8 = 20. 20 * 3 = 60. {THINK_END} \\boxed{{60}}"
-
-
-def test_verbose_style_is_at_least_twice_as_long_as_terse():
+def test_styles_check_the_steps_they_name():
+    p = ArithProblem(47, (("*", 6), ("+", 5)))
     rng = random.Random(0)
-    problems = generate_problems(60, "train", seed=0)
-    terse = sum(len(render_reasoning(p, "terse", rng)) for p in problems)
-    verbose = sum(len(render_reasoning(p, "verbose", rng)) for p in problems)
-    assert verbose >= 2 * terse
+    assert render_reasoning(p, "terse", rng) == "47 * 6 = 282. 282 + 5 = 287."
+    full = render_reasoning(p, "full", rng)
+    # the risky step is recomputed by tens and units, the safe one by its inverse
+    assert "47 * 6 = 282. " in full and "40 * 6 = 240, 7 * 6 = 42, 240 + 42 = 282." in full
+    assert "282 + 5 = 287. " in full and "287 - 5 = 282." in full and full.endswith("The result is 287.")
+    risky = render_reasoning(p, "risky", rng)
+    assert "240 + 42 = 282." in risky and "287 - 5" not in risky and risky.endswith("282 + 5 = 287.")
+    assert solution_text(p, "terse", rng) == f"{THINK} 47 * 6 = 282. 282 + 5 = 287. {THINK_END} \\boxed{{287}}"
 
 
-def test_sft_records_mix_styles_and_carry_answers():
-    rows = sft_records(300, seed=0)
-    assert {r["style"] for r in rows} == set(STYLES)
-    for r in rows[:20]:
-        assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}")
-        assert EOS not in r["solution"]
+def test_a_repaired_step_is_written_wrong_then_fixed_and_the_wrong_digits_are_the_span():
+    p = ArithProblem(47, (("*", 6), ("+", 5)))
+    text, spans = render_trace(p, "full", random.Random(0), repair_rate=1.0)
+    assert len(spans) == 1
+    (start, end), = spans
+    wrong = int(text[start:end])
+    assert wrong != 282 and text.startswith(f"47 * 6 = {wrong}.")
+    assert "240 + 42 = 282. Wait, the result is 282. 282 + 5 = 287." in text
+    steps, ok = parse_steps(text)
+    assert ok and [(s.first, s.final, s.checked) for s in steps] == [(wrong, 282, True), (287, 287, True)]
+
+
+def test_wrong_products_change_one_digit_by_one_or_two():
+    rng = random.Random(1)
+    for right in (282, 40, 120, 891):
+        for _ in range(50):
+            wrong = wrong_product(right, rng)
+            diff = abs(wrong - right)
+            assert wrong >= 0 and diff in (1, 2, 10, 20, 100, 200)
+
+
+def test_sft_records_mix_styles_carry_answers_and_mask_only_wrong_digits():
+    rows = sft_records(600, seed=0, repair_rate=0.3)
+    assert {r["style"] for r in rows} == set(BASE_STYLE_WEIGHTS)
+    assert sum(r["style"] == "full" for r in rows) > sum(r["style"] == "terse" for r in rows) * 3
+    masked = 0
+    for r in rows:
+        assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}") and EOS not in r["solution"]
+        assert r["risky_steps"] == [i for i, s in enumerate(parse_steps(r["solution"])[0]) if s.op == "*"]
+        for a, b in r["masked_spans"]:
+            masked += 1
+            assert r["solution"][a:b].isdigit() and r["solution"][b] == "."
+    assert masked > 20
+    assert all("masked_spans" not in r for r in sft_records(20, seed=0))
+
+
+def test_detect_style_reads_which_steps_were_checked():
+    p = ArithProblem(47, (("*", 6), ("+", 5), ("-", 2)))
+    for style in ("terse", "full", "risky"):
+        assert detect_style(solution_text(p, style, random.Random(0))) == style
+    partial = "<think> 47 * 6 = 282. 282 + 5 = 287. Double-check: 287 - 5 = 282. Yes. The result is 287. 287 - 2 = 285. </think>"
+    assert detect_style(partial) == "partial"
+    assert set(STYLES) == {"terse", "partial", "full", "risky"}
+
+
+def test_parse_stops_at_text_that_is_no_step():
+    steps, ok = parse_steps("<think> 12 + 3 = 15. 15 * 4 = 60. So the answer </think> \\boxed{60}")
+    assert not ok and [s.first for s in steps] == [15, 60]
+
+
+def test_step_stats_by_hand():
+    texts = [
+        # risky step wrong, repaired by its check; safe step right, unchecked
+        "<think> 47 * 6 = 272. Let me check: 40 * 6 = 240, 7 * 6 = 42, 240 + 42 = 282. Wait, the result is 282. "
+        "282 + 5 = 287. </think> \\boxed{287}",
+        # risky step wrong and unchecked; safe step wrong (from the value written), checked
+        "<think> 12 * 7 = 74. 74 - 1 = 72. Good. </think>",  # the "Good." is no check: parsing stops there
+        # risky step right, checked, and the check breaks it
+        "<think> 13 * 4 = 52. Double-check: 10 * 4 = 40, 3 * 4 = 12, 40 + 12 = 51. Wait, the result is 51. </think>",
+    ]
+    question = "Start with 47. Multiply by 6. Add 5. What is the result?"
+    stats = step_stats([(question, texts[0]), ("Start with 12. Multiply by 7. Subtract 1. What is the result?", texts[1]),
+                        ("a question of another task", texts[2])])
+    risky, safe = stats["risky"], stats["safe"]
+    assert risky["steps"] == 3 and risky["checked"] == 2
+    assert risky["first_error_rate"] == pytest.approx(2 / 3)
+    assert risky["unchecked_error_rate"] == 1.0  # 12 * 7 = 74
+    assert risky["checked_error_rate"] == pytest.approx(1 / 2)  # 282 right, 51 wrong
+    assert (risky["repaired"], risky["broken"]) == (1, 1)
+    assert safe["steps"] == 2 and safe["checked"] == 0 and safe["unchecked_error_rate"] == pytest.approx(1 / 2)
+    assert stats["*6"]["steps"] == 1 and stats["*7"]["unchecked_error_rate"] == 1.0
+    # the first two questions parse; both responses follow them; the second stops parsing early
+    assert stats["reading"] == {"responses": 2, "misread_rate": 0.0, "unparsed_rate": 0.5}
+    misread = step_stats([(question, "<think> 47 * 6 = 282. 282 + 6 = 288. </think>")])["reading"]
+    assert misread["misread_rate"] == 1.0
+    assert step_stats([(question, "no steps at all")]) == {}
+
+
+def test_questions_parse_back_to_their_problems():
+    for p in generate_problems(60, "test", seed=2):
+        assert parse_question(p.question) == p
+    assert parse_question("What is 2 + 2?") is None

@@ -9,15 +9,17 @@ from transformers import PreTrainedTokenizerFast
 from thinklean.models.tiny import BASE_MODEL_DIR, load_pretrained
 from thinklean.train.base_model import sha256_file
 
-pytestmark = pytest.mark.skipif(not (BASE_MODEL_DIR / "BUILD.json").is_file(), reason="base model not built")
+needs_base = pytest.mark.skipif(not (BASE_MODEL_DIR / "BUILD.json").is_file(), reason="base model not built")
 
 
+@needs_base
 def test_shipped_weights_match_the_recorded_checksum():
     build = json.loads((BASE_MODEL_DIR / "BUILD.json").read_text())
     assert sha256_file(BASE_MODEL_DIR / "model.safetensors") == build["sha256"]
     assert build["command"] == "thinklean demo --rebuild"
 
 
+@needs_base
 def test_base_model_is_the_documented_tiny_qwen2():
     model, tokenizer = load_pretrained()
     config = model.config
@@ -26,6 +28,7 @@ def test_base_model_is_the_documented_tiny_qwen2():
     assert isinstance(tokenizer, PreTrainedTokenizerFast)
 
 
+@needs_base
 def test_base_model_solves_the_task_with_well_formed_finished_answers():
     from thinklean.eval.evaluate import EvalConfig, arith_examples, evaluate
 
@@ -43,7 +46,7 @@ def test_build_resumes_finished_stages_with_the_work_dirs_own_tokenizer(tmp_path
 
     stages = tuple(BuildStage(name, SFTConfig(steps=2, batch_size=2, lr=1e-3), {"terse": 1.0}, 8)
                    for name in ("one", "two"))
-    first = build_base_model(tmp_path / "out", tmp_path / "work", stages=stages, show_progress=False)
+    first = build_base_model(tmp_path / "out", tmp_path / "work", stages=stages, init=None, show_progress=False)
     assert [s["stage"] for s in first["summaries"]] == ["one", "two"]
     assert sha256_file(tmp_path / "out" / "model.safetensors") == first["sha256"]
 
@@ -52,6 +55,18 @@ def test_build_resumes_finished_stages_with_the_work_dirs_own_tokenizer(tmp_path
 
     monkeypatch.setattr(base_model, "build_tokenizer", must_not_run)
     monkeypatch.setattr(base_model, "train_sft", must_not_run)
-    again = build_base_model(tmp_path / "out", tmp_path / "work", stages=stages, show_progress=False)
+    again = build_base_model(tmp_path / "out", tmp_path / "work", stages=stages, init=None, show_progress=False)
     assert again["sha256"] == first["sha256"]
     assert again["summaries"] == first["summaries"]  # recorded even though nothing was re-trained
+
+
+def test_build_from_an_init_model_records_it_and_trains_with_masked_repairs(tmp_path, tiny_model_dir):
+    from thinklean.train.base_model import BuildStage, build_base_model
+    from thinklean.train.sft import SFTConfig
+
+    stage = BuildStage("checks", SFTConfig(steps=2, batch_size=4, lr=1e-3), {"full": 1.0}, 8, repair_rate=1.0)
+    info = build_base_model(tmp_path / "out", tmp_path / "work", stages=(stage,), init=tiny_model_dir, show_progress=False)
+    assert info["init"]["path"] == tiny_model_dir.name
+    assert info["init"]["sha256"] == sha256_file(tiny_model_dir / "model.safetensors")
+    assert info["stages"][0]["repair_rate"] == 1.0
+    assert load_pretrained(tmp_path / "out")[1].get_vocab() == load_pretrained(tiny_model_dir)[1].get_vocab()

@@ -7,7 +7,7 @@ import torch
 from thinklean.data.arith import sft_records
 from thinklean.train.checkpoint import latest_checkpoint
 from thinklean.train.monitor import NonFiniteLossError, read_metrics
-from thinklean.train.sft import IGNORE_INDEX, EncodedExample, SFTConfig, collate, train_sft, warmup_cosine
+from thinklean.train.sft import IGNORE_INDEX, EncodedExample, SFTConfig, collate, encode_rows, train_sft, warmup_cosine
 
 
 def test_collate_masks_prompt_and_padding():
@@ -16,6 +16,30 @@ def test_collate_masks_prompt_and_padding():
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     # labels only on response tokens: row 0 response = (7, 8), row 1 response = (10,)
     assert batch["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 7, 8], [IGNORE_INDEX, 10, IGNORE_INDEX, IGNORE_INDEX]]
+
+
+def test_collate_keeps_masked_positions_out_of_the_labels():
+    batch = collate([EncodedExample((5, 6, 7, 8, 9), 2, masked=(3,)), EncodedExample((9, 10), 1)], pad_id=0)
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 7, IGNORE_INDEX, 9],
+                                        [IGNORE_INDEX, 10, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]]
+
+
+def test_masked_spans_mask_exactly_the_tokens_of_the_wrong_digits(tiny_tokenizer):
+    solution = "<think> 47 * 6 = 272. Let me check: 40 * 6 = 240, 7 * 6 = 42, 240 + 42 = 282. No, 47 * 6 = 282. </think>"
+    start = solution.index("272")
+    row = {"prompt": "Start with 47. Multiply by 6. What is the result?", "solution": solution,
+           "masked_spans": [[start, start + 3]]}
+    (example,) = encode_rows(tiny_tokenizer, [row], max_length=512)
+    assert [tiny_tokenizer.decode([example.input_ids[p]]) for p in example.masked] == ["2", "7", "2"]
+    (plain,) = encode_rows(tiny_tokenizer, [{**row, "masked_spans": []}], max_length=512)
+    assert plain.input_ids == example.input_ids and plain.masked == ()
+
+
+@pytest.mark.parametrize("spans", [[[5, 3]], [[0, 10_000]], [["a", 2]], [[1]]])
+def test_bad_masked_spans_name_the_row_and_what_was_expected(tiny_tokenizer, spans):
+    rows = [{"prompt": "q", "solution": "<think> 1 + 1 = 2. </think>"}, {"prompt": "q", "solution": "x = 1", "masked_spans": spans}]
+    with pytest.raises(ValueError, match=r"row 1: masked_spans entry .* is not \[start, end\)"):
+        encode_rows(tiny_tokenizer, rows, max_length=64)
 
 
 def test_warmup_cosine_schedule_by_hand():

@@ -30,6 +30,18 @@ def _add_common(p: argparse.ArgumentParser, output: str) -> None:
     p.add_argument("--output", type=Path, default=Path(output), help="output directory")
 
 
+def _add_style(p: argparse.ArgumentParser) -> None:
+    from thinklean.data.arith import REPAIR_RATE, STYLES
+
+    p.add_argument("--style", choices=["base", *STYLES], default="base",
+                   help="arith solutions: which steps are checked: 'base' = the base model's mix (mostly 'full'), "
+                        "'terse' none, 'full' every step, 'partial' each with probability 1/2, 'risky' the "
+                        "multiplications only")
+    p.add_argument("--repair-rate", dest="repair_rate", type=float, default=REPAIR_RATE,
+                   help="arith solutions: share of checked risky steps first written wrong and repaired by the "
+                        "check (the wrong digits are masked from the SFT loss via masked_spans)")
+
+
 def _add_model_and_data(p: argparse.ArgumentParser, model: str = "base",
                         model_help: str = "'base' (shipped), a local HF model directory (safetensors) or a .gguf file",
                         data_help: str = "'arith' (embedded task); a JSONL file with prompt (or question), answer "
@@ -100,7 +112,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     if args.task != "arith":
         raise UsageError(f"unknown data task {args.task!r} (available: arith, hft, litereason)")
     if args.split == "train" and args.solutions:
-        rows = sft_records(args.n, seed=args.seed)
+        rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate)
     else:
         try:
             rows = [problem_record(p) for p in generate_problems(args.n, args.split, args.seed)]
@@ -109,6 +121,13 @@ def cmd_data(args: argparse.Namespace) -> None:
     out = args.output if args.output.suffix == ".jsonl" else args.output / f"arith-{args.split}.jsonl"
     write_jsonl(out, rows)
     print(f"wrote {len(rows)} rows to {out}")
+
+
+def _style_weights(style: str) -> dict[str, float]:
+    """``--style``: ``base`` (the base model's mix) or one of the task's styles alone."""
+    from thinklean.data.arith import BASE_STYLE_WEIGHTS
+
+    return dict(BASE_STYLE_WEIGHTS) if style == "base" else {style: 1.0}
 
 
 def _data_hft(args: argparse.Namespace) -> None:
@@ -166,7 +185,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     from thinklean.train.sft import SFTConfig, train_sft
 
     if args.data == "arith":
-        rows = sft_records(args.n, seed=args.seed)
+        rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate)
     else:
         rows = [example_to_dict(e) for e in load_jsonl(args.data, require_solution=True)]
     if args.model == "tiny":
@@ -382,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset to build (hft: think/no-think SFT mixture; litereason: traces with latent segments)")
     p.add_argument("--n", type=int, default=1000, help="number of rows (litereason: problems to sample)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="problem split (disjoint by hash)")
-    p.add_argument("--solutions", action="store_true", help="include mixed-verbosity think-mode solutions (SFT data)")
+    p.add_argument("--solutions", action="store_true", help="include think-mode solutions (SFT data) in --style")
+    _add_style(p)
     _add_model_and_data(p, model=None, model_help="hft: send to no-think the problems this model answers right "
                         "when forced to '<no_think> \\boxed{' (replaces the rule); litereason: the model whose "
                         "traces are sampled ('base' when not given)",
@@ -408,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_and_data(p, model="tiny", model_help="'tiny' (fresh embedded model), 'base' (shipped) or a local HF directory",
                         data_help="'arith' or a JSONL file with prompt, answer, solution")
     p.add_argument("--n", type=int, default=30000, help="rows to generate when --data arith")
+    _add_style(p)
     p.add_argument("--steps", type=int, default=800, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")

@@ -1,37 +1,62 @@
-"""The embedded task: seeded multi-step arithmetic word problems with several reasoning styles.
+"""The embedded task (v2): multi-step arithmetic whose steps differ in risk, with checks that repair.
 
 A problem is a start value and 1–6 operations (the difficulty), e.g.
-``Start with 7. Add 5. Multiply by 3. What is the result?``. Every intermediate value stays in
-``[0, 99]`` so a 4-layer model can learn the arithmetic digit by digit. Train and test are
-disjoint by construction: a problem belongs to the test split iff a stable hash of its
-question text falls in the test bucket.
+``Start with 47. Multiply by 6. Add 5. What is the result?``. Additions and subtractions of
+1–9 are *safe* steps: the base model almost never gets them wrong. A multiplication of a
+two-digit value by 4–9 is a *risky* step: written in one shot (``47 * 6 = 282.``) the tiny
+model often gets it wrong when it samples (multipliers 2 and 3 were dropped: a first model got
+them right in one shot; ``docs/task.md`` has the measured error rates).
+Values stay in ``[0, 999]``. Train and test are disjoint: a problem belongs to the test split
+iff a stable hash of its question text falls in the test bucket.
 
-Each solution can be written in three verbosities (``terse``, ``normal``, ``verbose``); the
-verbose one restates the problem and re-checks steps with the inverse operation, which is the
-redundancy that efficient-reasoning methods learn to drop.
+A solution writes every step as ``a op k = b.`` and may follow a step with a *check*:
+
+* risky step: recompute by tens and units and repair a wrong result, e.g.
+  ``47 * 6 = 272. Let me check: 40 * 6 = 240, 7 * 6 = 42, 240 + 42 = 282. Wait, the result is 282.``
+  (the repaired value is what the next step uses), or ``... 240 + 42 = 282. Correct.``;
+* safe step: the inverse operation, then the result again,
+  ``282 + 5 = 287. Double-check: 287 - 5 = 282. Correct. The result is 287.``
+  This one never changes anything: it is the overthinking the methods should remove.
+
+Every word is one the first base model's tokenizer already has (``thinklean/assets/base-v1``),
+so the new model, trained from it, never spells a word letter by letter.
+
+Which steps are checked is the *style* (:data:`STYLES`): ``terse`` checks none, ``full`` every
+step, ``partial`` each step with probability 1/2, ``risky`` only the risky steps (the policy
+RL should find). The base model is trained mostly on ``full`` (:data:`BASE_STYLE_WEIGHTS`).
+In :func:`sft_records` a share of the risky steps (``repair_rate``) is first written with a
+wrong result that the check repairs; the wrong digits are listed in ``masked_spans`` so SFT can
+keep them out of the loss.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 
-from thinklean.data.formats import format_prompt, no_think_response, think_response
+from thinklean.data.formats import THINK, THINK_END, format_prompt, no_think_response, think_response
 
-MAX_VALUE = 99
+MAX_VALUE = 999
 DIFFICULTIES = (1, 2, 3, 4, 5, 6)
-STYLES = ("terse", "normal", "verbose")
-# The base model is trained on this mix: accurate but often verbose (see architecture.md).
-BASE_STYLE_WEIGHTS = {"terse": 0.2, "normal": 0.3, "verbose": 0.5}
+STYLES = ("terse", "partial", "full", "risky")
+# The base model is trained on this mix: it checks nearly every step (see docs/task.md).
+BASE_STYLE_WEIGHTS = {"terse": 0.15, "partial": 0.15, "full": 0.7}
+# share of checked risky steps first written wrong, then repaired, in SFT rows: at 0.3 a first model
+# learnt to copy the first result into the check's sum (right 70% of the time) instead of adding
+REPAIR_RATE = 0.5
+MULTIPLY_SHARE = 0.3  # chance of a multiplication at a step where one is legal
 TEST_BUCKETS = 10  # one bucket in ten (by hash) is the test split
 _MAX_MISSES = 100_000  # consecutive rejected draws before a difficulty counts as exhausted
 
-_OP_WORDS = {"+": "Add {k}.", "-": "Subtract {k}.", "*": "Multiply by {k}.", "/": "Divide by {k}."}
-_OP_VERBS = {"+": "add {k}", "-": "subtract {k}", "*": "multiply by {k}", "/": "divide by {k}"}
-_INVERSE = {"+": "-", "-": "+", "*": "/", "/": "*"}
+_OP_WORDS = {"+": "Add {k}.", "-": "Subtract {k}.", "*": "Multiply by {k}."}
+_INVERSE = {"+": "-", "-": "+"}
 _CHECK_OPENERS = ("Let me check:", "Wait, let me verify:", "Double-check:")
 _CHECK_CLOSERS = ("Correct.", "Yes.", "Good.")
+_REPAIR = "Wait, the result is"
+_RESTATE = "The result is"
+MULTIPLIERS = range(4, 10)
 
 
 @dataclass(frozen=True)
@@ -54,7 +79,7 @@ class ArithProblem:
         """Value after each prefix of the operations: ``[start, v1, ..., vD]``."""
         out = [self.start]
         for symbol, k in self.ops:
-            out.append(_apply(out[-1], symbol, k))
+            out.append(apply_op(out[-1], symbol, k))
         return out
 
     @property
@@ -62,39 +87,50 @@ class ArithProblem:
         return self.values()[-1]
 
     @property
+    def risky_steps(self) -> tuple[int, ...]:
+        """0-based indices of the risky steps (multiplications)."""
+        return tuple(i for i, (s, _) in enumerate(self.ops) if is_risky(s))
+
+    @property
     def split(self) -> str:
         digest = hashlib.sha256(self.question.encode()).digest()
         return "test" if int.from_bytes(digest[:4], "big") % TEST_BUCKETS == 0 else "train"
 
 
-def _apply(value: int, symbol: str, k: int) -> int:
+def is_risky(symbol: str) -> bool:
+    """Whether a step with this operation is risky (a two-digit multiplication)."""
+    return symbol == "*"
+
+
+def apply_op(value: int, symbol: str, k: int) -> int:
     if symbol == "+":
         return value + k
     if symbol == "-":
         return value - k
     if symbol == "*":
         return value * k
-    return value // k
+    raise ValueError(f"unknown operation {symbol!r}")
 
 
-def _legal_ops(value: int) -> list[tuple[str, int]]:
-    ops = [("+", k) for k in range(1, 10) if value + k <= MAX_VALUE]
-    ops += [("-", k) for k in range(1, 10) if value - k >= 0]
-    ops += [("*", k) for k in (2, 3) if value * k <= MAX_VALUE]
-    ops += [("/", k) for k in (2, 3) if value % k == 0 and value > 0]
-    return ops
+def _legal_ops(value: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(safe, risky) operations allowed at ``value``: results stay in [0, MAX_VALUE]."""
+    safe = [("+", k) for k in range(1, 10) if value + k <= MAX_VALUE]
+    safe += [("-", k) for k in range(1, 10) if value - k >= 0]
+    risky = [("*", k) for k in MULTIPLIERS if 10 <= value <= 99 and value * k <= MAX_VALUE]
+    return safe, risky
 
 
 def sample_problem(rng: random.Random, difficulty: int) -> ArithProblem:
-    """Draw a problem with ``difficulty`` operations; every intermediate value is in [0, 99]."""
+    """Draw a problem with ``difficulty`` operations; every intermediate value is in [0, 999]."""
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty}")
-    start = rng.randint(1, 50)
+    start = rng.randint(2, 60)
     value, ops = start, []
     for _ in range(difficulty):
-        symbol, k = rng.choice(_legal_ops(value))
+        safe, risky = _legal_ops(value)
+        symbol, k = rng.choice(risky if risky and rng.random() < MULTIPLY_SHARE else safe)
         ops.append((symbol, k))
-        value = _apply(value, symbol, k)
+        value = apply_op(value, symbol, k)
     return ArithProblem(start, tuple(ops))
 
 
@@ -108,11 +144,11 @@ def generate_problems(
     """``n`` problems of ``split`` with difficulties cycling through ``difficulties``.
 
     Deterministic in all arguments. ``distinct=False`` allows repeats (training streams need
-    more easy problems than exist: difficulty 1 has about a thousand).
+    more easy problems than exist: difficulty 1 has about 1,400).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    rng = random.Random(f"arith-{split}-{seed}")
+    rng = random.Random(f"arith2-{split}-{seed}")
     seen: set[str] = set()
     out: list[ArithProblem] = []
     misses = 0
@@ -134,39 +170,65 @@ def generate_problems(
     return out
 
 
-def _step_text(before: int, symbol: str, k: int, after: int) -> str:
-    return f"{before} {symbol} {k} = {after}."
+def _eq(a: int, symbol: str, k: int, b: int | str) -> str:
+    return f"{a} {symbol} {k} = {b}"
+
+
+def wrong_product(right: int, rng: random.Random) -> int:
+    """A plausible slip for a product: one digit (units, tens or hundreds) off by 1 or 2."""
+    while True:
+        place = 10 ** rng.randrange(3 if right >= 100 else 2)
+        wrong = right + rng.choice((-2, -1, 1, 2)) * place
+        if wrong >= 0 and wrong != right:
+            return wrong
+
+
+def _checks(problem: ArithProblem, style: str, rng: random.Random) -> list[bool]:
+    if style == "terse":
+        return [False] * problem.difficulty
+    if style == "full":
+        return [True] * problem.difficulty
+    if style == "partial":
+        return [rng.random() < 0.5 for _ in problem.ops]
+    if style == "risky":
+        return [is_risky(s) for s, _ in problem.ops]
+    raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+
+
+def render_trace(
+    problem: ArithProblem, style: str, rng: random.Random, repair_rate: float = 0.0
+) -> tuple[str, list[tuple[int, int]]]:
+    """The reasoning text (without tags) in one of :data:`STYLES`, and the character spans of
+    deliberately wrong results (``repair_rate`` of the checked risky steps are first written
+    wrong and then repaired by their check)."""
+    text, spans = "", []
+    values = problem.values()
+    for (symbol, k), a, b, check in zip(problem.ops, values[:-1], values[1:], _checks(problem, style, rng)):
+        if text:
+            text += " "
+        repaired = check and is_risky(symbol) and rng.random() < repair_rate
+        first = wrong_product(b, rng) if repaired else b
+        head = f"{a} {symbol} {k} = "
+        if repaired:
+            spans.append((len(text) + len(head), len(text) + len(head) + len(str(first))))
+        text += f"{head}{first}."
+        if not check:
+            continue
+        opener = rng.choice(_CHECK_OPENERS)
+        if is_risky(symbol):
+            tens, units = a - a % 10, a % 10
+            body = f"{_eq(tens, '*', k, tens * k)}, {_eq(units, '*', k, units * k)}, {_eq(tens * k, '+', units * k, b)}."
+            verdict = f"{_REPAIR} {b}." if repaired else rng.choice(_CHECK_CLOSERS)
+        else:
+            body = f"{_eq(b, _INVERSE[symbol], k, a)}."
+            verdict = f"{rng.choice(_CHECK_CLOSERS)} {_RESTATE} {b}."
+        text += f" {opener} {body} {verdict}"
+    return text, spans
 
 
 def render_reasoning(problem: ArithProblem, style: str, rng: random.Random) -> str:
-    """The reasoning text (without tags) in one of :data:`STYLES`."""
-    values = problem.values()
-    steps = list(zip(problem.ops, values[:-1], values[1:]))
-    if style == "terse":
-        return " ".join(_step_text(a, s, k, b) for (s, k), a, b in steps)
-    if style == "normal":
-        parts = [f"Start with {problem.start}."]
-        for (s, k), a, b in steps:
-            verb = _OP_VERBS[s].format(k=k)
-            parts.append(f"{verb[0].upper()}{verb[1:]}: {_step_text(a, s, k, b)}")
-        parts.append(f"The result is {values[-1]}.")
-        return " ".join(parts)
-    if style == "verbose":
-        n = problem.difficulty
-        plural = "operation" if n == 1 else "operations"
-        restated = ", ".join(_OP_VERBS[s].format(k=k) for s, k in problem.ops)
-        parts = [f"We start with {problem.start} and apply {n} {plural}: {restated}."]
-        for i, ((s, k), a, b) in enumerate(steps, 1):
-            parts.append(f"Step {i}: {_OP_VERBS[s].format(k=k)}. {_step_text(a, s, k, b)}")
-            if rng.random() < 0.8:
-                inverse = _INVERSE[s]
-                parts.append(
-                    f"{rng.choice(_CHECK_OPENERS)} {_step_text(b, inverse, k, a)} "
-                    f"{rng.choice(_CHECK_CLOSERS)}"
-                )
-        parts.append(f"So the final result is {values[-1]}.")
-        return " ".join(parts)
-    raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    """The reasoning text (without tags) in one of :data:`STYLES`, every step right."""
+    return render_trace(problem, style, rng)[0]
 
 
 def solution_text(problem: ArithProblem, style: str, rng: random.Random) -> str:
@@ -185,8 +247,10 @@ def sample_style(rng: random.Random, weights: dict[str, float] = BASE_STYLE_WEIG
 
 
 def problem_record(problem: ArithProblem, solution: str | None = None, **meta: object) -> dict:
-    """A JSONL row (``prompt``, ``answer``, ``difficulty``, optional ``solution``)."""
-    row: dict = {"prompt": problem.question, "answer": str(problem.answer), "difficulty": problem.difficulty}
+    """A JSONL row: ``prompt``, ``answer``, ``difficulty``, ``risky_steps`` (0-based step indices),
+    optional ``solution``, then ``meta``."""
+    row: dict = {"prompt": problem.question, "answer": str(problem.answer), "difficulty": problem.difficulty,
+                 "risky_steps": list(problem.risky_steps)}
     if solution is not None:
         row["solution"] = solution
     row.update(meta)
@@ -194,32 +258,116 @@ def problem_record(problem: ArithProblem, solution: str | None = None, **meta: o
 
 
 def sft_records(
-    n: int, seed: int = 0, style_weights: dict[str, float] = BASE_STYLE_WEIGHTS
+    n: int, seed: int = 0, style_weights: dict[str, float] = BASE_STYLE_WEIGHTS, repair_rate: float = 0.0
 ) -> list[dict]:
-    """``n`` training rows with a think-mode solution whose style is drawn from ``style_weights``."""
-    rng = random.Random(f"arith-sft-{seed}")
+    """``n`` training rows with a think-mode solution whose style is drawn from ``style_weights``.
+
+    With ``repair_rate > 0`` rows carry ``masked_spans``: ``[start, end)`` character spans of the
+    solution holding deliberately wrong results (see :func:`render_trace`).
+    """
+    rng = random.Random(f"arith2-sft-{seed}")
     rows = []
+    offset = len(f"{THINK} ")
     for problem in generate_problems(n, "train", seed, distinct=False):
         style = sample_style(rng, style_weights)
-        rows.append(problem_record(problem, solution_text(problem, style, rng), style=style))
+        reasoning, spans = render_trace(problem, style, rng, repair_rate)
+        meta: dict = {"style": style}
+        if repair_rate > 0:
+            meta["masked_spans"] = [[offset + s, offset + e] for s, e in spans]
+        rows.append(problem_record(problem, think_response(reasoning, problem.answer), **meta))
     return rows
 
 
 def tokenizer_corpus(n: int = 3000, seed: int = 0) -> list[str]:
     """Texts the embedded BPE tokenizer is trained on: prompts with every style of solution."""
-    rng = random.Random(f"arith-corpus-{seed}")
+    rng = random.Random(f"arith2-corpus-{seed}")
     texts = []
     for problem in generate_problems(n, "train", seed + 10_000, distinct=False):
         for style in STYLES:
-            texts.append(format_prompt(problem.question) + solution_text(problem, style, rng))
+            reasoning, _ = render_trace(problem, style, rng, repair_rate=0.3)
+            texts.append(format_prompt(problem.question) + think_response(reasoning, problem.answer))
         texts.append(format_prompt(problem.question) + direct_solution_text(problem))
     return texts
 
 
+_QUESTION = re.compile(r"^Start with (\d+)\. ((?:(?:Add|Subtract) \d+\. |Multiply by \d+\. )+)What is the result\?$")
+_QUESTION_OP = re.compile(r"(Add|Subtract|Multiply by) (\d+)\.")
+_WORD_OPS = {"Add": "+", "Subtract": "-", "Multiply by": "*"}
+
+
+def parse_question(question: str) -> ArithProblem | None:
+    """The problem a question states (:attr:`ArithProblem.question`'s wording), else ``None``."""
+    m = _QUESTION.match(question.strip())
+    if not m:
+        return None
+    ops = tuple((_WORD_OPS[w], int(k)) for w, k in _QUESTION_OP.findall(m[2]))
+    return ArithProblem(int(m[1]), ops)
+
+
+_NUM = r"(\d+)"
+_STEP = re.compile(rf"{_NUM} ([-+*]) {_NUM} = {_NUM}\.")
+_OPENER = "|".join(re.escape(o) for o in _CHECK_OPENERS)
+_CLOSER = "|".join(re.escape(c) for c in _CHECK_CLOSERS)
+_RISKY_CHECK = re.compile(
+    rf" (?:{_OPENER}) {_NUM} \* {_NUM} = {_NUM}, {_NUM} \* {_NUM} = {_NUM}, {_NUM} \+ {_NUM} = {_NUM}\."
+    rf" (?:{_CLOSER}|{_REPAIR} {_NUM}\.)"
+)
+_SAFE_CHECK = re.compile(rf" (?:{_OPENER}) {_NUM} [-+] {_NUM} = {_NUM}\. (?:{_CLOSER}) {_RESTATE} {_NUM}\.")
+
+
+@dataclass(frozen=True)
+class ParsedStep:
+    """One step as a response wrote it: ``a op k = first``, whether a check followed, and the
+    value the response carries on with (``final``: the repair's result when the check repaired)."""
+
+    a: int
+    op: str
+    k: int
+    first: int
+    checked: bool
+    final: int
+
+    @property
+    def right(self) -> int:
+        """The true result of the step from the ``a`` the response wrote."""
+        return apply_op(self.a, self.op, self.k)
+
+
+def parse_steps(response: str) -> tuple[list[ParsedStep], bool]:
+    """The steps of a think-mode response in order, and whether the whole reasoning parsed.
+
+    Parsing stops at the first text that is neither a step nor a check of the step before.
+    """
+    start, end = response.find(THINK), response.find(THINK_END)
+    text = response[start + len(THINK): end if end > start else len(response)].strip() if start >= 0 else response
+    steps, pos = [], 0
+    while pos < len(text):
+        if text[pos] == " ":
+            pos += 1
+            continue
+        m = _STEP.match(text, pos)
+        if not m:
+            return steps, False
+        a, op, k, first = int(m[1]), m[2], int(m[3]), int(m[4])
+        pos, checked, final = m.end(), False, first
+        check = (_RISKY_CHECK if op == "*" else _SAFE_CHECK).match(text, pos)
+        if check:
+            checked, pos = True, check.end()
+            carried = check[10] if op == "*" else check[4]  # the repair's result, the restated one
+            if carried is not None:
+                final = int(carried)
+        steps.append(ParsedStep(a, op, k, first, checked, final))
+    return steps, True
+
+
 def detect_style(response: str) -> str:
-    """Best-effort style of a think-mode response, for length-by-style statistics."""
-    if "Step 1:" in response or "We start with" in response:
-        return "verbose"
-    if "Start with" in response or "The result is" in response:
-        return "normal"
-    return "terse"
+    """The style a think-mode response took: which of its steps it checked (:data:`STYLES`)."""
+    steps, _ = parse_steps(response)
+    checked = [s.checked for s in steps]
+    if not any(checked):
+        return "terse"
+    if all(checked):
+        return "full"
+    if checked == [is_risky(s.op) for s in steps]:
+        return "risky"
+    return "partial"

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
-from thinklean.data.arith import detect_style, generate_problems
+from thinklean.data.arith import generate_problems
 from thinklean.data.formats import format_prompt, response_mode
 from thinklean.data.grading import format_ok, grade, reasoning_span
 from thinklean.data.jsonl import Example
 from thinklean.eval.metrics import ResponseRecord, records_to_json, summarize, summarize_by_difficulty
+from thinklean.eval.steps import step_stats, style_stats
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.rollout.vllm_engine import VLLMRollout
 
@@ -138,7 +139,8 @@ def evaluate(
     on_progress: Callable[[int], None] | None = None,
     engine: VLLMRollout | None = None,
 ) -> dict[str, Any]:
-    """Metrics overall, per difficulty and per reasoning style; optionally written as JSON.
+    """Metrics overall, per difficulty and per reasoning style, and (on the embedded task) step
+    error rates with and without checks; optionally written as JSON.
 
     ``output`` receives ``{"summary": ..., "responses": [...]}`` (the per-response records);
     ``on_progress`` and ``engine`` as in :func:`run_generation`.
@@ -147,11 +149,10 @@ def evaluate(
     ks = [k for k in (1, 2, 4, 8) if k <= config.samples] if config.samples > 1 else []
     summary = summarize(records, ks)
     summary["per_difficulty"] = summarize_by_difficulty(records)
-    styles: dict[str, list[int]] = {}
-    for r in records:
-        if r.mode == "think":
-            styles.setdefault(detect_style(r.text), []).append(r.response_tokens)
-    summary["per_style"] = {s: {"n": len(v), "mean_response_tokens": sum(v) / len(v)} for s, v in sorted(styles.items())}
+    summary["per_style"] = style_stats(records)
+    steps = step_stats((examples[r.prompt_index].prompt, r.text) for r in records)
+    if steps:  # embedded-task responses: step error rates with and without checks
+        summary["steps"] = steps
     summary["config"] = {**config.__dict__, "n_examples": len(examples)}
     if output is not None:
         path = Path(output)

@@ -21,6 +21,9 @@ from thinklean.data.formats import EOS, PAD, SPECIAL_TOKENS
 hf_logging.disable_progress_bar()  # per-file load/save bars drown thinklean's own progress output
 
 BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base"
+# the first base model (task v1): the current one is trained from it, and docs/base-model.md
+# keeps what it showed; `--model base-v1` loads it
+BASE_V1_MODEL_DIR = BASE_MODEL_DIR.with_name("base-v1")
 TINY_CONFIG = dict(
     hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=1024
 )
@@ -137,7 +140,9 @@ def load_model(
 
 
 def resolve_model_path(path: str | Path | None) -> Path:
-    """``None`` or ``"base"`` means the shipped embedded base model."""
+    """``None`` or ``"base"`` means the shipped embedded base model, ``"base-v1"`` the first one."""
+    if str(path) == "base-v1":
+        return BASE_V1_MODEL_DIR
     if path is None or str(path) == "base":
         if not (BASE_MODEL_DIR / "config.json").is_file():
             raise FileNotFoundError(

@@ -1,8 +1,14 @@
-"""Build the embedded base reasoning model: tokenizer + tiny Qwen2 + SFT on mixed-verbosity data.
+"""Build the embedded base reasoning model: SFT of a tiny Qwen2 on the task's checking styles.
 
 The result is what ``thinklean demo`` starts RL from. It is shipped inside the package
 (``thinklean/assets/base``, bfloat16 safetensors) with ``BUILD.json`` recording the command,
 settings and the weights' SHA-256; ``thinklean demo --rebuild`` runs this again.
+
+The current recipe (:data:`BASE_STAGES`) starts from the first base model
+(``thinklean/assets/base-v1``, its own ``BUILD.json`` inside; built at commit ef1dd72 by the same
+command), which already reads the prompts and does two-digit arithmetic, and teaches it the
+task-v2 steps and checks (:mod:`thinklean.data.arith`). ``init=None`` trains a tokenizer and a
+fresh model instead.
 """
 
 from __future__ import annotations
@@ -16,31 +22,36 @@ from pathlib import Path
 
 import torch
 
-from thinklean.data.arith import BASE_STYLE_WEIGHTS, sft_records
-from thinklean.models.tiny import build_model, build_tokenizer, load_model, load_tokenizer, save_pretrained
+from thinklean.data.arith import BASE_STYLE_WEIGHTS, REPAIR_RATE, sft_records
+from thinklean.models.tiny import (
+    BASE_V1_MODEL_DIR,
+    build_model,
+    build_tokenizer,
+    load_model,
+    load_tokenizer,
+    save_pretrained,
+)
 from thinklean.train.sft import SFTConfig, train_sft
+
 
 @dataclass(frozen=True)
 class BuildStage:
-    """One SFT stage of the base-model recipe: its settings, style mix and number of rows."""
+    """One SFT stage of the base-model recipe: its settings, style mix, number of rows and the
+    share of checked risky steps first written wrong (their wrong digits masked from the loss)."""
 
     name: str
     config: SFTConfig
     style_weights: dict[str, float]
     rows: int
+    repair_rate: float = 0.0
 
 
-# Stage 1 teaches the arithmetic on short terse/normal solutions (dense signal per token: the
-# model must learn to copy numbers from the prompt); stage 2 adds the verbose style, so the
-# base model is accurate *and* often verbose — the redundancy the RL methods remove.
-# lr matters most: at 2e-3 attention stays diffuse (copied numbers come out as blends of the
-# prompt's numbers, 2% accuracy after 900 steps); at 5e-4 the operand look-ups are learnt by
-# step 400 (see docs/base-model.md).
+# From the v1 model: the multiplications with three-digit results, the checks and the repairs are
+# new to it; most rows check every step (the overthinking the methods remove). 800 steps left the
+# safe steps at 2-3% error when sampled (docs/base-model.md), hence three times as many.
 BASE_STAGES = (
-    BuildStage("arithmetic", SFTConfig(steps=1200, batch_size=32, lr=5e-4, warmup_ratio=0.05, save_every=100),
-               {"terse": 0.6, "normal": 0.4, "verbose": 0.0}, 60_000),
-    BuildStage("styles", SFTConfig(steps=300, batch_size=32, lr=3e-4, warmup_ratio=0.05, save_every=50),
-               BASE_STYLE_WEIGHTS, 12_000),
+    BuildStage("checks", SFTConfig(steps=2400, batch_size=32, lr=3e-4, warmup_ratio=0.02, save_every=200),
+               BASE_STYLE_WEIGHTS, 76_800, REPAIR_RATE),
 )
 
 
@@ -56,23 +67,36 @@ def build_base_model(
     output_dir: str | Path,
     work_dir: str | Path,
     stages: tuple[BuildStage, ...] = BASE_STAGES,
+    init: str | Path | None = BASE_V1_MODEL_DIR,
     seed: int = 0,
     resume: bool = True,
     show_progress: bool = True,
 ) -> dict:
     """Train the base model stage by stage in ``work_dir`` (each stage resumable) and export it
-    (bf16) to ``output_dir``; returns the BUILD info written next to the weights."""
+    (bf16) to ``output_dir``; returns the BUILD info written next to the weights.
+
+    ``init``: a model directory to start from (its tokenizer too); ``None`` trains a tokenizer on
+    the task corpus and starts from freshly initialised weights.
+    """
     t0 = time.time()
     work_dir = Path(work_dir)
-    # the tokenizer is built once per work dir: a resumed build must not re-derive it from a
-    # corpus whose wording may have changed since (different merges = different token ids)
-    tokenizer_dir = work_dir / "tokenizer"
-    if (tokenizer_dir / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(tokenizer_dir)
+    origin: dict = {}
+    if init is not None:
+        init = Path(init)
+        tokenizer, model = load_tokenizer(init), load_model(init)
+        origin = {"path": init.name, "sha256": sha256_file(init / "model.safetensors")}
+        if (init / "BUILD.json").is_file():
+            origin["build"] = json.loads((init / "BUILD.json").read_text())
     else:
-        tokenizer = build_tokenizer(seed=seed)
-        tokenizer.save_pretrained(str(tokenizer_dir))
-    model = build_model(tokenizer, seed=seed)
+        # the tokenizer is built once per work dir: a resumed build must not re-derive it from a
+        # corpus whose wording may have changed since (different merges = different token ids)
+        tokenizer_dir = work_dir / "tokenizer"
+        if (tokenizer_dir / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(tokenizer_dir)
+        else:
+            tokenizer = build_tokenizer(seed=seed)
+            tokenizer.save_pretrained(str(tokenizer_dir))
+        model = build_model(tokenizer, seed=seed)
     summaries = []
     for i, stage in enumerate(stages):
         stage_dir = work_dir / stage.name
@@ -80,13 +104,16 @@ def build_base_model(
         if (stage_dir / "model" / "model.safetensors").is_file() and summary_path.is_file():
             model = load_model(stage_dir / "model")
         else:
-            data = sft_records(stage.rows, seed=seed + i, style_weights=stage.style_weights)
+            data = sft_records(stage.rows, seed=seed + i, style_weights=stage.style_weights,
+                               repair_rate=stage.repair_rate)
             summary = train_sft(model, tokenizer, data, stage.config, stage_dir, resume=resume, show_progress=show_progress)
             summary_path.write_text(json.dumps(summary))
         summaries.append({"stage": stage.name, **json.loads(summary_path.read_text())})
     return export_base_model(work_dir / stages[-1].name / "model", output_dir, {
         "command": "thinklean demo --rebuild",
-        "stages": [{"name": s.name, "sft": asdict(s.config), "style_weights": s.style_weights, "rows": s.rows} for s in stages],
+        "init": origin or None,
+        "stages": [{"name": s.name, "sft": asdict(s.config), "style_weights": s.style_weights, "rows": s.rows,
+                    "repair_rate": s.repair_rate} for s in stages],
         "seed": seed,
         "summaries": summaries,
         "build_seconds": round(time.time() - t0, 1),

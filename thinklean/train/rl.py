@@ -74,7 +74,7 @@ class RLConfig:
     steps: int = 100
     prompts_per_step: int = 8
     samples_per_prompt: int = 8
-    max_new_tokens: int = 160
+    max_new_tokens: int = 320  # the embedded base model checks every step: up to ~280 tokens at 6 operations
     temperature: float = 1.0
     top_p: float = 1.0
     # reward -> advantage -> loss, by registry name

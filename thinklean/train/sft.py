@@ -1,6 +1,8 @@
 """Supervised fine-tuning (base model, HFT, projector SFT) on accelerate.
 
-Loss is the mean cross-entropy over response tokens only (prompt and padding are masked).
+Loss is the mean cross-entropy over response tokens only (prompt and padding are masked, and so
+are the tokens of a row's ``masked_spans``: ``[start, end)`` character spans of ``solution``, e.g.
+deliberately wrong steps that a later check repairs, which the model should see but not learn).
 Batches are length-bucketed (sorted within shuffled pools) so little compute goes to padding.
 The data order is a pure function of ``(seed, epoch)``, which together with the saved
 optimizer/scheduler/RNG states makes ``resume`` continue bit-for-bit on CPU.
@@ -50,20 +52,42 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class EncodedExample:
-    """Token ids of prompt + response (+EOS) and how many leading ids are prompt."""
+    """Token ids of prompt + response (+EOS), how many leading ids are prompt, and the positions
+    (indices into ``input_ids``) whose tokens are kept out of the loss."""
 
     input_ids: tuple[int, ...]
     prompt_len: int
+    masked: tuple[int, ...] = ()
+
+
+def _masked_spans(row: dict, index: int) -> list[tuple[int, int]]:
+    """``row["masked_spans"]`` checked: ``[start, end)`` character spans inside ``solution``."""
+    spans = row.get("masked_spans") or []
+    n = len(row["solution"])
+    out = []
+    for span in spans:
+        ok = isinstance(span, (list, tuple)) and len(span) == 2 and all(isinstance(x, int) for x in span)
+        if not ok or not 0 <= span[0] < span[1] <= n:
+            raise ValueError(f"row {index}: masked_spans entry {span!r} is not [start, end) with 0 <= start < end <= "
+                             f"{n} (character offsets into solution)")
+        out.append((span[0], span[1]))
+    return out
 
 
 def encode_rows(tokenizer: Any, rows: Sequence[dict], max_length: int) -> list[EncodedExample]:
-    """Tokenise ``{"prompt", "solution"}`` rows; the response gets EOS; too-long rows are cut."""
+    """Tokenise ``{"prompt", "solution"[, "masked_spans"]}`` rows; the response gets EOS; too-long
+    rows are cut. A response token that overlaps a masked span is kept out of the loss."""
     out = []
-    for row in rows:
+    for index, row in enumerate(rows):
         prompt_ids = tokenizer(format_prompt(row["prompt"], tokenizer), add_special_tokens=False).input_ids
-        response_ids = tokenizer(row["solution"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        spans = _masked_spans(row, index)
+        encoded = tokenizer(row["solution"], add_special_tokens=False, return_offsets_mapping=bool(spans))
+        response_ids = encoded.input_ids + [tokenizer.eos_token_id]
         ids = (prompt_ids + response_ids)[:max_length]
-        out.append(EncodedExample(tuple(ids), min(len(prompt_ids), len(ids))))
+        masked = tuple(
+            len(prompt_ids) + t for t, (a, b) in enumerate(encoded["offset_mapping"]) if any(a < e and s < b for s, e in spans)
+        ) if spans else ()
+        out.append(EncodedExample(tuple(ids), min(len(prompt_ids), len(ids)), tuple(p for p in masked if p < len(ids))))
     return out
 
 
@@ -92,6 +116,7 @@ def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.
         input_ids[i, : len(ids)] = ids
         attention_mask[i, : len(ids)] = 1
         labels[i, e.prompt_len : len(ids)] = ids[e.prompt_len :]
+        labels[i, list(e.masked)] = IGNORE_INDEX
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

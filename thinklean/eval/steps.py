@@ -1,0 +1,99 @@
+"""Step-level statistics of embedded-task responses: how often each kind of step is wrong,
+with and without a check, and what the checks repair (pure Python; no model).
+
+A step is *wrong* when its result is not the true result of the values the response itself
+wrote (``a op k``), so an error early in a response does not count again in later steps.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from thinklean.data.arith import STYLES, detect_style, is_risky, parse_question, parse_steps
+from thinklean.eval.metrics import ResponseRecord, summarize
+
+
+def _rates(counts: dict[str, int]) -> dict[str, Any]:
+    n, checked = counts["steps"], counts["checked"]
+    unchecked = n - checked
+    return {
+        "steps": n,
+        "checked": checked,
+        "check_rate": checked / n if n else None,
+        # the result as first written, before any check: the one-shot error rate
+        "first_error_rate": counts["first_wrong"] / n if n else None,
+        "unchecked_error_rate": counts["unchecked_wrong"] / unchecked if unchecked else None,
+        # the value the response carries on with after its check (the repair's, if it repaired)
+        "checked_error_rate": counts["checked_wrong"] / checked if checked else None,
+        "checked_first_error_rate": counts["checked_first_wrong"] / checked if checked else None,
+        "repaired": counts["repaired"],
+        "broken": counts["broken"],
+    }
+
+
+def step_stats(responses: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Error rates of ``risky`` and ``safe`` steps and per operation (``*7``, ``+``, ``-``) over
+    ``(question, response)`` pairs, and how often a response misread the question.
+
+    ``first_error_rate``: the result as first written (before any check), over all steps;
+    ``unchecked_error_rate``: steps with no check; ``checked_error_rate``: the value carried on
+    after a check; ``repaired``: checks that turned a wrong result right; ``broken``: the other
+    way round. Under ``"reading"``: ``responses`` whose question parsed, ``misread_rate`` the
+    share whose steps (operation and operand, in order) differ from the question's, and
+    ``unparsed_rate`` the share whose reasoning did not parse to the end. Empty when no response
+    has a step.
+    """
+    fields = ("steps", "checked", "first_wrong", "unchecked_wrong", "checked_wrong", "checked_first_wrong",
+              "repaired", "broken")
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(fields, 0))
+    read = {"responses": 0, "misread": 0, "unparsed": 0}
+    for question, text in responses:
+        steps, parsed = parse_steps(text)
+        problem = parse_question(question)
+        if problem is not None and steps:
+            read["responses"] += 1
+            read["misread"] += [(s.op, s.k) for s in steps] != list(problem.ops)
+            read["unparsed"] += not parsed
+        for step in steps:
+            right = step.right
+            first_wrong, final_wrong = step.first != right, step.final != right
+            for key in ("risky" if is_risky(step.op) else "safe", f"{step.op}{step.k}" if is_risky(step.op) else step.op):
+                c = counts[key]
+                c["steps"] += 1
+                c["first_wrong"] += first_wrong
+                if step.checked:
+                    c["checked"] += 1
+                    c["checked_wrong"] += final_wrong
+                    c["checked_first_wrong"] += first_wrong
+                    c["repaired"] += first_wrong and not final_wrong
+                    c["broken"] += final_wrong and not first_wrong
+                else:
+                    c["unchecked_wrong"] += final_wrong
+    if not counts:
+        return {}
+    out: dict[str, Any] = {key: _rates(counts[key]) for key in sorted(counts, key=lambda k: (k not in ("risky", "safe"), k))}
+    n = read["responses"]
+    out["reading"] = {"responses": n, "misread_rate": read["misread"] / n if n else None,
+                      "unparsed_rate": read["unparsed"] / n if n else None}
+    return out
+
+
+def style_stats(records: Iterable[ResponseRecord]) -> dict[str, dict[str, Any]]:
+    """:func:`~thinklean.eval.metrics.summarize` per detected style (think-mode responses),
+    overall and per difficulty."""
+    by_style: dict[str, list[ResponseRecord]] = defaultdict(list)
+    for r in records:
+        if r.mode == "think":
+            by_style[detect_style(r.text)].append(r)
+    out = {}
+    for style in [s for s in STYLES if s in by_style]:
+        group = by_style[style]
+        per_difficulty: dict[int, list[ResponseRecord]] = defaultdict(list)
+        for r in group:
+            if r.difficulty is not None:
+                per_difficulty[r.difficulty].append(r)
+        out[style] = {**summarize(group), "per_difficulty": {str(d): summarize(per_difficulty[d])
+                                                            for d in sorted(per_difficulty)}}
+    return out
