@@ -98,6 +98,12 @@ def test_difficulty_must_be_an_integer(tmp_path):
         ('{"prompt": "p", "answer": NaN}', 'field "answer" must be a finite number, got nan'),
         ('{"prompt": "p", "answer": "1", "solution": 5}', 'field "solution" must be a string, got int'),
         ('{"prompt": "p", "answer": "1", "difficulty": true}', 'field "difficulty" must be an integer, got bool'),
+        ('{"prompt": "p", "answer": "1", "masked_spans": [[0, 1]]}',
+         'field "masked_spans" needs a "solution" (its spans are character offsets into it)'),
+        ('{"prompt": "p", "answer": "1", "solution": "12 = 13", "masked_spans": [[5, 9]]}',
+         'field "masked_spans": entry [5, 9] is not [start, end) with 0 <= start < end <= 7 (character offsets into solution)'),
+        ('{"prompt": "p", "answer": "1", "solution": "12 = 13", "masked_spans": {"a": 1}}',
+         'field "masked_spans" must be a list of [start, end] pairs, got dict'),
     ],
 )
 def test_each_bad_line_kind_is_reported_at_its_line(tmp_path, line, message):

@@ -38,7 +38,7 @@ def test_masked_spans_mask_exactly_the_tokens_of_the_wrong_digits(tiny_tokenizer
 @pytest.mark.parametrize("spans", [[[5, 3]], [[0, 10_000]], [["a", 2]], [[1]]])
 def test_bad_masked_spans_name_the_row_and_what_was_expected(tiny_tokenizer, spans):
     rows = [{"prompt": "q", "solution": "<think> 1 + 1 = 2. </think>"}, {"prompt": "q", "solution": "x = 1", "masked_spans": spans}]
-    with pytest.raises(ValueError, match=r"row 1: masked_spans entry .* is not \[start, end\)"):
+    with pytest.raises(ValueError, match=r'row 1: field "masked_spans": entry .* is not \[start, end\)'):
         encode_rows(tiny_tokenizer, rows, max_length=64)
 
 

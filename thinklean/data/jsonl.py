@@ -114,8 +114,27 @@ def example_from_dict(
     difficulty = row.get("difficulty")
     if difficulty is not None and (not isinstance(difficulty, int) or isinstance(difficulty, bool)):
         raise fail(f'field "difficulty" must be an integer, got {_type_name(difficulty)}')
+    if "masked_spans" in row:
+        if solution is None:
+            raise fail('field "masked_spans" needs a "solution" (its spans are character offsets into it)')
+        if (problem := masked_spans_error(row["masked_spans"], solution)) is not None:
+            raise fail(problem)
     meta = {key: value for key, value in row.items() if key not in (*REQUIRED_KEYS, *OPTIONAL_KEYS)}
     return Example(prompt, answer, solution, difficulty, meta)
+
+
+def masked_spans_error(spans: Any, solution: str) -> str | None:
+    """What is wrong with a row's ``masked_spans`` (a list of ``[start, end)`` character spans of
+    ``solution`` kept out of the SFT loss), or ``None`` when they are valid."""
+    if not isinstance(spans, list):
+        return f'field "masked_spans" must be a list of [start, end] pairs, got {_type_name(spans)}'
+    for span in spans:
+        ok = isinstance(span, (list, tuple)) and len(span) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in span)
+        if not ok or not 0 <= span[0] < span[1] <= len(solution):
+            return (f'field "masked_spans": entry {span!r} is not [start, end) with 0 <= start < end <= '
+                    f'{len(solution)} (character offsets into solution)')
+    return None
 
 
 def _decode_line(raw: bytes, path: str | os.PathLike[str], line: int) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from accelerate import Accelerator
 from torch.optim.lr_scheduler import LambdaLR
 
 from thinklean.data.formats import format_prompt
+from thinklean.data.jsonl import masked_spans_error
 from thinklean.models.tiny import save_pretrained
 from thinklean.train.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
@@ -63,15 +64,9 @@ class EncodedExample:
 def _masked_spans(row: dict, index: int) -> list[tuple[int, int]]:
     """``row["masked_spans"]`` checked: ``[start, end)`` character spans inside ``solution``."""
     spans = row.get("masked_spans") or []
-    n = len(row["solution"])
-    out = []
-    for span in spans:
-        ok = isinstance(span, (list, tuple)) and len(span) == 2 and all(isinstance(x, int) for x in span)
-        if not ok or not 0 <= span[0] < span[1] <= n:
-            raise ValueError(f"row {index}: masked_spans entry {span!r} is not [start, end) with 0 <= start < end <= "
-                             f"{n} (character offsets into solution)")
-        out.append((span[0], span[1]))
-    return out
+    if (problem := masked_spans_error(spans, row["solution"])) is not None:
+        raise ValueError(f"row {index}: {problem}")
+    return [(a, b) for a, b in spans]
 
 
 def encode_rows(tokenizer: Any, rows: Sequence[dict], max_length: int) -> list[EncodedExample]:
