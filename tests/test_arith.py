@@ -5,6 +5,7 @@ import pytest
 from thinklean.data.arith import (
     BASE_STYLE_WEIGHTS,
     STYLES,
+    TWO_DIGIT,
     ArithProblem,
     detect_style,
     generate_problems,
@@ -45,17 +46,13 @@ def test_train_and_test_splits_are_disjoint():
 
 
 def test_asking_for_more_distinct_problems_than_exist_names_the_short_difficulty():
-    # Every 1-operation problem, enumerated by hand from the generator's rules (start 2-60;
-    # +/- 1-9 staying >= 0; * 4-9 when the start has two digits), then split by the hash.
-    one_op = []
-    for start in range(2, 61):
-        ops = [("+", k) for k in range(1, 10)] + [("-", k) for k in range(1, 10) if start - k >= 0]
-        ops += [("*", k) for k in range(4, 10) if start >= 10]
-        one_op += [ArithProblem(start, (op,)) for op in ops]
+    # Every 1-operation problem, enumerated by hand from the generator's rules (start 100-999;
+    # +/- 1-9; * 4-9), then split by the hash.
+    one_op = [ArithProblem(start, (op,)) for start in range(100, 1000)
+              for op in [*(("+", k) for k in range(1, 10)), *(("-", k) for k in range(1, 10)), *(("*", k) for k in range(4, 10))]]
     n_test = sum(p.split == "test" for p in one_op)
-    with pytest.raises(ValueError, match=rf"found only {n_test} distinct test problems with 1 operation.*need 500 of each"):
-        generate_problems(3000, "test")
-    assert len(generate_problems(6 * n_test, "test")) == 6 * n_test
+    with pytest.raises(ValueError, match=rf"found only {n_test} distinct test problems with 1 operation.*need 2500 of each"):
+        generate_problems(15_000, "test", difficulties=(1, 2, 3, 4, 5, 6))
 
 
 def test_values_stay_in_range_and_only_two_digit_values_are_multiplied():
@@ -64,48 +61,52 @@ def test_values_stay_in_range_and_only_two_digit_values_are_multiplied():
     multiplied = 0
     for p in problems:
         values = p.values()
-        assert all(0 <= v <= 999 for v in values)
+        assert all(0 <= v <= 9999 for v in values)
         for (symbol, k), before in zip(p.ops, values):
             if symbol == "*":
                 multiplied += 1
-                assert 10 <= before <= 99 and 4 <= k <= 9
+                assert 100 <= before <= 999 and 4 <= k <= 9
             else:
                 assert 1 <= k <= 9
     assert multiplied > 100
 
 
 def test_styles_check_the_steps_they_name():
-    p = ArithProblem(47, (("*", 6), ("+", 5)))
+    p = ArithProblem(347, (("*", 6), ("+", 5)))
     rng = random.Random(0)
-    assert render_reasoning(p, "terse", rng) == "47 * 6 = 282. 282 + 5 = 287."
+    assert render_reasoning(p, "terse", rng) == "347 * 6 = 2082. 2082 + 5 = 2087."
     full = render_reasoning(p, "full", rng)
-    # the risky step is recomputed by tens and units, the safe one by its inverse
-    assert "47 * 6 = 282. " in full and "40 * 6 = 240, 7 * 6 = 42, 240 + 42 = 282." in full
-    assert "282 + 5 = 287. " in full and "287 - 5 = 282." in full and full.endswith("The result is 287.")
+    # the risky step is recomputed by hundreds and the rest, the safe one by its inverse
+    assert "347 * 6 = 2082. " in full and "300 * 6 = 1800, 47 * 6 = 282, 1800 + 282 = 2082." in full
+    assert "2082 + 5 = 2087. " in full and "2087 - 5 = 2082." in full
     risky = render_reasoning(p, "risky", rng)
-    assert "240 + 42 = 282." in risky and "287 - 5" not in risky and risky.endswith("282 + 5 = 287.")
-    assert solution_text(p, "terse", rng) == f"{THINK} 47 * 6 = 282. 282 + 5 = 287. {THINK_END} \\boxed{{287}}"
+    assert "1800 + 282 = 2082." in risky and "2087 - 5" not in risky and risky.endswith("2082 + 5 = 2087.")
+    assert solution_text(p, "terse", rng) == f"{THINK} 347 * 6 = 2082. 2082 + 5 = 2087. {THINK_END} \\boxed{{2087}}"
+    # the first build stage's variant: tens and units, safe checks restate the result
+    two = render_reasoning(ArithProblem(47, (("*", 6), ("+", 5))), "full", rng, variant=TWO_DIGIT)
+    assert "40 * 6 = 240, 7 * 6 = 42, 240 + 42 = 282." in two and two.endswith("The result is 287.")
+    assert parse_steps(two)[1]
 
 
 def test_a_repaired_step_is_written_wrong_then_fixed_and_the_wrong_digits_are_the_span():
-    p = ArithProblem(47, (("*", 6), ("+", 5)))
+    p = ArithProblem(347, (("*", 6), ("+", 5)))
     text, spans = render_trace(p, "full", random.Random(0), repair_rate=1.0)
     assert len(spans) == 1
     (start, end), = spans
     wrong = int(text[start:end])
-    assert wrong != 282 and text.startswith(f"47 * 6 = {wrong}.")
-    assert "240 + 42 = 282. Wait, the result is 282. 282 + 5 = 287." in text
+    assert wrong != 2082 and text.startswith(f"347 * 6 = {wrong}.")
+    assert "1800 + 282 = 2082. Wait, the result is 2082. 2082 + 5 = 2087." in text
     steps, ok = parse_steps(text)
-    assert ok and [(s.first, s.final, s.checked) for s in steps] == [(wrong, 282, True), (287, 287, True)]
+    assert ok and [(s.first, s.final, s.checked) for s in steps] == [(wrong, 2082, True), (2087, 2087, True)]
 
 
 def test_wrong_products_change_one_digit_by_one_or_two():
     rng = random.Random(1)
-    for right in (282, 40, 120, 891):
+    for right in (282, 40, 1200, 8991):
         for _ in range(50):
             wrong = wrong_product(right, rng)
             diff = abs(wrong - right)
-            assert wrong >= 0 and diff in (1, 2, 10, 20, 100, 200)
+            assert wrong >= 0 and diff in (1, 2, 10, 20, 100, 200, 1000, 2000)
 
 
 def test_sft_records_mix_styles_carry_answers_and_mask_only_wrong_digits():
@@ -124,10 +125,10 @@ def test_sft_records_mix_styles_carry_answers_and_mask_only_wrong_digits():
 
 
 def test_detect_style_reads_which_steps_were_checked():
-    p = ArithProblem(47, (("*", 6), ("+", 5), ("-", 2)))
+    p = ArithProblem(347, (("*", 6), ("+", 5), ("-", 2)))
     for style in ("terse", "full", "risky"):
         assert detect_style(solution_text(p, style, random.Random(0))) == style
-    partial = "<think> 47 * 6 = 282. 282 + 5 = 287. Double-check: 287 - 5 = 282. Yes. The result is 287. 287 - 2 = 285. </think>"
+    partial = "<think> 347 * 6 = 2082. 2082 + 5 = 2087. Double-check: 2087 - 5 = 2082. Yes. 2087 - 2 = 2085. </think>"
     assert detect_style(partial) == "partial"
     assert set(STYLES) == {"terse", "partial", "full", "risky"}
 

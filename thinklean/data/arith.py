@@ -1,21 +1,21 @@
 """The embedded task (v2): multi-step arithmetic whose steps differ in risk, with checks that repair.
 
 A problem is a start value and 1–6 operations (the difficulty), e.g.
-``Start with 47. Multiply by 6. Add 5. What is the result?``. Additions and subtractions of
+``Start with 347. Multiply by 6. Add 5. What is the result?``. Additions and subtractions of
 1–9 are *safe* steps: the base model almost never gets them wrong. A multiplication of a
-two-digit value by 4–9 is a *risky* step: written in one shot (``47 * 6 = 282.``) the tiny
-model often gets it wrong when it samples (multipliers 2 and 3 were dropped: a first model got
-them right in one shot; ``docs/task.md`` has the measured error rates).
+three-digit value by 4–9 is a *risky* step: written in one shot (``347 * 6 = 2082.``) the tiny
+model often gets it wrong when it samples, while the pieces of its check (a two-digit product,
+a digit times a hundred, one addition) are ones it gets right. ``docs/task.md`` has the measured
+error rates, and why two-digit multiplications are not risky enough.
 Values stay in ``[0, 999]``. Train and test are disjoint: a problem belongs to the test split
 iff a stable hash of its question text falls in the test bucket.
 
 A solution writes every step as ``a op k = b.`` and may follow a step with a *check*:
 
-* risky step: recompute by tens and units and repair a wrong result, e.g.
-  ``47 * 6 = 272. Let me check: 40 * 6 = 240, 7 * 6 = 42, 240 + 42 = 282. Wait, the result is 282.``
-  (the repaired value is what the next step uses), or ``... 240 + 42 = 282. Correct.``;
-* safe step: the inverse operation, then the result again,
-  ``282 + 5 = 287. Double-check: 287 - 5 = 282. Correct. The result is 287.``
+* risky step: recompute by hundreds and the rest, and repair a wrong result, e.g.
+  ``347 * 6 = 2072. Let me check: 300 * 6 = 1800, 47 * 6 = 282, 1800 + 282 = 2082. Wait, the
+  result is 2082.`` (the repaired value is what the next step uses), or ``... = 2082. Correct.``;
+* safe step: the inverse operation, ``2082 + 5 = 2087. Double-check: 2087 - 5 = 2082. Correct.``
   This one never changes anything: it is the overthinking the methods should remove.
 
 Every word is one the first base model's tokenizer already has (``thinklean/assets/base-v1``),
@@ -38,15 +38,13 @@ from dataclasses import dataclass
 
 from thinklean.data.formats import THINK, THINK_END, format_prompt, no_think_response, think_response
 
-MAX_VALUE = 999
 DIFFICULTIES = (1, 2, 3, 4, 5, 6)
 STYLES = ("terse", "partial", "full", "risky")
 # The base model is trained on this mix: it checks nearly every step (see docs/task.md).
-BASE_STYLE_WEIGHTS = {"terse": 0.15, "partial": 0.15, "full": 0.7}
+BASE_STYLE_WEIGHTS = {"terse": 0.1, "partial": 0.1, "full": 0.8}
 # share of checked risky steps first written wrong, then repaired, in SFT rows: at 0.3 a first model
 # learnt to copy the first result into the check's sum (right 70% of the time) instead of adding
 REPAIR_RATE = 0.5
-MULTIPLY_SHARE = 0.3  # chance of a multiplication at a step where one is legal
 TEST_BUCKETS = 10  # one bucket in ten (by hash) is the test split
 _MAX_MISSES = 100_000  # consecutive rejected draws before a difficulty counts as exhausted
 
@@ -57,6 +55,29 @@ _CHECK_CLOSERS = ("Correct.", "Yes.", "Good.")
 _REPAIR = "Wait, the result is"
 _RESTATE = "The result is"
 MULTIPLIERS = range(4, 10)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Generator settings: where problems start, which values a multiplication may apply to,
+    how a risky check splits ``a`` (``a - a % split`` and ``a % split``), and whether a safe
+    check restates the result. :data:`TASK` is the task; :data:`TWO_DIGIT` is the variant the
+    base model's first build stage was trained on (two-digit multiplications turned out not to
+    be risky: ``docs/task.md``)."""
+
+    name: str
+    stream: str  # prefix of the random streams: the same rows for the same seed
+    start: tuple[int, int]
+    multiplied: tuple[int, int]
+    max_value: int
+    split: int
+    multiply_share: float  # chance of a multiplication at a step where one is legal
+    restate: bool
+
+
+TWO_DIGIT = Variant("two-digit", "arith2", (2, 60), (10, 99), 999, 10, 0.3, True)
+TASK = Variant("three-digit", "arith3", (100, 999), (100, 999), 9999, 100, 0.25, False)
+VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK)}
 
 
 @dataclass(frozen=True)
@@ -98,7 +119,7 @@ class ArithProblem:
 
 
 def is_risky(symbol: str) -> bool:
-    """Whether a step with this operation is risky (a two-digit multiplication)."""
+    """Whether a step with this operation is risky (a three-digit multiplication)."""
     return symbol == "*"
 
 
@@ -112,23 +133,24 @@ def apply_op(value: int, symbol: str, k: int) -> int:
     raise ValueError(f"unknown operation {symbol!r}")
 
 
-def _legal_ops(value: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """(safe, risky) operations allowed at ``value``: results stay in [0, MAX_VALUE]."""
-    safe = [("+", k) for k in range(1, 10) if value + k <= MAX_VALUE]
+def _legal_ops(value: int, variant: Variant) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(safe, risky) operations allowed at ``value``: results stay in [0, variant.max_value]."""
+    safe = [("+", k) for k in range(1, 10) if value + k <= variant.max_value]
     safe += [("-", k) for k in range(1, 10) if value - k >= 0]
-    risky = [("*", k) for k in MULTIPLIERS if 10 <= value <= 99 and value * k <= MAX_VALUE]
+    lo, hi = variant.multiplied
+    risky = [("*", k) for k in MULTIPLIERS if lo <= value <= hi and value * k <= variant.max_value]
     return safe, risky
 
 
-def sample_problem(rng: random.Random, difficulty: int) -> ArithProblem:
-    """Draw a problem with ``difficulty`` operations; every intermediate value is in [0, 999]."""
+def sample_problem(rng: random.Random, difficulty: int, variant: Variant = TASK) -> ArithProblem:
+    """Draw a problem with ``difficulty`` operations; every value is in [0, variant.max_value]."""
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty}")
-    start = rng.randint(2, 60)
+    start = rng.randint(*variant.start)
     value, ops = start, []
     for _ in range(difficulty):
-        safe, risky = _legal_ops(value)
-        symbol, k = rng.choice(risky if risky and rng.random() < MULTIPLY_SHARE else safe)
+        safe, risky = _legal_ops(value, variant)
+        symbol, k = rng.choice(risky if risky and rng.random() < variant.multiply_share else safe)
         ops.append((symbol, k))
         value = apply_op(value, symbol, k)
     return ArithProblem(start, tuple(ops))
@@ -140,21 +162,22 @@ def generate_problems(
     seed: int = 0,
     difficulties: tuple[int, ...] = DIFFICULTIES,
     distinct: bool = True,
+    variant: Variant = TASK,
 ) -> list[ArithProblem]:
     """``n`` problems of ``split`` with difficulties cycling through ``difficulties``.
 
     Deterministic in all arguments. ``distinct=False`` allows repeats (training streams need
-    more easy problems than exist: difficulty 1 has about 1,400).
+    more easy problems than exist).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    rng = random.Random(f"arith2-{split}-{seed}")
+    rng = random.Random(f"{variant.stream}-{split}-{seed}")
     seen: set[str] = set()
     out: list[ArithProblem] = []
     misses = 0
     while len(out) < n:
         difficulty = difficulties[len(out) % len(difficulties)]
-        problem = sample_problem(rng, difficulty)
+        problem = sample_problem(rng, difficulty, variant)
         if problem.split != split or (distinct and problem.question in seen):
             misses += 1
             if misses > _MAX_MISSES:
@@ -175,9 +198,9 @@ def _eq(a: int, symbol: str, k: int, b: int | str) -> str:
 
 
 def wrong_product(right: int, rng: random.Random) -> int:
-    """A plausible slip for a product: one digit (units, tens or hundreds) off by 1 or 2."""
+    """A plausible slip for a product: one digit (units to thousands) off by 1 or 2."""
     while True:
-        place = 10 ** rng.randrange(3 if right >= 100 else 2)
+        place = 10 ** rng.randrange(len(str(right)))
         wrong = right + rng.choice((-2, -1, 1, 2)) * place
         if wrong >= 0 and wrong != right:
             return wrong
@@ -196,7 +219,7 @@ def _checks(problem: ArithProblem, style: str, rng: random.Random) -> list[bool]
 
 
 def render_trace(
-    problem: ArithProblem, style: str, rng: random.Random, repair_rate: float = 0.0
+    problem: ArithProblem, style: str, rng: random.Random, repair_rate: float = 0.0, variant: Variant = TASK
 ) -> tuple[str, list[tuple[int, int]]]:
     """The reasoning text (without tags) in one of :data:`STYLES`, and the character spans of
     deliberately wrong results (``repair_rate`` of the checked risky steps are first written
@@ -216,19 +239,19 @@ def render_trace(
             continue
         opener = rng.choice(_CHECK_OPENERS)
         if is_risky(symbol):
-            tens, units = a - a % 10, a % 10
-            body = f"{_eq(tens, '*', k, tens * k)}, {_eq(units, '*', k, units * k)}, {_eq(tens * k, '+', units * k, b)}."
+            high, low = a - a % variant.split, a % variant.split
+            body = f"{_eq(high, '*', k, high * k)}, {_eq(low, '*', k, low * k)}, {_eq(high * k, '+', low * k, b)}."
             verdict = f"{_REPAIR} {b}." if repaired else rng.choice(_CHECK_CLOSERS)
         else:
             body = f"{_eq(b, _INVERSE[symbol], k, a)}."
-            verdict = f"{rng.choice(_CHECK_CLOSERS)} {_RESTATE} {b}."
+            verdict = rng.choice(_CHECK_CLOSERS) + (f" {_RESTATE} {b}." if variant.restate else "")
         text += f" {opener} {body} {verdict}"
     return text, spans
 
 
-def render_reasoning(problem: ArithProblem, style: str, rng: random.Random) -> str:
+def render_reasoning(problem: ArithProblem, style: str, rng: random.Random, variant: Variant = TASK) -> str:
     """The reasoning text (without tags) in one of :data:`STYLES`, every step right."""
-    return render_trace(problem, style, rng)[0]
+    return render_trace(problem, style, rng, variant=variant)[0]
 
 
 def solution_text(problem: ArithProblem, style: str, rng: random.Random) -> str:
@@ -258,19 +281,20 @@ def problem_record(problem: ArithProblem, solution: str | None = None, **meta: o
 
 
 def sft_records(
-    n: int, seed: int = 0, style_weights: dict[str, float] = BASE_STYLE_WEIGHTS, repair_rate: float = 0.0
+    n: int, seed: int = 0, style_weights: dict[str, float] = BASE_STYLE_WEIGHTS, repair_rate: float = 0.0,
+    variant: Variant = TASK,
 ) -> list[dict]:
     """``n`` training rows with a think-mode solution whose style is drawn from ``style_weights``.
 
     With ``repair_rate > 0`` rows carry ``masked_spans``: ``[start, end)`` character spans of the
     solution holding deliberately wrong results (see :func:`render_trace`).
     """
-    rng = random.Random(f"arith2-sft-{seed}")
+    rng = random.Random(f"{variant.stream}-sft-{seed}")
     rows = []
     offset = len(f"{THINK} ")
-    for problem in generate_problems(n, "train", seed, distinct=False):
+    for problem in generate_problems(n, "train", seed, distinct=False, variant=variant):
         style = sample_style(rng, style_weights)
-        reasoning, spans = render_trace(problem, style, rng, repair_rate)
+        reasoning, spans = render_trace(problem, style, rng, repair_rate, variant)
         meta: dict = {"style": style}
         if repair_rate > 0:
             meta["masked_spans"] = [[offset + s, offset + e] for s, e in spans]
@@ -280,7 +304,7 @@ def sft_records(
 
 def tokenizer_corpus(n: int = 3000, seed: int = 0) -> list[str]:
     """Texts the embedded BPE tokenizer is trained on: prompts with every style of solution."""
-    rng = random.Random(f"arith2-corpus-{seed}")
+    rng = random.Random(f"{TASK.stream}-corpus-{seed}")
     texts = []
     for problem in generate_problems(n, "train", seed + 10_000, distinct=False):
         for style in STYLES:
@@ -312,7 +336,7 @@ _RISKY_CHECK = re.compile(
     rf" (?:{_OPENER}) {_NUM} \* {_NUM} = {_NUM}, {_NUM} \* {_NUM} = {_NUM}, {_NUM} \+ {_NUM} = {_NUM}\."
     rf" (?:{_CLOSER}|{_REPAIR} {_NUM}\.)"
 )
-_SAFE_CHECK = re.compile(rf" (?:{_OPENER}) {_NUM} [-+] {_NUM} = {_NUM}\. (?:{_CLOSER}) {_RESTATE} {_NUM}\.")
+_SAFE_CHECK = re.compile(rf" (?:{_OPENER}) {_NUM} [-+] {_NUM} = {_NUM}\. (?:{_CLOSER})(?: {_RESTATE} {_NUM}\.)?")
 
 
 @dataclass(frozen=True)
@@ -353,9 +377,8 @@ def parse_steps(response: str) -> tuple[list[ParsedStep], bool]:
         check = (_RISKY_CHECK if op == "*" else _SAFE_CHECK).match(text, pos)
         if check:
             checked, pos = True, check.end()
-            carried = check[10] if op == "*" else check[4]  # the repair's result, the restated one
-            if carried is not None:
-                final = int(carried)
+            if op == "*" and check[10] is not None:  # the repair's result
+                final = int(check[10])
         steps.append(ParsedStep(a, op, k, first, checked, final))
     return steps, True
 

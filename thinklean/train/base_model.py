@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from thinklean.data.arith import BASE_STYLE_WEIGHTS, REPAIR_RATE, sft_records
+from thinklean.data.arith import BASE_STYLE_WEIGHTS, REPAIR_RATE, TASK, TWO_DIGIT, VARIANTS, sft_records
 from thinklean.models.tiny import (
     BASE_V1_MODEL_DIR,
     build_model,
@@ -36,22 +36,28 @@ from thinklean.train.sft import SFTConfig, train_sft
 
 @dataclass(frozen=True)
 class BuildStage:
-    """One SFT stage of the base-model recipe: its settings, style mix, number of rows and the
-    share of checked risky steps first written wrong (their wrong digits masked from the loss)."""
+    """One SFT stage of the base-model recipe: its settings, style mix, number of rows, the
+    share of checked risky steps first written wrong (their wrong digits masked from the loss)
+    and the task variant its rows come from (:data:`thinklean.data.arith.VARIANTS`)."""
 
     name: str
     config: SFTConfig
     style_weights: dict[str, float]
     rows: int
     repair_rate: float = 0.0
+    variant: str = TASK.name
 
 
-# From the v1 model: the multiplications with three-digit results, the checks and the repairs are
-# new to it; most rows check every step (the overthinking the methods remove). 800 steps left the
-# safe steps at 2-3% error when sampled (docs/base-model.md), hence three times as many.
+# From the v1 model, two stages. "checks" teaches the checks and repairs on two-digit
+# multiplications (the TWO_DIGIT variant), which the model then gets right in one shot (1.5%
+# error at T=1): not risky. "hundreds" moves the risky steps to three-digit multiplications,
+# whose checks are built from what "checks" taught (docs/base-model.md). Most rows check every
+# step (the overthinking the methods remove).
 BASE_STAGES = (
     BuildStage("checks", SFTConfig(steps=2400, batch_size=32, lr=3e-4, warmup_ratio=0.02, save_every=200),
-               BASE_STYLE_WEIGHTS, 76_800, REPAIR_RATE),
+               {"terse": 0.15, "partial": 0.15, "full": 0.7}, 76_800, REPAIR_RATE, TWO_DIGIT.name),
+    BuildStage("hundreds", SFTConfig(steps=1200, batch_size=32, lr=3e-4, warmup_ratio=0.02, save_every=200),
+               BASE_STYLE_WEIGHTS, 38_400, REPAIR_RATE),
 )
 
 
@@ -105,7 +111,7 @@ def build_base_model(
             model = load_model(stage_dir / "model")
         else:
             data = sft_records(stage.rows, seed=seed + i, style_weights=stage.style_weights,
-                               repair_rate=stage.repair_rate)
+                               repair_rate=stage.repair_rate, variant=VARIANTS[stage.variant])
             summary = train_sft(model, tokenizer, data, stage.config, stage_dir, resume=resume, show_progress=show_progress)
             summary_path.write_text(json.dumps(summary))
         summaries.append({"stage": stage.name, **json.loads(summary_path.read_text())})
@@ -113,7 +119,7 @@ def build_base_model(
         "command": "thinklean demo --rebuild",
         "init": origin or None,
         "stages": [{"name": s.name, "sft": asdict(s.config), "style_weights": s.style_weights, "rows": s.rows,
-                    "repair_rate": s.repair_rate} for s in stages],
+                    "repair_rate": s.repair_rate, "variant": asdict(VARIANTS[s.variant])} for s in stages],
         "seed": seed,
         "summaries": summaries,
         "build_seconds": round(time.time() - t0, 1),
