@@ -133,7 +133,7 @@ def test_variant_rows_carry_the_instructed_prompt_the_ratio_and_distinct_variant
 def test_records_keep_only_correct_traces_and_are_deterministic(monkeypatch, tiny_model, tiny_tokenizer):
     problems = generate_problems(3, "train", 0)
     examples = [Example(prompt=p.question, answer=str(p.answer), difficulty=p.difficulty) for p in problems]
-    right = [solution_text(p, "verbose", random.Random(i)) for i, p in enumerate(problems)]
+    right = [solution_text(p, "full", random.Random(i)) for i, p in enumerate(problems)]
     wrong = "<think> I guess. </think> \\boxed{1000}"
     calls = []
 
@@ -160,7 +160,7 @@ def _sft_rows(tokenizer, n: int = 4) -> list[dict]:
     rows = []
     for i, p in enumerate(problems):
         example = Example(prompt=p.question, answer=str(p.answer))
-        trace = solution_text(p, "verbose", random.Random(i))
+        trace = solution_text(p, "full", random.Random(i))
         rows += variant_rows(example, trace, tokenizer, random.Random(i), variants=1)
     return rows
 
@@ -229,7 +229,7 @@ def test_data_and_sft_commands_write_rows_and_a_model_with_its_projector(monkeyp
     from thinklean.models.tiny import load_model
 
     problems = generate_problems(2, "train", 0)
-    traces = [solution_text(p, "verbose", random.Random(i)) for i, p in enumerate(problems)]
+    traces = [solution_text(p, "full", random.Random(i)) for i, p in enumerate(problems)]
     monkeypatch.setattr("thinklean.data.litereason.generate",
                         lambda model, tokenizer, prompts, k, sampling, generator=None:
                         SimpleNamespace(texts=[traces[i] for i in range(len(prompts)) for _ in range(k)]))
@@ -237,8 +237,9 @@ def test_data_and_sft_commands_write_rows_and_a_model_with_its_projector(monkeyp
     assert main(["data", "litereason", "--model", str(tiny_model_dir), "--n", "2", "--k", "2",
                  "--output", str(data)]) == 0
     rows = [json.loads(line) for line in data.read_text().splitlines()]
-    assert len(rows) == 2 * 2 * 2  # two problems x two ratios x two variants (verbose traces have many sentences)
-    assert "8 rows" in capsys.readouterr().out
+    # two problems x two ratios x up to two distinct variants (the 1-operation trace has few sentences)
+    assert 2 * 2 < len(rows) <= 2 * 2 * 2
+    assert f"{len(rows)} rows" in capsys.readouterr().out
 
     out = tmp_path / "sft"
     assert main(["litereason-sft", "--model", str(tiny_model_dir), "--data", str(data), "--batch-size", "4",

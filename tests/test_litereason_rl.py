@@ -182,7 +182,7 @@ def test_the_refresh_trains_the_projector_on_a_tenth_of_the_passs_correct_rollou
     randomise(trainer.projector)
     problems = generate_problems(20, "train", 1)
     trainer.correct_rollouts = [(Example(prompt=p.question, answer=str(p.answer)),
-                                 solution_text(p, "verbose", random.Random(i))) for i, p in enumerate(problems)]
+                                 solution_text(p, "full", random.Random(i))) for i, p in enumerate(problems)]
     lm_before, projector_before = snapshot(tiny_model), snapshot(trainer.projector)
     trainer.on_epoch_end(1)
 

@@ -262,7 +262,7 @@ def run_demo(
     if rebuild:
         from thinklean.train.base_model import build_base_model
 
-        console.print("[bold]rebuilding the base model[/bold] (SFT on mixed-verbosity arithmetic)")
+        console.print("[bold]rebuilding the base model[/bold] (SFT of base-v1 on the checking styles)")
         info = build_base_model(base_model, output / "base-build", seed=seed)
         console.print(f"base model rebuilt: sha256 {info['sha256']}")
     examples = arith_examples(budget.n_eval, "test", seed)
