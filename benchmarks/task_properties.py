@@ -83,6 +83,10 @@ def main() -> None:
     for key, s in steps.items():
         print(f"| {key} | {s['steps']} | {_pct(s['check_rate'])} | {_pct(s['first_error_rate'])} | "
               f"{_pct(s['unchecked_error_rate'])} | {_pct(s['checked_error_rate'])} | {s['repaired']} | {s['broken']} |")
+    faults = steps.get("risky", {}).get("check_faults")
+    if faults:
+        print(f"\nrisky checks ({steps['risky']['checked']}) that went wrong, by where: "
+              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in faults.items()))
     if reading:
         print(f"\nresponses whose steps do not follow the question (operation or operand, in order): "
               f"{_pct(reading['misread_rate'])}; reasoning that does not parse to the end: {_pct(reading['unparsed_rate'])}")

@@ -341,8 +341,9 @@ _SAFE_CHECK = re.compile(rf" (?:{_OPENER}) {_NUM} [-+] {_NUM} = {_NUM}\. (?:{_CL
 
 @dataclass(frozen=True)
 class ParsedStep:
-    """One step as a response wrote it: ``a op k = first``, whether a check followed, and the
-    value the response carries on with (``final``: the repair's result when the check repaired)."""
+    """One step as a response wrote it: ``a op k = first``, whether a check followed, the value
+    the response carries on with (``final``: the repair's result when the check repaired) and,
+    for a checked risky step, the numbers its check wrote (``parts``)."""
 
     a: int
     op: str
@@ -350,6 +351,7 @@ class ParsedStep:
     first: int
     checked: bool
     final: int
+    parts: tuple[int, ...] = ()  # a risky check's nine numbers: high * k = hp, low * k = lp, hp + lp = sum
 
     @property
     def right(self) -> int:
@@ -373,13 +375,15 @@ def parse_steps(response: str) -> tuple[list[ParsedStep], bool]:
         if not m:
             return steps, False
         a, op, k, first = int(m[1]), m[2], int(m[3]), int(m[4])
-        pos, checked, final = m.end(), False, first
+        pos, checked, final, parts = m.end(), False, first, ()
         check = (_RISKY_CHECK if op == "*" else _SAFE_CHECK).match(text, pos)
         if check:
             checked, pos = True, check.end()
-            if op == "*" and check[10] is not None:  # the repair's result
-                final = int(check[10])
-        steps.append(ParsedStep(a, op, k, first, checked, final))
+            if op == "*":
+                parts = tuple(int(x) for x in check.groups()[:9])
+                if check[10] is not None:  # the repair's result
+                    final = int(check[10])
+        steps.append(ParsedStep(a, op, k, first, checked, final, parts))
     return steps, True
 
 

@@ -30,6 +30,24 @@ def _rates(counts: dict[str, int]) -> dict[str, Any]:
         "checked_first_error_rate": counts["checked_first_wrong"] / checked if checked else None,
         "repaired": counts["repaired"],
         "broken": counts["broken"],
+        # where risky checks go wrong (counts over checked risky steps)
+        "check_faults": {key: counts[key] for key in _FAULTS} if counts["parts"] else None,
+    }
+
+
+# a risky check splits a into high + low, multiplies both by k, adds, then confirms or repairs
+_FAULTS = ("split", "high_product", "low_product", "sum", "missed", "false_alarm")
+
+
+def _check_faults(step: Any) -> dict[str, bool]:
+    high, k1, hp, low, k2, lp, s1, s2, total = step.parts
+    return {
+        "split": high + low != step.a or k1 != step.k or k2 != step.k,
+        "high_product": hp != high * k1,
+        "low_product": lp != low * k2,
+        "sum": total != s1 + s2 or s1 != hp or s2 != lp,
+        "missed": step.final == step.first and total != step.first,  # confirmed a result its sum contradicts
+        "false_alarm": step.final != step.first and total == step.first,
     }
 
 
@@ -40,13 +58,15 @@ def step_stats(responses: Iterable[tuple[str, str]]) -> dict[str, Any]:
     ``first_error_rate``: the result as first written (before any check), over all steps;
     ``unchecked_error_rate``: steps with no check; ``checked_error_rate``: the value carried on
     after a check; ``repaired``: checks that turned a wrong result right; ``broken``: the other
-    way round. Under ``"reading"``: ``responses`` whose question parsed, ``misread_rate`` the
+    way round. ``check_faults`` counts, over checked risky steps, where the check went wrong: the
+    split of ``a``, either product, the sum, a confirmation its own sum contradicts (``missed``)
+    or a repair of a result its sum agreed with (``false_alarm``). Under ``"reading"``: ``responses`` whose question parsed, ``misread_rate`` the
     share whose steps (operation and operand, in order) differ from the question's, and
     ``unparsed_rate`` the share whose reasoning did not parse to the end. Empty when no response
     has a step.
     """
     fields = ("steps", "checked", "first_wrong", "unchecked_wrong", "checked_wrong", "checked_first_wrong",
-              "repaired", "broken")
+              "repaired", "broken", "parts", *_FAULTS)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(fields, 0))
     read = {"responses": 0, "misread": 0, "unparsed": 0}
     for question, text in responses:
@@ -69,6 +89,10 @@ def step_stats(responses: Iterable[tuple[str, str]]) -> dict[str, Any]:
                     c["checked_first_wrong"] += first_wrong
                     c["repaired"] += first_wrong and not final_wrong
                     c["broken"] += final_wrong and not first_wrong
+                    if step.parts:
+                        c["parts"] += 1
+                        for fault, happened in _check_faults(step).items():
+                            c[fault] += happened
                 else:
                     c["unchecked_wrong"] += final_wrong
     if not counts:
