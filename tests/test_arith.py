@@ -159,9 +159,11 @@ def test_step_stats_by_hand():
     assert (risky["repaired"], risky["broken"]) == (1, 1)
     assert safe["steps"] == 2 and safe["checked"] == 0 and safe["unchecked_error_rate"] == pytest.approx(1 / 2)
     assert stats["*6"]["steps"] == 1 and stats["*7"]["unchecked_error_rate"] == 1.0
-    # the third check's sum is wrong (40 + 12 = 51) and it repaired a right result to it
+    # the third check's sum is wrong (40 + 12 = 51) and it replaced a right result by it
     assert risky["check_faults"] == {"split": 0, "high_product": 0, "low_product": 0, "sum": 1, "missed": 0,
-                                     "false_alarm": 0}
+                                     "false_alarm": 1}
+    missed = "<think> 47 * 6 = 272. Let me check: 40 * 6 = 240, 7 * 6 = 42, 240 + 42 = 282. Correct. </think>"
+    assert step_stats([(question, missed)])["risky"]["check_faults"]["missed"] == 1
     assert safe["check_faults"] is None
     # the first two questions parse; both responses follow them; the second stops parsing early
     assert stats["reading"] == {"responses": 2, "misread_rate": 0.0, "unparsed_rate": 0.5}

@@ -36,7 +36,8 @@ def test_base_model_solves_the_task_with_well_formed_finished_answers():
     summary = evaluate(model, tokenizer, arith_examples(36, "test", seed=1), EvalConfig(max_new_tokens=320))
     assert summary["format_error_rate"] <= 0.1
     assert summary["truncated_rate"] == 0.0
-    assert summary["accuracy"] >= 0.8  # 96.8% greedy on 500 held-out problems (README)
+    assert summary["accuracy"] >= 0.8  # greedy decoding checks every step (36 of 36 right when written)
+    assert summary["per_style"]["full"]["n"] >= 30
 
 
 def test_build_resumes_finished_stages_with_the_work_dirs_own_tokenizer(tmp_path, monkeypatch):

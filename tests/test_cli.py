@@ -25,8 +25,8 @@ def test_data_arith_writes_jsonl(tmp_path):
 
 
 def test_more_test_problems_than_exist_is_a_usage_error(tmp_path, capsys):
-    assert main(["data", "arith", "--split", "test", "--n", "3000", "--output", str(tmp_path / "t.jsonl")]) == 2
-    assert "--n 3000: found only" in capsys.readouterr().err
+    assert main(["data", "arith", "--split", "test", "--n", "15000", "--output", str(tmp_path / "t.jsonl")]) == 2
+    assert "--n 15000: found only" in capsys.readouterr().err
     assert not (tmp_path / "t.jsonl").exists()
 
 

@@ -91,7 +91,9 @@ def _ddp_against_one_process(tmp_path, tokenizer, method: str, trainer_class, ar
     trained = load_file(run / "model" / "model.safetensors")
     for name, value in reference_model.state_dict().items():
         if name in trained:
-            assert torch.allclose(trained[name], value, atol=1e-6, rtol=1e-4), name
+            # Adam divides by sqrt(v): where a gradient is near zero, float-order noise between the
+            # two runs moves the update by a visible fraction of one step (lr 1e-4 x 2 steps)
+            assert (trained[name] - value).abs().max() < 2e-5, (name, float((trained[name] - value).abs().max()))
     assert not torch.equal(trained["model.norm.weight"], load_file(tmp_path / "base" / "model.safetensors")["model.norm.weight"])
 
 

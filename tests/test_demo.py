@@ -150,7 +150,7 @@ def test_litereason_in_the_demo_builds_its_start_model_and_reports_latent_steps(
              "solution": f"<think> {LATENT}2{LATENT_END} </think> \\boxed{{{p.answer}}}"}
             for p in generate_problems(8, "train", 0)]
     write_jsonl(out / "litereason-sft" / "litereason.jsonl", rows)
-    monkeypatch.setattr(thinklean.demo, "litereason_recipe", lambda quick: StartRecipe(problems=8, k=1, epochs=2, lr=1e-2))
+    monkeypatch.setattr(thinklean.demo, "litereason_recipe", lambda quick: StartRecipe(problems=8, k=1, epochs=12, lr=1e-2))
     started, real = {}, thinklean.demo.train_method
 
     def recording_train_method(name, budget, run_dir, seed, base_model=None, **kwargs):
@@ -165,7 +165,7 @@ def test_litereason_in_the_demo_builds_its_start_model_and_reports_latent_steps(
     assert (start / "projector.safetensors").is_file() and (out / "litereason" / "model" / "projector.json").is_file()
     assert started == {"grpo": tiny_model_dir, "litereason": start}
     assert "latent_steps_mean" not in saved["grpo"] and "latent_steps_mean" in saved["litereason"]
-    # 2 epochs at lr 1e-2 on rows that all open a segment: the start model writes some itself
+    # 12 epochs at lr 1e-2 on rows that all open a segment: the start model writes some itself
     assert saved["litereason-sft"]["latent_rows"] > 0 and saved["litereason-sft"]["latent_steps_mean"] > 0
     report = (out / "report" / "report.md").read_text().split("## Reasoning tokens vs latent steps")[1]
     assert "| litereason-sft |" in report and "| grpo |" in report and "latent steps per response" in report

@@ -33,8 +33,8 @@ def _padded_batch(seed: int = 0):
     """
     generator = torch.Generator().manual_seed(seed)
     rows, prompt_width, response_width = len(PROMPT_LENGTHS), max(PROMPT_LENGTHS), max(RESPONSE_LENGTHS)
-    prompt_ids = torch.randint(10, 390, (rows, prompt_width), generator=generator)
-    response_ids = torch.randint(10, 390, (rows, response_width), generator=generator)
+    prompt_ids = torch.randint(10, 350, (rows, prompt_width), generator=generator)
+    response_ids = torch.randint(10, 350, (rows, response_width), generator=generator)
     prompt_mask = torch.zeros(rows, prompt_width, dtype=torch.long)
     response_mask = torch.zeros(rows, response_width, dtype=torch.long)
     for row, (p, r) in enumerate(zip(PROMPT_LENGTHS, RESPONSE_LENGTHS)):
