@@ -7,7 +7,7 @@ three-digit value by 4–9 is a *risky* step: written in one shot (``347 * 6 = 2
 model often gets it wrong when it samples, while the pieces of its check (a two-digit product,
 a digit times a hundred, one addition) are ones it gets right. ``docs/task.md`` has the measured
 error rates, and why two-digit multiplications are not risky enough.
-Values stay in ``[0, 999]``. Train and test are disjoint: a problem belongs to the test split
+Values stay in ``[0, 9999]``. Train and test are disjoint: a problem belongs to the test split
 iff a stable hash of its question text falls in the test bucket.
 
 A solution writes every step as ``a op k = b.`` and may follow a step with a *check*:
@@ -119,7 +119,7 @@ class ArithProblem:
 
 
 def is_risky(symbol: str) -> bool:
-    """Whether a step with this operation is risky (a three-digit multiplication)."""
+    """Whether a step with this operation is risky (every multiplication)."""
     return symbol == "*"
 
 

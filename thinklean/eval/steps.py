@@ -11,8 +11,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from thinklean.data.arith import STYLES, detect_style, is_risky, parse_question, parse_steps
-from thinklean.eval.metrics import ResponseRecord, summarize
+from thinklean.data.arith import STYLES, ParsedStep, detect_style, is_risky, parse_question, parse_steps
+from thinklean.eval.metrics import ResponseRecord, summarize, summarize_by_difficulty
 
 
 def _rates(counts: dict[str, int]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def _rates(counts: dict[str, int]) -> dict[str, Any]:
 _FAULTS = ("split", "high_product", "low_product", "sum", "missed", "false_alarm")
 
 
-def _check_faults(step: Any) -> dict[str, bool]:
+def _check_faults(step: ParsedStep) -> dict[str, bool]:
     high, k1, hp, low, k2, lp, s1, s2, total = step.parts
     return {
         "split": high + low != step.a or k1 != step.k or k2 != step.k,
@@ -113,13 +113,5 @@ def style_stats(records: Iterable[ResponseRecord]) -> dict[str, dict[str, Any]]:
     for r in records:
         if r.mode == "think":
             by_style[detect_style(r.text)].append(r)
-    out = {}
-    for style in [s for s in STYLES if s in by_style]:
-        group = by_style[style]
-        per_difficulty: dict[int, list[ResponseRecord]] = defaultdict(list)
-        for r in group:
-            if r.difficulty is not None:
-                per_difficulty[r.difficulty].append(r)
-        out[style] = {**summarize(group), "per_difficulty": {str(d): summarize(per_difficulty[d])
-                                                            for d in sorted(per_difficulty)}}
-    return out
+    return {style: {**summarize(by_style[style]), "per_difficulty": summarize_by_difficulty(by_style[style])}
+            for style in STYLES if style in by_style}
