@@ -95,9 +95,17 @@ def test_a_repaired_step_is_written_wrong_then_fixed_and_the_wrong_digits_are_th
     (start, end), = spans
     wrong = int(text[start:end])
     assert wrong != 2082 and text.startswith(f"347 * 6 = {wrong}.")
-    assert "1800 + 282 = 2082. Wait, the result is 2082. 2082 + 5 = 2087." in text
+    # the check carries its own sum forward
+    assert "1800 + 282 = 2082. The result is 2082. 2082 + 5 = 2087." in text
     steps, ok = parse_steps(text)
     assert ok and [(s.first, s.final, s.checked) for s in steps] == [(wrong, 2082, True), (2087, 2087, True)]
+    # the two-digit build stage's check compares instead: it confirms or repairs
+    two, _ = render_trace(ArithProblem(47, (("*", 6),)), "full", random.Random(0), repair_rate=1.0, variant=TWO_DIGIT)
+    assert two.endswith("240 + 42 = 282. Wait, the result is 282.")
+    right = render_reasoning(ArithProblem(47, (("*", 6),)), "full", random.Random(0), variant=TWO_DIGIT)
+    assert right.endswith(("282. Correct.", "282. Yes.", "282. Good."))
+    right_task = render_reasoning(p, "full", random.Random(0))
+    assert "1800 + 282 = 2082. The result is 2082. 2082 + 5 = 2087." in right_task
 
 
 def test_wrong_products_change_one_digit_by_one_or_two():
@@ -164,6 +172,9 @@ def test_step_stats_by_hand():
                                      "false_alarm": 1}
     missed = "<think> 47 * 6 = 272. Let me check: 40 * 6 = 240, 7 * 6 = 42, 240 + 42 = 282. Correct. </think>"
     assert step_stats([(question, missed)])["risky"]["check_faults"]["missed"] == 1
+    miscopied = "<think> 47 * 6 = 282. Let me check: 40 * 6 = 240, 7 * 6 = 42, 240 + 42 = 282. The result is 292. </think>"
+    faults = step_stats([(question, miscopied)])["risky"]["check_faults"]
+    assert faults["missed"] == 1 and faults["false_alarm"] == 1 and faults["sum"] == 0
     assert safe["check_faults"] is None
     # the first two questions parse; both responses follow them; the second stops parsing early
     assert stats["reading"] == {"responses": 2, "misread_rate": 0.0, "unparsed_rate": 0.5}

@@ -12,9 +12,10 @@ iff a stable hash of its question text falls in the test bucket.
 
 A solution writes every step as ``a op k = b.`` and may follow a step with a *check*:
 
-* risky step: recompute by hundreds and the rest, and repair a wrong result, e.g.
-  ``347 * 6 = 2072. Let me check: 300 * 6 = 1800, 47 * 6 = 282, 1800 + 282 = 2082. Wait, the
-  result is 2082.`` (the repaired value is what the next step uses), or ``... = 2082. Correct.``;
+* risky step: recompute by hundreds and the rest and carry the check's own sum forward, e.g.
+  ``347 * 6 = 2072. Let me check: 300 * 6 = 1800, 47 * 6 = 282, 1800 + 282 = 2082. The result
+  is 2082.``: the next step starts from the check's sum whether or not the first result agreed
+  (a check that had to compare the two confirmed wrong first results: ``docs/base-model.md``);
 * safe step: the inverse operation, ``2082 + 5 = 2087. Double-check: 2087 - 5 = 2082. Correct.``
   This one never changes anything: it is the overthinking the methods should remove.
 
@@ -60,8 +61,10 @@ MULTIPLIERS = range(4, 10)
 @dataclass(frozen=True)
 class Variant:
     """Generator settings: where problems start, which values a multiplication may apply to,
-    how a risky check splits ``a`` (``a - a % split`` and ``a % split``), and whether a safe
-    check restates the result. :data:`TASK` is the task; :data:`TWO_DIGIT` is the variant the
+    how a risky check splits ``a`` (``a - a % split`` and ``a % split``), whether a safe
+    check restates the result, and whether a risky check carries its sum forward (``carry``:
+    ``The result is N.``) or compares it with the first result (``Correct.`` or ``Wait, the
+    result is N.``). :data:`TASK` is the task; :data:`TWO_DIGIT` is the variant the
     base model's first build stage was trained on (two-digit multiplications turned out not to
     be risky: ``docs/task.md``)."""
 
@@ -73,10 +76,11 @@ class Variant:
     split: int
     multiply_share: float  # chance of a multiplication at a step where one is legal
     restate: bool
+    carry: bool
 
 
-TWO_DIGIT = Variant("two-digit", "arith2", (2, 60), (10, 99), 999, 10, 0.3, True)
-TASK = Variant("three-digit", "arith3", (100, 999), (100, 999), 9999, 100, 0.25, False)
+TWO_DIGIT = Variant("two-digit", "arith2", (2, 60), (10, 99), 999, 10, 0.3, True, False)
+TASK = Variant("three-digit", "arith3", (100, 999), (100, 999), 9999, 100, 0.25, False, True)
 VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK)}
 
 
@@ -241,7 +245,10 @@ def render_trace(
         if is_risky(symbol):
             high, low = a - a % variant.split, a % variant.split
             body = f"{_eq(high, '*', k, high * k)}, {_eq(low, '*', k, low * k)}, {_eq(high * k, '+', low * k, b)}."
-            verdict = f"{_REPAIR} {b}." if repaired else rng.choice(_CHECK_CLOSERS)
+            if variant.carry:
+                verdict = f"{_RESTATE} {b}."
+            else:
+                verdict = f"{_REPAIR} {b}." if repaired else rng.choice(_CHECK_CLOSERS)
         else:
             body = f"{_eq(b, _INVERSE[symbol], k, a)}."
             verdict = rng.choice(_CHECK_CLOSERS) + (f" {_RESTATE} {b}." if variant.restate else "")
@@ -334,7 +341,7 @@ _OPENER = "|".join(re.escape(o) for o in _CHECK_OPENERS)
 _CLOSER = "|".join(re.escape(c) for c in _CHECK_CLOSERS)
 _RISKY_CHECK = re.compile(
     rf" (?:{_OPENER}) {_NUM} \* {_NUM} = {_NUM}, {_NUM} \* {_NUM} = {_NUM}, {_NUM} \+ {_NUM} = {_NUM}\."
-    rf" (?:{_CLOSER}|{_REPAIR} {_NUM}\.)"
+    rf" (?:{_CLOSER}|(?:{_REPAIR}|{_RESTATE}) {_NUM}\.)"
 )
 _SAFE_CHECK = re.compile(rf" (?:{_OPENER}) {_NUM} [-+] {_NUM} = {_NUM}\. (?:{_CLOSER})(?: {_RESTATE} {_NUM}\.)?")
 
@@ -342,7 +349,7 @@ _SAFE_CHECK = re.compile(rf" (?:{_OPENER}) {_NUM} [-+] {_NUM} = {_NUM}\. (?:{_CL
 @dataclass(frozen=True)
 class ParsedStep:
     """One step as a response wrote it: ``a op k = first``, whether a check followed, the value
-    the response carries on with (``final``: the repair's result when the check repaired) and,
+    the response carries on with (``final``: the number a risky check ends with, if any) and,
     for a checked risky step, the numbers its check wrote (``parts``)."""
 
     a: int
@@ -381,7 +388,7 @@ def parse_steps(response: str) -> tuple[list[ParsedStep], bool]:
             checked, pos = True, check.end()
             if op == "*":
                 parts = tuple(int(x) for x in check.groups()[:9])
-                if check[10] is not None:  # the repair's result
+                if check[10] is not None:  # the value the check carries on with
                     final = int(check[10])
         steps.append(ParsedStep(a, op, k, first, checked, final, parts))
     return steps, True

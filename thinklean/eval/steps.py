@@ -35,7 +35,7 @@ def _rates(counts: dict[str, int]) -> dict[str, Any]:
     }
 
 
-# a risky check splits a into high + low, multiplies both by k, adds, then confirms or repairs
+# a risky check splits a into high + low, multiplies both by k, adds, then carries a value on
 _FAULTS = ("split", "high_product", "low_product", "sum", "missed", "false_alarm")
 
 
@@ -46,8 +46,9 @@ def _check_faults(step: ParsedStep) -> dict[str, bool]:
         "high_product": hp != high * k1,
         "low_product": lp != low * k2,
         "sum": total != s1 + s2 or s1 != hp or s2 != lp,
-        # a wrong first result confirmed although the check's own sum was right
-        "missed": step.first != step.right and total == step.right and step.final == step.first,
+        # the check's own sum was right but the value carried on is another (a wrong first result
+        # confirmed, or the sum miscopied)
+        "missed": total == step.right and step.final != total,
         # a right first result replaced
         "false_alarm": step.first == step.right and step.final != step.first,
     }
@@ -61,8 +62,8 @@ def step_stats(responses: Iterable[tuple[str, str]]) -> dict[str, Any]:
     ``unchecked_error_rate``: steps with no check; ``checked_error_rate``: the value carried on
     after a check; ``repaired``: checks that turned a wrong result right; ``broken``: the other
     way round. ``check_faults`` counts, over checked risky steps, where the check went wrong: the
-    split of ``a``, either product, the sum, a wrong result confirmed although the check's sum was
-    right (``missed``) or a right result replaced (``false_alarm``). Under ``"reading"``: ``responses`` whose question parsed, ``misread_rate`` the
+    split of ``a``, either product, the sum, a value carried on other than the check's right sum
+    (``missed``) or a right result replaced (``false_alarm``). Under ``"reading"``: ``responses`` whose question parsed, ``misread_rate`` the
     share whose steps (operation and operand, in order) differ from the question's, and
     ``unparsed_rate`` the share whose reasoning did not parse to the end. Empty when no response
     has a step.
