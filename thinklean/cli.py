@@ -44,17 +44,28 @@ def _add_style(p: argparse.ArgumentParser) -> None:
 
 def _add_model_and_data(p: argparse.ArgumentParser, model: str = "base",
                         model_help: str = "'base' (shipped), a local HF model directory (safetensors) or a .gguf file",
-                        data_help: str = "'arith' (embedded task); a JSONL file with prompt (or question), answer "
-                        "(GSM8K's '... #### 72' is read as 72); or reasoning-gym:TASK, e.g. reasoning-gym:gsm_symbolic "
-                        "(N problems generated offline from --seed; needs pip install 'thinklean[reasoning-gym]')") -> None:
+                        data_help: str = "'arith' (embedded task); a JSONL, .parquet, .arrow or .csv file or a "
+                        "datasets save_to_disk directory with prompt (or question), answer columns (GSM8K's "
+                        "'... #### 72' is read as 72; tables need pip install 'thinklean[datasets]'); or "
+                        "reasoning-gym:TASK, e.g. reasoning-gym:gsm_symbolic (N problems generated offline from "
+                        "--seed; needs pip install 'thinklean[reasoning-gym]')") -> None:
     p.add_argument("--model", default=model, help=model_help)
     p.add_argument("--data", default="arith", help=data_help)
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
 
 
-def _load_examples(data: str, n: int, split: str, seed: int, require_solution: bool = False) -> list[Any]:
-    """``arith`` (the embedded task), ``reasoning-gym:TASK`` (generated) or a JSONL file."""
-    from thinklean.data.jsonl import load_jsonl
+def _add_fields(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt-field", dest="prompt_field", default="prompt",
+                   help="--data file: the field or column holding the prompt ('prompt' falls back to 'question')")
+    p.add_argument("--answer-field", dest="answer_field", default="answer",
+                   help="--data file: the field or column holding the answer")
+
+
+def _load_examples(data: str, n: int, split: str, seed: int, require_solution: bool = False,
+                   prompt_field: str = "prompt", answer_field: str = "answer") -> list[Any]:
+    """``arith`` (the embedded task), ``reasoning-gym:TASK`` (generated) or a data file
+    (JSONL, parquet, arrow, CSV or a ``save_to_disk`` directory)."""
+    from thinklean.data.tables import load_examples
     from thinklean.eval.evaluate import REASONING_GYM, arith_examples, reasoning_gym_examples
 
     if data == "arith":
@@ -67,7 +78,8 @@ def _load_examples(data: str, n: int, split: str, seed: int, require_solution: b
             return reasoning_gym_examples(data.removeprefix(REASONING_GYM), n, seed)
         except (ImportError, ValueError) as e:
             raise UsageError(f"--data {data}: {e}") from e
-    return load_jsonl(data, require_solution=require_solution, limit=n if n > 0 else None)
+    return load_examples(data, require_solution=require_solution, limit=n if n > 0 else None,
+                         prompt_field=prompt_field, answer_field=answer_field, split=split)
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -180,14 +192,17 @@ def _data_litereason(args: argparse.Namespace) -> None:
 
 def cmd_sft(args: argparse.Namespace) -> None:
     from thinklean.data.arith import sft_records
-    from thinklean.data.jsonl import example_to_dict, load_jsonl
+    from thinklean.data.jsonl import example_to_dict
+    from thinklean.data.tables import load_examples
     from thinklean.models.tiny import build_model, build_tokenizer
     from thinklean.train.sft import SFTConfig, train_sft
 
     if args.data == "arith":
         rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate)
     else:
-        rows = [example_to_dict(e) for e in load_jsonl(args.data, require_solution=True)]
+        examples = load_examples(args.data, require_solution=True, prompt_field=args.prompt_field,
+                                 answer_field=args.answer_field)
+        rows = [example_to_dict(e) for e in examples]
     if args.model == "tiny":
         tokenizer = build_tokenizer(seed=args.seed)
         model = build_model(tokenizer, seed=args.seed)
@@ -248,7 +263,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         get_advantage(config.advantage)
     except UnknownNameError as e:
         raise UsageError(str(e).strip("'\"")) from e
-    train_examples = _load_examples(args.data, config.train_problems, "train", args.seed)
+    train_examples = _load_examples(args.data, config.train_problems, "train", args.seed,
+                                    prompt_field=args.prompt_field, answer_field=args.answer_field)
     eval_examples = _load_examples("arith", config.eval_problems, "test", args.seed) if args.data == "arith" else []
     model, tokenizer = _load(args.model, args.trust_remote_code)
     try:
@@ -263,7 +279,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from thinklean.eval.evaluate import EvalConfig, evaluate
     from thinklean.eval.tables import print_eval
 
-    examples = _load_examples(args.data, args.n, "test", args.seed)
+    examples = _load_examples(args.data, args.n, "test", args.seed, prompt_field=args.prompt_field,
+                              answer_field=args.answer_field)
     if args.instruction:
         examples = [dataclasses.replace(e, prompt=f"{e.prompt} {args.instruction}") for e in examples]
     engine = None
@@ -305,7 +322,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_analyze(args: argparse.Namespace) -> None:
     from thinklean.analysis.entropy import analyze_model, print_analysis, write_analysis
 
-    examples = _load_examples(args.data, args.n, "test", args.seed)
+    examples = _load_examples(args.data, args.n, "test", args.seed, prompt_field=args.prompt_field,
+                              answer_field=args.answer_field)
 
     def run(model_path: str) -> dict[str, Any]:
         model, tokenizer = _load(model_path, args.trust_remote_code, args.device)
@@ -337,7 +355,8 @@ def cmd_explain_tokens(args: argparse.Namespace) -> None:
     from thinklean.eval.explain import explain_tokens, write_explanation
 
     model, tokenizer = _load(args.model, args.trust_remote_code, args.device)
-    examples = _load_examples(args.data, args.n, "test", args.seed)
+    examples = _load_examples(args.data, args.n, "test", args.seed, prompt_field=args.prompt_field,
+                              answer_field=args.answer_field)
     items = explain_tokens(model, tokenizer, examples, args.max_new_tokens, args.temperature, args.seed)
     print(f"wrote {write_explanation(items, args.output)}")
 
@@ -426,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sft", formatter_class=DEFAULTS, help="supervised fine-tuning on prompt/solution pairs",
                        description="SFT with loss on response tokens only; checkpoints in OUTPUT/checkpoints, final model in OUTPUT/model.")
     _add_model_and_data(p, model="tiny", model_help="'tiny' (fresh embedded model), 'base' (shipped) or a local HF directory",
-                        data_help="'arith' or a JSONL file with prompt, answer, solution")
+                        data_help="'arith'; or a JSONL, .parquet, .arrow or .csv file or a datasets save_to_disk "
+                        "directory with prompt (or question), answer, solution (tables need pip install "
+                        "'thinklean[datasets]')")
     p.add_argument("--n", type=int, default=30000, help="rows to generate when --data arith")
     _add_style(p)
     p.add_argument("--steps", type=int, default=800, help="optimizer steps")
@@ -436,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512, help="truncate prompt+response to this many tokens")
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: final only)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
+    _add_fields(p)
     _add_common(p, "runs/sft")
     p.set_defaults(func=cmd_sft)
 
@@ -485,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on the training GPU, weights synced after each update; pip install 'thinklean[gpu]'); "
                         "config default: hf")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
+    _add_fields(p)
     _add_common(p, "runs/train")
     p.set_defaults(func=cmd_train)
 
@@ -503,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-norm", action="store_true",
                    help="apply the model's final norm before unembedding each layer (logit-lens style); "
                         "default: the raw residual stream, as the BuPO authors do")
+    _add_fields(p)
     _add_common(p, "runs/analyze")
     p.set_defaults(func=cmd_analyze)
 
@@ -514,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=5, help="responses to show")
     p.add_argument("--max-new-tokens", type=int, default=200, help="response cap")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    _add_fields(p)
     _add_common(p, "runs/explain")
     p.set_defaults(func=cmd_explain_tokens)
 
@@ -550,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "mode decide the right mode; the unforced greedy answer's first tag is the chosen one")
     p.add_argument("--k", type=int, default=4, help="--hybrid: forced samples per mode (temperature 1 unless --temperature > 0)")
     p.add_argument("--margin", type=float, default=0.2, help="--hybrid: think is right only if it beats no-think by more")
+    _add_fields(p)
     _add_common(p, "runs/eval")
     p.set_defaults(func=cmd_eval)
     return parser

@@ -6,7 +6,8 @@ with a :class:`DataError` whose message is ``FILE:LINE: what was wrong (what was
 
 GSM8K-style rows load as they are: ``question`` stands for ``prompt`` when there is no
 ``prompt``, and an answer holding a worked solution ending in ``#### 72`` is reduced to the
-final answer after the mark (:func:`gsm8k_final_answer`).
+final answer after the mark (:func:`gsm8k_final_answer`). ``prompt_field`` / ``answer_field``
+read the prompt and answer from fields of other names.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _expected_keys(require_solution: bool) -> str:
-    required = [*REQUIRED_KEYS, "solution"] if require_solution else list(REQUIRED_KEYS)
+def _expected_keys(require_solution: bool, prompt_field: str = "prompt", answer_field: str = "answer") -> str:
+    required = [prompt_field, answer_field, *(["solution"] if require_solution else [])]
     optional = [key for key in OPTIONAL_KEYS if key not in required]
     return f"expected keys: {', '.join(required)}; optional: {', '.join(optional)}"
 
@@ -73,43 +74,50 @@ def example_from_dict(
     require_solution: bool = False,
     path: str | os.PathLike[str] = "<row>",
     line: int = 0,
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
 ) -> Example:
     """Validate one decoded row and build an :class:`Example`; :class:`DataError` if invalid.
 
     ``answer`` may be a JSON number (``12`` -> ``"12"``, ``2.5`` -> ``"2.5"``), never a boolean.
     GSM8K rows: ``question`` is read as ``prompt`` when ``prompt`` is absent, and an answer
-    containing ``####`` becomes the final answer after it. ``path`` and ``line`` only label the
-    error.
+    containing ``####`` becomes the final answer after it. The prompt and answer are read from
+    ``prompt_field`` and ``answer_field`` (errors name those fields). ``path`` and ``line`` only
+    label the error.
     """
-    if "prompt" not in row and "question" in row:
-        row = {"prompt": row["question"], **{k: v for k, v in row.items() if k != "question"}}
+    names = {"prompt": prompt_field, "answer": answer_field}  # field -> where the row holds it
+    if prompt_field == "prompt" and "prompt" not in row and "question" in row:
+        names["prompt"] = "question"
+    row = {**{k: v for k, v in row.items() if k not in names.values()},
+           **{key: row[name] for key, name in names.items() if name in row}}
 
     def fail(message: str) -> DataError:
         return DataError(path, line, message)
 
     def text_field(key: str, *, numbers_ok: bool = False) -> str:
-        value = row[key]
+        value, name = row[key], names.get(key, key)
         if numbers_ok and isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(value, float) and not math.isfinite(value):
-                raise fail(f'field "{key}" must be a finite number, got {value}')
+                raise fail(f'field "{name}" must be a finite number, got {value}')
             value = str(value)
         if not isinstance(value, str):
             kinds = "a string or a number" if numbers_ok else "a string"
-            raise fail(f'field "{key}" must be {kinds}, got {_type_name(value)}')
+            raise fail(f'field "{name}" must be {kinds}, got {_type_name(value)}')
         if not value.strip():
-            raise fail(f'field "{key}" is empty (expected a non-empty string)')
+            raise fail(f'field "{name}" is empty (expected a non-empty string)')
         return value
 
     required = [*REQUIRED_KEYS, "solution"] if require_solution else list(REQUIRED_KEYS)
     for key in required:
         if key not in row or (key == "solution" and row[key] is None):
-            raise fail(f'field "{key}" is missing ({_expected_keys(require_solution)})')
+            expected = _expected_keys(require_solution, prompt_field, answer_field)
+            raise fail(f'field "{names.get(key, key)}" is missing ({expected})')
     prompt = text_field("prompt")
     answer = text_field("answer", numbers_ok=True)
     if GSM8K_MARK in answer:
         answer = gsm8k_final_answer(answer)
         if not answer:
-            raise fail(f'field "answer" has nothing after "{GSM8K_MARK}" (expected a GSM8K final answer, e.g. "... #### 72")')
+            raise fail(f'field "{answer_field}" has nothing after "{GSM8K_MARK}" (expected a GSM8K final answer, e.g. "... #### 72")')
     solution = text_field("solution") if row.get("solution") is not None else None
     difficulty = row.get("difficulty")
     if difficulty is not None and (not isinstance(difficulty, int) or isinstance(difficulty, bool)):
@@ -159,9 +167,11 @@ def _decode_line(raw: bytes, path: str | os.PathLike[str], line: int) -> dict[st
 
 
 def load_jsonl(
-    path: str | os.PathLike[str], *, require_solution: bool = False, limit: int | None = None
+    path: str | os.PathLike[str], *, require_solution: bool = False, limit: int | None = None,
+    prompt_field: str = "prompt", answer_field: str = "answer",
 ) -> list[Example]:
-    """Read a JSON Lines file of examples, validating every line read.
+    """Read a JSON Lines file of examples, validating every line read (prompt and answer from
+    ``prompt_field`` and ``answer_field``, see :func:`example_from_dict`).
 
     Blank lines are skipped. The first invalid line raises :class:`DataError` with its 1-based
     line number; a missing or unreadable file raises :class:`DataError` with line 0 (so callers
@@ -183,9 +193,8 @@ def load_jsonl(
             row = _decode_line(raw, path, line)
             if row is None:
                 continue
-            examples.append(
-                example_from_dict(row, require_solution=require_solution, path=path, line=line)
-            )
+            examples.append(example_from_dict(row, require_solution=require_solution, path=path, line=line,
+                                              prompt_field=prompt_field, answer_field=answer_field))
             if limit is not None and len(examples) >= limit:
                 break
     if not examples:
