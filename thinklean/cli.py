@@ -61,6 +61,26 @@ def _add_fields(p: argparse.ArgumentParser) -> None:
                    help="--data file: the field or column holding the answer")
 
 
+def _add_report_to(p: argparse.ArgumentParser, default: str | None = "none") -> None:
+    from thinklean.train.trackers import CHOICES
+
+    p.add_argument("--report-to", dest="report_to", default=default, metavar="TRACKER",
+                   help=f"experiment trackers that receive metrics.jsonl's metrics, the config and the final "
+                        f"evaluation: {', '.join(CHOICES)} (every installed one), or a comma-separated list; "
+                        f"each needs its extra, e.g. pip install 'thinklean[tensorboard]'"
+                        + ("" if default else " (config default: none)"))
+
+
+def _check_report_to(report_to: str) -> None:
+    """Stop before any work when ``report_to`` names an unknown or uninstalled tracker."""
+    from thinklean.train.trackers import TrackerError, resolve_report_to
+
+    try:
+        resolve_report_to(report_to)
+    except TrackerError as e:
+        raise UsageError(f"--report-to {report_to}: {e}") from e
+
+
 def _load_examples(data: str, n: int, split: str, seed: int, require_solution: bool = False,
                    prompt_field: str = "prompt", answer_field: str = "answer") -> list[Any]:
     """``arith`` (the embedded task), ``reasoning-gym:TASK`` (generated) or a data file
@@ -197,6 +217,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     from thinklean.models.tiny import build_model, build_tokenizer
     from thinklean.train.sft import SFTConfig, train_sft
 
+    _check_report_to(args.report_to)
     if args.data == "arith":
         rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate)
     else:
@@ -210,7 +231,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
         model, tokenizer = _load(args.model, args.trust_remote_code)
     config = SFTConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
-        seed=args.seed, save_every=args.save_every, grad_accum=args.grad_accum,
+        seed=args.seed, save_every=args.save_every, grad_accum=args.grad_accum, report_to=args.report_to,
     )
     summary = train_sft(model, tokenizer, rows, config, args.output, resume=args.resume)
     print(json.dumps(summary))
@@ -221,6 +242,7 @@ def cmd_litereason_sft(args: argparse.Namespace) -> None:
     from thinklean.data.jsonl import example_to_dict, load_jsonl
     from thinklean.methods.litereason import load_projector, projector_sft_config, train_projector
 
+    _check_report_to(args.report_to)
     rows = [example_to_dict(e) for e in load_jsonl(args.data, require_solution=True)]
     model, tokenizer = _load(args.model, args.trust_remote_code)
     try:
@@ -229,7 +251,7 @@ def cmd_litereason_sft(args: argparse.Namespace) -> None:
         raise UsageError(f"--projector {args.projector}: {e}") from e
     config = projector_sft_config(len(rows), lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                                   grad_accum=args.grad_accum, grad_clip=args.grad_clip, max_length=args.max_length,
-                                  seed=args.seed)
+                                  seed=args.seed, report_to=args.report_to)
     summary = train_projector(model, tokenizer, projector, rows, args.output, config, with_lm=args.with_lm)
     print(json.dumps(summary))
     print(f"model and projector saved to {args.output / 'model'}")
@@ -246,6 +268,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             overrides[key] = (value, 0)
     if args.rollout is not None:
         overrides["rollout_backend"] = (args.rollout, 0)
+    if args.report_to is not None:
+        overrides["report_to"] = (args.report_to, 0)
     overrides["seed"] = (args.seed, 0)
     method_kwargs = {k: v for k, v in (("layer", args.layer), ("s_inter", args.s_inter), ("projector", args.projector))
                      if v is not None}
@@ -263,6 +287,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         get_advantage(config.advantage)
     except UnknownNameError as e:
         raise UsageError(str(e).strip("'\"")) from e
+    _check_report_to(config.report_to)
     train_examples = _load_examples(args.data, config.train_problems, "train", args.seed,
                                     prompt_field=args.prompt_field, answer_field=args.answer_field)
     eval_examples = _load_examples("arith", config.eval_problems, "test", args.seed) if args.data == "arith" else []
@@ -381,8 +406,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise UsageError(f"--methods: {e}") from e
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps: expected at least 1 RL step per method, got {args.steps}")
+    _check_report_to(args.report_to)
     run_demo(output=args.output, quick=args.quick, rebuild=args.rebuild, seed=args.seed, n_eval=args.n,
-             steps=args.steps, methods=methods or DEFAULT_METHODS)
+             steps=args.steps, methods=methods or DEFAULT_METHODS, report_to=args.report_to)
 
 
 # ----------------------------------------------------------------------------------- parser
@@ -411,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
     p.add_argument("--steps", type=int, default=None,
                    help="RL steps per method (default 40, --quick 3); BuPO's IPA phase is 10%% of them")
+    _add_report_to(p)
     _add_common(p, "demo-out")
     p.set_defaults(func=cmd_demo)
 
@@ -458,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: final only)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
     _add_fields(p)
+    _add_report_to(p)
     _add_common(p, "runs/sft")
     p.set_defaults(func=cmd_sft)
 
@@ -480,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-lm", dest="with_lm", action="store_true",
                    help="also fine-tune the LM, loss on every response token (for a model that cannot follow the "
                    "prompt's instruction to write segments, like the embedded one; the spec keeps the LM frozen)")
+    _add_report_to(p)
     _add_common(p, "runs/litereason-sft")
     p.set_defaults(func=cmd_litereason_sft)
 
@@ -508,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "config default: hf")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
     _add_fields(p)
+    _add_report_to(p, default=None)
     _add_common(p, "runs/train")
     p.set_defaults(func=cmd_train)
 

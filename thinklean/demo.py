@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -168,9 +168,9 @@ def _latent_summary(model_dir: Path, examples: Sequence[Example], budget: DemoBu
     return evaluate_latent(model, tokenizer, load_projector(model), examples, sampling, seed, output)
 
 
-def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int = 0) -> Any:
+def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int = 0, report_to: str = "none") -> Any:
     """The :class:`~thinklean.train.rl.RLConfig` the demo trains ``name`` with: the method's YAML,
-    then the budget, then the entry's overrides in :data:`DEMO_METHODS`."""
+    then the budget, then the entry's overrides in :data:`DEMO_METHODS` (and ``report_to``)."""
     from thinklean.train.config import load_config
 
     method, method_overrides = DEMO_METHODS[name]
@@ -178,7 +178,7 @@ def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int =
         s_inter = max(1, round(BUPO_IPA_SHARE * budget.steps))
         method_overrides = {**method_overrides, "method_kwargs": {"s_inter": s_inter}}
     overrides = {k: (v, 0) for k, v in {**asdict(budget), **method_overrides}.items() if k != "n_eval"}
-    overrides.update({"seed": (seed, 0), "save_every": (10, 0)})
+    overrides.update({"seed": (seed, 0), "save_every": (10, 0), "report_to": (report_to, 0)})
     if eval_problems:
         overrides["eval_problems"] = (eval_problems, 0)
     return load_config(method, None, overrides)
@@ -211,15 +211,15 @@ def entropy_comparison(output: Path, base_model: Path, names: Sequence[str], see
 
 
 def train_method(name: str, budget: DemoBudget, run_dir: Path, seed: int, base_model: str | Path | None = None,
-                 show_progress: bool = True, eval_examples: Sequence[Example] = ()) -> Path:
+                 show_progress: bool = True, eval_examples: Sequence[Example] = (), report_to: str = "none") -> Path:
     """Train one demo method from ``base_model`` (default: the shipped one); returns its final
     model directory. ``eval_examples`` are evaluated every ``budget.eval_every`` steps (logged
-    in metrics.jsonl)."""
+    in metrics.jsonl and to the ``report_to`` trackers)."""
     from thinklean.eval.evaluate import arith_examples
     from thinklean.methods import get_trainer_class
     from thinklean.models.tiny import BASE_MODEL_DIR, load_pretrained
 
-    config = method_config(name, budget, seed, len(eval_examples))
+    config = method_config(name, budget, seed, len(eval_examples), report_to)
     model, tokenizer = load_pretrained(base_model or BASE_MODEL_DIR)
     train: list[Example] = arith_examples(config.train_problems, "train", seed)
     trainer = get_trainer_class(config.method)(model, tokenizer, config, train, run_dir, eval_examples)
@@ -237,10 +237,12 @@ def run_demo(
     methods: tuple[str, ...] = DEFAULT_METHODS,
     budget: DemoBudget | None = None,
     base_model: str | Path | None = None,
+    report_to: str = "none",
 ) -> dict[str, Any]:
     """Run the demo end to end and write ``OUTPUT/results.json``; returns the results dict.
 
-    ``base_model`` defaults to the shipped base model.
+    ``base_model`` defaults to the shipped base model; every training run (start models and
+    methods) logs to the ``report_to`` trackers (:mod:`thinklean.train.trackers`).
     """
     from thinklean.eval.evaluate import EvalConfig, arith_examples, evaluate
     from thinklean.eval.report import write_report
@@ -271,7 +273,7 @@ def run_demo(
                                                         "base_model": str(base_model), "methods": list(methods)}}
     names = ("base", *methods_with_starts(methods))
     earlier = {k: v for k, v in _earlier_methods(output / "results.json", results["config"]).items() if k not in names}
-    stages = hft_stages(quick)
+    stages = tuple(replace(s, config=replace(s.config, report_to=report_to)) for s in hft_stages(quick))
     start_models = {HYBRID_START: output / "hft-build" / stages[-1].name / "model",
                     LITEREASON_START: output / LITEREASON_START / "model"}
     latent_names = (LITEREASON_START, "litereason")
@@ -300,12 +302,13 @@ def run_demo(
                 console.print(f"[bold][{index}/{len(names)}] building the LiteReason start model[/bold]: "
                               f"{recipe.k} traces of {recipe.problems} problems, correct ones with sentences made "
                               f"latent, then {recipe.epochs:g} epoch of projector + LM SFT (25 min on a shared 2-core machine)")
-                model_dir = build_start_model(base_model, run_dir, recipe, seed)
+                model_dir = build_start_model(base_model, run_dir, recipe, seed, report_to=report_to)
             else:
                 console.print(f"[bold][{index}/{len(names)}] training {name}[/bold]: {budget.steps} steps × "
                               f"{budget.prompts_per_step} prompts × {budget.samples_per_prompt} samples")
                 start_model = start_models[STARTS[name]] if name in STARTS else base_model
-                model_dir = train_method(name, budget, run_dir, seed, start_model, eval_examples=examples)
+                model_dir = train_method(name, budget, run_dir, seed, start_model, eval_examples=examples,
+                                         report_to=report_to)
             # the trainer's last periodic evaluation already wrote eval.json for the final model
             summary = _load_summary(run_dir / "eval.json")
             if summary is None and name in latent_names:

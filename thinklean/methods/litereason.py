@@ -117,14 +117,15 @@ def projector_sft_loss(projector: ReasoningProjector, tokenizer: Any, all_respon
 
 def projector_sft_config(num_rows: int, lr: float = 1e-4, epochs: float = 1.0, batch_size: int = 16,
                          grad_accum: int = 1, constant_lr: bool = False, grad_clip: float = 0.2,
-                         max_length: int = 512, seed: int = 0) -> SFTConfig:
+                         max_length: int = 512, seed: int = 0, report_to: str = "none") -> SFTConfig:
     """The spec's projector-SFT settings as an :class:`SFTConfig` for ``epochs`` over ``num_rows``:
     lr warm-up over 10% then cosine to 0.1x (``constant_lr``: flat, as in the refresh), no
-    weight decay, effective batch ``batch_size * grad_accum``."""
+    weight decay, effective batch ``batch_size * grad_accum``; ``report_to``: experiment trackers."""
     steps = max(1, math.ceil(epochs * math.ceil(num_rows / batch_size) / grad_accum))
     return SFTConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                      min_lr_ratio=1.0 if constant_lr else 0.1, warmup_ratio=0.0 if constant_lr else 0.1,
-                     weight_decay=0.0, grad_clip=grad_clip, max_length=max_length, seed=seed, log_every=1)
+                     weight_decay=0.0, grad_clip=grad_clip, max_length=max_length, seed=seed, log_every=1,
+                     report_to=report_to)
 
 
 def train_projector(model: torch.nn.Module, tokenizer: Any, projector: ReasoningProjector, rows: Sequence[dict],
@@ -340,10 +341,10 @@ class StartRecipe:
 
 
 def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: StartRecipe = StartRecipe(),
-                      seed: int = 0, show_progress: bool = True) -> Path:
+                      seed: int = 0, show_progress: bool = True, report_to: str = "none") -> Path:
     """``thinklean data litereason`` + ``thinklean litereason-sft`` from ``base_model``:
     ``BUILD_DIR/litereason.jsonl`` (kept, and reused when present) and ``BUILD_DIR/model`` (the
-    LM with its projector; returned as it is when already built)."""
+    LM with its projector; returned as it is when already built); ``report_to``: trackers of the SFT."""
     build_dir = Path(build_dir)
     model_dir = build_dir / "model"
     if (model_dir / CONFIG_NAME).is_file():
@@ -359,7 +360,7 @@ def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: Sta
         if not rows:
             raise ValueError(f"{base_model}: no correct trace among {recipe.k} samples of {recipe.problems} problems")
         write_jsonl(data, rows)
-    config = projector_sft_config(len(rows), lr=recipe.lr, epochs=recipe.epochs, seed=seed)
+    config = projector_sft_config(len(rows), lr=recipe.lr, epochs=recipe.epochs, seed=seed, report_to=report_to)
     train_projector(model, tokenizer, ReasoningProjector.from_model(model), rows, build_dir, config,
                     with_lm=recipe.with_lm, show_progress=show_progress)
     return model_dir

@@ -1,13 +1,17 @@
-"""Per-step metrics (one JSON line each) and the rich progress bar shared by the trainers."""
+"""Per-step metrics (one JSON line each, also sent to any experiment trackers) and the rich
+progress bar shared by the trainers."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from thinklean.train import trackers
 
 
 class NonFiniteLossError(RuntimeError):
@@ -25,9 +29,15 @@ def check_finite(step: int, **values: float) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON object per call to ``RUN_DIR/metrics.jsonl`` (flushed each line)."""
+    """Appends one JSON object per call to ``RUN_DIR/metrics.jsonl`` (flushed each line).
 
-    def __init__(self, path: str | Path, truncate_after_step: int | None = None) -> None:
+    With an ``accelerator`` built with trackers (:func:`thinklean.train.trackers.accelerator_kwargs`),
+    a tracker run starts with ``config`` as its hyper-parameters and receives every record's
+    numbers at the record's ``step``; :meth:`close` logs the final evaluation and ends the run.
+    """
+
+    def __init__(self, path: str | Path, truncate_after_step: int | None = None, accelerator: Any = None,
+                 config: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after_step is not None and self.path.exists():
@@ -36,10 +46,23 @@ class MetricsLog:
             self.path.write_text("".join(line + "\n" for line in kept))
         elif truncate_after_step is None and self.path.exists():
             self.path.unlink()
+        self.accelerator = accelerator if accelerator is not None and accelerator.log_with else None
+        if self.accelerator is not None:
+            trackers.start_run(self.accelerator, self.path.parent, config or {})
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.accelerator is not None:
+            self.accelerator.log(trackers.scalars(record), step=record.get("step"))
+
+    def close(self, step: int | None = None, evaluation: Mapping[str, Any] | None = None) -> None:
+        """End the tracker run, first logging ``evaluation``'s numbers as ``eval/NAME`` at ``step``."""
+        if self.accelerator is None:
+            return
+        if evaluation:
+            self.accelerator.log(trackers.scalars(evaluation, prefix="eval/"), step=step)
+        trackers.finish_run(self.accelerator)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

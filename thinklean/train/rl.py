@@ -56,6 +56,7 @@ from thinklean.train.checkpoint import latest_checkpoint, load_checkpoint, resto
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
 from thinklean.train.shared_prompt import SharedPromptForward, shared_prompt_forward
 from thinklean.train.sft import warmup_cosine
+from thinklean.train.trackers import accelerator_kwargs
 
 
 ROLLOUT_BACKENDS = ("hf", "vllm")
@@ -121,6 +122,7 @@ class RLConfig:
     rollout_batch_size: int = 128
     rollout_backend: str = "hf"  # "hf": thinklean's decode loop; "vllm": colocated vLLM engine (CUDA, [gpu] extra)
     vllm_gpu_memory_utilization: float = 0.3  # share of the GPU the vLLM engine may take (weights + KV cache)
+    report_to: str = "none"  # experiment trackers (thinklean.train.trackers): tensorboard, wandb, mlflow, trackio, all
 
 
 @dataclass
@@ -203,7 +205,8 @@ class RLTrainer:
         # Processes decode, score and evaluate different numbers of times, so forward passes must
         # not be collectives (DDP's buffer broadcast); BuPO's IPA phase leaves upper layers unused.
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=True)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp],
+                                       **accelerator_kwargs(config.report_to, self.run_dir))
         self.reference = None
         if config.kl_coef > 0 or config.kl_in_reward > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -647,8 +650,10 @@ class RLTrainer:
         with warnings.catch_warnings():  # torch 2.13 renamed DDP's broadcast_buffers; accelerate passes the old name
             warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
             self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        log = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=start if resume else None) if main else None
+        log = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=start if resume else None,
+                         accelerator=self.accelerator, config=asdict(cfg)) if main else None
         prompts_per_epoch = max(1, len(self.train_examples) // cfg.prompts_per_step)
+        final_eval: dict[str, Any] | None = None
         with progress_bar(disable=not show_progress or not main) as bar:
             task = bar.add_task(cfg.method, total=cfg.steps, completed=start, info="")
             while self.step_index < cfg.steps:
@@ -657,6 +662,7 @@ class RLTrainer:
                 if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps) and self.eval_examples and main:
                     # the last one is the final model's evaluation: saved so callers need not repeat it
                     summary = self.evaluate(output=self.run_dir / "eval.json" if done == cfg.steps else None)
+                    final_eval = summary if done == cfg.steps else None
                     metrics["eval_accuracy"] = summary["accuracy"]
                     metrics["eval_length_mean"] = summary["mean_response_tokens"]
                 if log is not None:
@@ -671,5 +677,6 @@ class RLTrainer:
         final = self.run_dir / "model"
         if main:
             save_pretrained(self.accelerator.unwrap_model(self.model), self.tokenizer, final)
+            log.close(self.step_index, final_eval)
         self.accelerator.wait_for_everyone()
         return {"steps": self.step_index, "model": str(final)}

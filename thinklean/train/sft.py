@@ -27,6 +27,7 @@ from thinklean.data.jsonl import masked_spans_error
 from thinklean.models.tiny import save_pretrained
 from thinklean.train.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
+from thinklean.train.trackers import accelerator_kwargs
 
 IGNORE_INDEX = -100
 
@@ -49,6 +50,7 @@ class SFTConfig:
     log_every: int = 10
     save_every: int = 0  # 0: only the final checkpoint
     keep_last: int = 2
+    report_to: str = "none"  # experiment trackers (thinklean.train.trackers): tensorboard, wandb, mlflow, trackio, all
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ def train_sft(
     ``RUN_DIR/checkpoints``.
     """
     run_dir = Path(run_dir)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), **accelerator_kwargs(config.report_to, run_dir))
     examples = encode_rows(tokenizer, rows, config.max_length)
     if not examples:
         raise ValueError("no training rows")
@@ -177,7 +179,8 @@ def train_sft(
         restore_training_state(ckpt, model, optimizer, scheduler)
         start_step = ckpt.step
     model, optimizer = accelerator.prepare(model, optimizer)
-    log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=start_step if resume else None)
+    log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=start_step if resume else None,
+                     accelerator=accelerator, config=asdict(config))
 
     per_epoch = math.ceil(len(examples) / config.batch_size)
     schedules: dict[int, list[list[int]]] = {}
@@ -227,4 +230,5 @@ def train_sft(
                 )
             bar.update(task, advance=1, info=f"loss {step_loss:.3f}")
     save_pretrained(accelerator.unwrap_model(model), tokenizer, run_dir / "model")
+    log.close(config.steps)
     return {"steps": config.steps, "final_loss": last_loss, "seconds": time.time() - t0, "examples": len(examples)}
