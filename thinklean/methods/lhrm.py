@@ -236,6 +236,6 @@ def build_hft_model(base_model: str | Path, work_dir: str | Path, stages: Sequen
                 rows = upsample_mode(rows, "no_think", stage.no_think_upsample)
             model, tokenizer = load_pretrained(model_dir)
             config = replace(stage.config, seed=seed)
-            train_sft(model, tokenizer, rows, config, stage_dir, resume=True, show_progress=show_progress)
+            train_sft(model, tokenizer, rows, config, stage_dir, resume=True, show_progress=show_progress, method="hft")
         model_dir = stage_dir / "model"
     return model_dir

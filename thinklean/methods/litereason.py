@@ -148,7 +148,7 @@ def train_projector(model: torch.nn.Module, tokenizer: Any, projector: Reasoning
     try:
         summary = train_sft(model, tokenizer, rows, config, run_dir,
                             loss_fn=projector_sft_loss(projector, tokenizer, all_response_tokens=with_lm),
-                            parameters=parameters, show_progress=show_progress)
+                            parameters=parameters, show_progress=show_progress, method="litereason-sft")
     finally:
         for parameter, flag in zip(model.parameters(), flags):
             parameter.requires_grad_(flag)

@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from thinklean.data.arith import tokenizer_corpus
 from thinklean.data.formats import EOS, PAD, SPECIAL_TOKENS
+from thinklean.models.card import CardInfo, write_model_card
 
 hf_logging.disable_progress_bar()  # per-file load/save bars drown thinklean's own progress output
 
@@ -161,11 +162,15 @@ def load_pretrained(
 
 
 def save_pretrained(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: str | Path, dtype: torch.dtype | None = None
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: str | Path, dtype: torch.dtype | None = None,
+    card: CardInfo | None = None,
 ) -> None:
-    """Save model (safetensors) + tokenizer as a plain HF directory, optionally cast to ``dtype``."""
+    """Save model (safetensors) + tokenizer as a plain HF directory, optionally cast to ``dtype``;
+    with ``card``, a model card (``README.md``) too."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = None if dtype is None else {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
     model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(str(path))
+    if card is not None:
+        write_model_card(path, card)

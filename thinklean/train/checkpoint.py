@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from thinklean.models.card import CardInfo
 from thinklean.models.tiny import save_pretrained
 
 
@@ -68,15 +69,17 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any] | None = None,
     keep_last: int = 2,
+    card: CardInfo | None = None,
 ) -> Path:
-    """Write ``step``'s checkpoint atomically, point ``latest`` at it, prune older ones."""
+    """Write ``step``'s checkpoint atomically, point ``latest`` at it, prune older ones; ``card``:
+    the model card of its ``model`` directory."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     tmp = root / f".tmp-{name}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_pretrained(model, tokenizer, tmp / "model")
+    save_pretrained(model, tokenizer, tmp / "model", card=card)
     torch.save(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
         tmp / "trainer.pt",

@@ -48,6 +48,7 @@ from thinklean.data.formats import format_prompt
 from thinklean.data.grading import format_ok, grade
 from thinklean.data.jsonl import Example
 from thinklean.eval.evaluate import EvalConfig, evaluate
+from thinklean.models.card import CardInfo, started_from
 from thinklean.models.tiny import save_pretrained
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.rollout.engine import position_ids_from_mask
@@ -627,6 +628,12 @@ class RLTrainer:
                             seed=self.config.seed)
         return evaluate(self.model, self.tokenizer, examples, config, output=output)
 
+    def card(self, evaluation: dict[str, Any] | None = None) -> CardInfo:
+        """What the model card of a model saved now says: method, config, steps done, start model."""
+        model = self.accelerator.unwrap_model(self.model)
+        return CardInfo(self.config.method, asdict(self.config), self.step_index, started_from(model), evaluation,
+                        tags=("reinforcement-learning",))
+
     def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
         """Run ``config.steps`` steps (from the latest checkpoint when ``resume``)."""
         cfg = self.config
@@ -672,11 +679,12 @@ class RLTrainer:
                     self.on_epoch_end(done // prompts_per_epoch)
                 if ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps) and main:
                     save_checkpoint(self.run_dir, done, self.accelerator.unwrap_model(self.model), self.tokenizer,
-                                    self.optimizer, self.scheduler, {"config": asdict(cfg)}, cfg.keep_last)
+                                    self.optimizer, self.scheduler, {"config": asdict(cfg)}, cfg.keep_last,
+                                    card=self.card(final_eval))
                 bar.update(task, advance=1, info=f"reward {metrics['reward']:.2f} acc {metrics['accuracy']:.2f} len {metrics['length_mean']:.0f}")
         final = self.run_dir / "model"
         if main:
-            save_pretrained(self.accelerator.unwrap_model(self.model), self.tokenizer, final)
+            save_pretrained(self.accelerator.unwrap_model(self.model), self.tokenizer, final, card=self.card(final_eval))
             log.close(self.step_index, final_eval)
         self.accelerator.wait_for_everyone()
         return {"steps": self.step_index, "model": str(final)}

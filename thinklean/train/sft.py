@@ -24,6 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from thinklean.data.formats import format_prompt
 from thinklean.data.jsonl import masked_spans_error
+from thinklean.models.card import CardInfo, started_from
 from thinklean.models.tiny import save_pretrained
 from thinklean.train.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
@@ -153,13 +154,14 @@ def train_sft(
     loss_fn: LossFn = sft_loss,
     parameters: Sequence[torch.nn.Parameter] | None = None,
     show_progress: bool = True,
+    method: str = "sft",
 ) -> dict[str, Any]:
     """Train ``model`` on ``rows`` for ``config.steps`` optimiser steps; returns a summary.
 
     ``parameters`` restricts what is optimised (e.g. the LiteReason projector with the LM
     frozen); ``loss_fn`` replaces the plain response-token cross-entropy. The final model is
     saved as an HF directory in ``RUN_DIR/model`` and every checkpoint under
-    ``RUN_DIR/checkpoints``.
+    ``RUN_DIR/checkpoints``, each with a model card naming ``method``.
     """
     run_dir = Path(run_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), **accelerator_kwargs(config.report_to, run_dir))
@@ -181,6 +183,7 @@ def train_sft(
     model, optimizer = accelerator.prepare(model, optimizer)
     log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=start_step if resume else None,
                      accelerator=accelerator, config=asdict(config))
+    start_model = started_from(accelerator.unwrap_model(model))
 
     per_epoch = math.ceil(len(examples) / config.batch_size)
     schedules: dict[int, list[list[int]]] = {}
@@ -227,8 +230,10 @@ def train_sft(
                 save_checkpoint(
                     run_dir, done, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler,
                     {"config": asdict(config)}, config.keep_last,
+                    card=CardInfo(method, asdict(config), done, start_model, tags=("sft",)),
                 )
             bar.update(task, advance=1, info=f"loss {step_loss:.3f}")
-    save_pretrained(accelerator.unwrap_model(model), tokenizer, run_dir / "model")
+    save_pretrained(accelerator.unwrap_model(model), tokenizer, run_dir / "model",
+                    card=CardInfo(method, asdict(config), config.steps, start_model, tags=("sft",)))
     log.close(config.steps)
     return {"steps": config.steps, "final_loss": last_loss, "seconds": time.time() - t0, "examples": len(examples)}
