@@ -9,6 +9,7 @@ import torch
 from thinklean.data.formats import format_prompt
 from thinklean.data.litereason import litereason_prompt
 from thinklean.eval.evaluate import arith_examples
+from thinklean.eval.latent_probe import LatentProbe
 from thinklean.models.projector import ReasoningProjector, embedding_norm
 from thinklean.models.tiny import load_pretrained
 from thinklean.rollout.engine import SamplingConfig
@@ -95,3 +96,19 @@ def test_the_sft_gradient_runs_through_the_whole_latent_chain():
         assert float((got - want).norm()) < 1e-5 * float(want.norm())
         # the steps after the first reach the loss through the chain: cutting it changes the gradient
         assert float((got - cut).norm()) > 0.5 * float(want.norm())
+
+
+def test_the_probe_reads_a_problem_independent_latent_as_cosine_one_and_zero_swap_kl(base):
+    model, tokenizer = base
+    probe = LatentProbe(tokenizer, problems=4)
+    projector = ReasoningProjector.from_model(model)
+    live = probe.measure(model, projector)
+    assert live["probe_latent_norm"] == pytest.approx(live["probe_embedding_norm"], rel=1e-5)
+    assert live["probe_latent_cosine"] < 0.99 and live["probe_swap_kl"] > 0.01
+
+    constant = model.get_input_embeddings().weight[7].detach()
+    projector.forward = lambda hidden: constant.expand_as(hidden)  # the same latent for every problem
+    dead = probe.measure(model, projector)
+    assert dead["probe_latent_cosine"] == pytest.approx(1.0)
+    assert dead["probe_swap_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert dead["probe_latent_norm"] == dead["probe_latent_norm_max"] == pytest.approx(float(constant.norm()))
