@@ -150,7 +150,10 @@ def test_litereason_in_the_demo_builds_its_start_model_and_reports_latent_steps(
              "solution": f"<think> {LATENT}2{LATENT_END} </think> \\boxed{{{p.answer}}}"}
             for p in generate_problems(8, "train", 0)]
     write_jsonl(out / "litereason-sft" / "litereason.jsonl", rows)
-    monkeypatch.setattr(thinklean.demo, "litereason_recipe", lambda quick: StartRecipe(problems=8, k=1, epochs=12, lr=1e-2))
+    # The paper's projector: with this random tiny LM and recipe, whether the start model opens
+    # segments itself depends on the latents' scale, and only output_norm="none" gives rows that do.
+    monkeypatch.setattr(thinklean.demo, "litereason_recipe",
+                        lambda quick: StartRecipe(problems=8, k=1, epochs=12, lr=1e-2, output_norm="none"))
     started, real = {}, thinklean.demo.train_method
 
     def recording_train_method(name, budget, run_dir, seed, base_model=None, **kwargs):

@@ -25,7 +25,8 @@ from thinklean.data.litereason import (
     variant_rows,
 )
 from thinklean.methods.litereason import projector_sft_config, projector_sft_loss, train_projector
-from thinklean.models.projector import ReasoningProjector
+from thinklean.eval.latent_probe import PROBE_KEYS
+from thinklean.models.projector import ReasoningProjector, embedding_norm
 from thinklean.models.tiny import build_model
 from thinklean.train.monitor import read_metrics
 from thinklean.train.sft import collate, encode_rows
@@ -189,8 +190,9 @@ def test_projector_sft_trains_only_the_projector_and_the_loss_falls(tmp_path, ti
     rows = _sft_rows(tiny_tokenizer)
     lm_before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     projector_before = {k: v.clone() for k, v in projector.state_dict().items()}
-    # one batch holding every row, so each step's loss is on the same data
-    config = projector_sft_config(len(rows), lr=3e-2, epochs=8, batch_size=len(rows))
+    # one batch holding every row, so each step's loss is on the same data; the projector's output
+    # has a fixed norm (output_norm="embedding"), so only its direction can move the loss
+    config = projector_sft_config(len(rows), lr=1e-1, epochs=8, batch_size=len(rows))
     summary = train_projector(tiny_model, tiny_tokenizer, projector, rows, tmp_path, config, show_progress=False)
 
     assert summary["steps"] == 8
@@ -198,11 +200,25 @@ def test_projector_sft_trains_only_the_projector_and_the_loss_falls(tmp_path, ti
     # each step sees another batch, so compare the ends of the curve, not neighbouring steps
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.1 and sum(losses[-3:]) / 3 < sum(losses[:2]) / 2 - 0.1
     assert all(torch.equal(v, lm_before[k]) for k, v in tiny_model.state_dict().items())
-    assert all(not torch.equal(v, projector_before[k]) for k, v in projector.state_dict().items())
+    assert all(not torch.equal(v, projector_before[k]) for k, v in projector.named_parameters())
+    assert torch.equal(projector.output_scale, projector_before["output_scale"])  # fixed, not learned
     assert all(p.requires_grad for p in tiny_model.parameters())  # flags restored
     assert not any(p.requires_grad for p in projector.parameters())
     saved = ReasoningProjector.load(tmp_path / "model")
     assert all(torch.equal(v, saved.state_dict()[k]) for k, v in projector.state_dict().items())
+
+
+def test_projector_sft_logs_the_latent_probe_at_the_first_every_nth_and_last_step(tmp_path, tiny_model,
+                                                                                  tiny_tokenizer, projector):
+    rows = _sft_rows(tiny_tokenizer, n=2)
+    config = projector_sft_config(len(rows), lr=1e-3, epochs=10, batch_size=len(rows))
+    train_projector(tiny_model, tiny_tokenizer, projector, rows, tmp_path, config, show_progress=False, probe_every=4)
+    metrics = read_metrics(tmp_path / "metrics.jsonl")
+    assert config.steps == len(metrics) == 10
+    assert [m["step"] for m in metrics if "probe_swap_kl" in m] == [1, 4, 8, 10]
+    first = metrics[0]
+    assert set(PROBE_KEYS) <= set(first) and first["probe_swap_kl"] >= 0
+    assert first["probe_embedding_norm"] == pytest.approx(embedding_norm(tiny_model))
 
 
 def test_with_lm_the_lm_learns_too_on_every_response_token(tmp_path, tiny_model, tiny_tokenizer, projector):

@@ -16,6 +16,7 @@ from thinklean.data.formats import EOS, LATENT, LATENT_END
 from thinklean.data.jsonl import Example
 from thinklean.data.litereason import INSTRUCTION
 from thinklean.methods import get_trainer_class
+from thinklean.eval.latent_probe import PROBE_KEYS
 from thinklean.methods.litereason import LiteReasonTrainer
 from thinklean.models.projector import ReasoningProjector
 from thinklean.models.tiny import build_model
@@ -113,6 +114,18 @@ def test_an_rl_step_updates_the_lm_and_never_the_projector(tmp_path, tiny_model,
     assert any(not torch.equal(v, lm_before[k]) for k, v in tiny_model.state_dict().items())
     assert all(torch.equal(v, projector_before[k]) for k, v in trainer.projector.state_dict().items())
     assert all(p.grad is None and not p.requires_grad for p in trainer.projector.parameters())
+
+
+def test_rollout_steps_log_the_latent_probe_at_the_first_every_nth_and_last_step(tmp_path, tiny_model,
+                                                                                 tiny_tokenizer):
+    trainer = ForcedSegmentTrainer(tiny_model, tiny_tokenizer, config(steps=4, method_kwargs={"probe_every": 3}),
+                                   EXAMPLES, tmp_path)
+    probed = [step + 1 for step in range(4) if "probe_swap_kl" in trainer.collect(step).info]
+    assert probed == [1, 3, 4]
+    info = trainer.collect(0).info
+    assert set(PROBE_KEYS) <= set(info) and info["probe_latent_norm"] == pytest.approx(info["probe_embedding_norm"])
+    with pytest.raises(ConfigError, match="probe_every"):
+        LiteReasonTrainer(tiny_model, tiny_tokenizer, config(method_kwargs={"probe_every": -1}), EXAMPLES, tmp_path)
 
 
 def test_lengths_masks_and_length_rewards_count_discrete_tokens_only(tmp_path, tiny_model, tiny_tokenizer, no_eos):

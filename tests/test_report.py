@@ -96,3 +96,19 @@ def test_runs_without_periodic_evaluations_have_no_iso_accuracy(tmp_path):
     (tmp_path / "hmpo" / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.1, "accuracy": 0.5, "length_mean": 9}) + "\n")
     rows = {r["method"]: r for r in comparison_rows(collect_runs([tmp_path]))}
     assert rows["hmpo"]["iso_compression_vs_base"] is None
+
+
+def test_the_latent_table_shows_each_runs_last_latent_probe(tmp_path):
+    _demo_fixture(tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    results["methods"]["hmpo"].update(latent_steps_mean=2.0, latent_rows=0.5)
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    probe = {"probe_latent_norm": 2.5, "probe_latent_norm_max": 3.0e6, "probe_embedding_norm": 2.83,
+             "probe_latent_cosine": 0.62, "probe_swap_kl": 0.0007}
+    lines = [{"step": 1, "reward": 0.5, **probe}, {"step": 2, "reward": 0.5, **probe, "probe_swap_kl": 1.5},
+             {"step": 3, "reward": 0.5}]
+    (tmp_path / "hmpo" / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    table = write_report([tmp_path], tmp_path / "report")["markdown"].read_text().split("## Reasoning tokens vs latent steps")[1]
+    assert "| latent norm (median) | latent norm (max) | token-embedding norm | latent cosine | swap-KL (nats) |" in table
+    assert "| 2.5 | 3e+06 | 2.83 | 0.620 | 1.5 |" in next(line for line in table.splitlines() if line.startswith("| hmpo |"))
+    assert next(line for line in table.splitlines() if line.startswith("| grpo |")).endswith("| - | - | - | - | - | - |")

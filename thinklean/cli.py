@@ -246,13 +246,16 @@ def cmd_litereason_sft(args: argparse.Namespace) -> None:
     rows = [example_to_dict(e) for e in load_jsonl(args.data, require_solution=True)]
     model, tokenizer = _load(args.model, args.trust_remote_code)
     try:
-        projector = load_projector(model, args.projector, warn=False)
+        projector = load_projector(model, args.projector, warn=False, output_norm=args.output_norm)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"--projector {args.projector}: {e}") from e
     config = projector_sft_config(len(rows), lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                                   grad_accum=args.grad_accum, grad_clip=args.grad_clip, max_length=args.max_length,
                                   seed=args.seed, report_to=args.report_to)
-    summary = train_projector(model, tokenizer, projector, rows, args.output, config, with_lm=args.with_lm)
+    if args.probe_every < 0:
+        raise UsageError(f"--probe-every {args.probe_every}: must be >= 0 (0: no latent probe)")
+    summary = train_projector(model, tokenizer, projector, rows, args.output, config, with_lm=args.with_lm,
+                              probe_every=args.probe_every)
     print(json.dumps(summary))
     print(f"model and projector saved to {args.output / 'model'}")
 
@@ -499,6 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     p.add_argument("--projector", default=None,
                    help="projector directory to start from; none: the --model directory's, else copies of its last MLP")
+    p.add_argument("--output-norm", dest="output_norm", choices=["embedding", "none"], default="embedding",
+                   help="a fresh projector's output: 'embedding' scales every latent input to the median token-embedding "
+                   "norm, 'none' is the paper's projector (docs/litereason.md)")
+    p.add_argument("--probe-every", dest="probe_every", type=int, default=10,
+                   help="steps between two latent probes (norms, cosine, swap-KL) logged to metrics.jsonl; 0: none")
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the rows")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")

@@ -12,7 +12,9 @@ Hybrid think / no-think models (summaries with a ``"hybrid"`` entry, as the demo
 5-6-operation problems, and the forced-mode accuracies.
 
 LiteReason runs (summaries with ``latent_steps_mean``) add a table of discrete reasoning tokens
-against latent steps per response and RL seconds per step, with every other run for reference.
+against latent steps per response and RL seconds per step, with every other run for reference,
+and the last latent probe each run logged (:mod:`thinklean.eval.latent_probe`: latent and
+token-embedding norms, cross-problem cosine, swap-KL).
 
 Runs that logged periodic evaluations (``eval_accuracy`` / ``eval_length_mean`` in
 ``metrics.jsonl``, e.g. ``--eval-every``) also get compression at iso-accuracy against the base
@@ -108,14 +110,17 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
     return rows
 
 
-def _fmt(value: Any, pct: bool = False) -> str:
+def _fmt(value: Any, pct: bool | str = False) -> str:
+    """``pct``: True: a percentage; False: one decimal; a string: that format spec."""
     if value is None:
         return "-"
+    if isinstance(pct, str):
+        return format(value, pct)
     text = f"{100 * value:.1f}%" if pct else f"{value:.1f}"
     return "0.0%" if text == "-0.0%" else text
 
 
-# (header, row key, shown as a percentage)
+# (header, row key, shown as a percentage / a format spec)
 COLUMNS = (
     ("accuracy", "accuracy", True),
     ("mean tokens", "mean_response_tokens", False),
@@ -174,10 +179,18 @@ LATENT_COLUMNS = (
     ("response tokens", "mean_response_tokens", False),
     ("latent steps per response", "latent_steps_mean", False),
     ("responses with latent steps", "latent_rows", True),
+    ("latent norm (median)", "probe_latent_norm", ".3g"),
+    ("latent norm (max)", "probe_latent_norm_max", ".3g"),
+    ("token-embedding norm", "probe_embedding_norm", ".3g"),
+    ("latent cosine", "probe_latent_cosine", ".3f"),
+    ("swap-KL (nats)", "probe_swap_kl", ".3g"),
     ("RL seconds per step", "step_seconds", False),
 )
 LATENT_NOTE = ("LiteReason: reasoning and response tokens count discrete tokens only (tags and numbers included); "
-               "latent steps are the projector steps run per response. RL seconds per step: mean logged step_time of the RL steps (none for SFT-built rows).")
+               "latent steps are the projector steps run per response. RL seconds per step: mean logged step_time of the RL steps (none for SFT-built rows). "
+               "Latent probe (last one logged in training, 8 held-out problems, 3 forced latent steps): L2 norms of the "
+               "latent inputs and of the token embeddings, mean cross-problem cosine of the first latent input, and the "
+               "next-token KL when two problems' latents are swapped (0: the latents change nothing).")
 
 
 def latent_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -189,10 +202,13 @@ def latent_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
         return []
     rows = []
     for name, s in summaries.items():
-        times = [m["step_time"] for m in runs[name]["metrics"] if "step_time" in m and "rollout_time" in m]  # RL steps
+        metrics = runs[name]["metrics"]
+        times = [m["step_time"] for m in metrics if "step_time" in m and "rollout_time" in m]  # RL steps
+        probe = next((m for m in reversed(metrics) if "probe_latent_norm" in m), {})
         rows.append({"method": name, **{key: s.get(key) for _, key, _ in LATENT_COLUMNS},
                      "latent_steps_mean": s.get("latent_steps_mean", 0.0), "latent_rows": s.get("latent_rows", 0.0),
-                     "step_seconds": sum(times) / len(times) if times else None})
+                     "step_seconds": sum(times) / len(times) if times else None,
+                     **{key: probe.get(key) for _, key, _ in LATENT_COLUMNS if key.startswith("probe_")}})
     return rows
 
 

@@ -18,7 +18,8 @@
 
 ``config.method_kwargs``: ``projector`` (directory; default: the model's own directory if it
 holds one, else a fresh projector whose blocks copy the last MLP), ``refresh_fraction`` (0.1),
-``refresh_lr`` (1e-4). The projector is saved next to the LM in ``RUN_DIR/model`` and, after
+``refresh_lr`` (1e-4), ``probe_every`` (10: RL steps between two latent probes, logged with the
+step's metrics, see :mod:`thinklean.eval.latent_probe`; 0: none). Projector SFT logs the probe too. The projector is saved next to the LM in ``RUN_DIR/model`` and, after
 each refresh, in ``RUN_DIR/projector`` (``--resume`` reloads it).
 
 :func:`build_start_model` chains the data and projector-SFT steps (the demo's ``litereason-sft``
@@ -32,7 +33,7 @@ import math
 import random
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from thinklean.data.formats import format_prompt
 from thinklean.data.jsonl import Example, example_to_dict, load_jsonl, write_jsonl
 from thinklean.data.litereason import RATIOS, litereason_prompt, litereason_records, variant_rows
 from thinklean.eval.evaluate import arith_examples, grade_rollout
+from thinklean.eval.latent_probe import PROBE_EVERY, PROBE_STEPS, LatentProbe
 from thinklean.eval.metrics import summarize, summarize_by_difficulty
 from thinklean.models.projector import CONFIG_NAME, ReasoningProjector
 from thinklean.models.tiny import load_pretrained
@@ -60,7 +62,8 @@ from thinklean.train.config import ConfigError
 from thinklean.train.rl import RLConfig, RLTrainer, StepBatch
 from thinklean.train.sft import IGNORE_INDEX, LossFn, SFTConfig, train_sft
 
-METHOD_KWARGS: dict[str, Any] = {"projector": None, "refresh_fraction": 0.1, "refresh_lr": 1e-4}
+METHOD_KWARGS: dict[str, Any] = {"projector": None, "refresh_fraction": 0.1, "refresh_lr": 1e-4,
+                                  "probe_every": PROBE_EVERY}
 PROJECTOR_DIR = "projector"
 
 # ------------------------------------------------------------------------------ projector SFT
@@ -128,15 +131,28 @@ def projector_sft_config(num_rows: int, lr: float = 1e-4, epochs: float = 1.0, b
                      report_to=report_to)
 
 
+def probe_schedule(probe: LatentProbe, model: torch.nn.Module, projector: ReasoningProjector, every: int,
+                   last: int) -> Callable[[int], dict[str, float]]:
+    """``step -> probe.measure(model, projector)`` at step 1, every ``every`` steps and at step
+    ``last``; ``{}`` at the other steps and always when ``every`` is 0."""
+
+    def measure(step: int) -> dict[str, float]:
+        due = every > 0 and (step == 1 or step % every == 0 or step == last)
+        return probe.measure(model, projector) if due else {}
+
+    return measure
+
+
 def train_projector(model: torch.nn.Module, tokenizer: Any, projector: ReasoningProjector, rows: Sequence[dict],
                     run_dir: str | Path, config: SFTConfig, with_lm: bool = False,
-                    show_progress: bool = True) -> dict[str, Any]:
+                    show_progress: bool = True, probe_every: int = PROBE_EVERY) -> dict[str, Any]:
     """Projector SFT on LiteReason rows (``prompt``, ``solution`` with latent segments).
 
     Only the projector is optimised (``with_lm``: the LM too, loss on every response token);
     the LM's ``requires_grad`` flags are restored afterwards. ``RUN_DIR/model`` receives the LM
-    (as ``train_sft`` writes it) with the projector saved next to it. Returns ``train_sft``'s
-    summary.
+    (as ``train_sft`` writes it) with the projector saved next to it. Every ``probe_every``
+    steps (and at the first and last; 0: never) the :class:`~thinklean.eval.latent_probe.LatentProbe`
+    numbers join ``metrics.jsonl``. Returns ``train_sft``'s summary.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where train_sft's Accelerator trains
     model.to(device)
@@ -145,10 +161,13 @@ def train_projector(model: torch.nn.Module, tokenizer: Any, projector: Reasoning
     model.requires_grad_(with_lm)
     projector.requires_grad_(True)
     parameters = list(projector.parameters()) + (list(model.parameters()) if with_lm else [])
+    probe = probe_schedule(LatentProbe(tokenizer, steps=min(PROBE_STEPS, projector.max_steps)), model, projector,
+                           probe_every, config.steps)
     try:
         summary = train_sft(model, tokenizer, rows, config, run_dir,
                             loss_fn=projector_sft_loss(projector, tokenizer, all_response_tokens=with_lm),
-                            parameters=parameters, show_progress=show_progress, method="litereason-sft")
+                            parameters=parameters, show_progress=show_progress, method="litereason-sft",
+                            extra_metrics=probe)
     finally:
         for parameter, flag in zip(model.parameters(), flags):
             parameter.requires_grad_(flag)
@@ -157,9 +176,11 @@ def train_projector(model: torch.nn.Module, tokenizer: Any, projector: Reasoning
     return summary
 
 
-def load_projector(model: torch.nn.Module, path: str | Path | None = None, warn: bool = True) -> ReasoningProjector:
+def load_projector(model: torch.nn.Module, path: str | Path | None = None, warn: bool = True,
+                   output_norm: str = "embedding") -> ReasoningProjector:
     """The projector saved in ``path``; without one, the one in the model's own directory; else a
-    fresh projector (every block a copy of the model's last MLP), with a warning if ``warn``."""
+    fresh projector (every block a copy of the model's last MLP, ``output_norm`` as in
+    :class:`ReasoningProjector`), with a warning if ``warn``."""
     if path is not None:
         return ReasoningProjector.load(path)
     own = Path(getattr(model, "name_or_path", "") or "")
@@ -168,7 +189,7 @@ def load_projector(model: torch.nn.Module, path: str | Path | None = None, warn:
     if warn:
         warnings.warn("LiteReason: no trained projector found (set method_kwargs.projector or run `thinklean "
                       "litereason-sft`); starting from copies of the model's last MLP", stacklevel=2)
-    return ReasoningProjector.from_model(model)
+    return ReasoningProjector.from_model(model, output_norm=output_norm)
 
 
 # ------------------------------------------------------------------------------------- RL
@@ -204,8 +225,13 @@ class LiteReasonTrainer(RLTrainer):
         fraction = float(config.method_kwargs.get("refresh_fraction", METHOD_KWARGS["refresh_fraction"]))
         if not 0 <= fraction <= 1:
             raise ConfigError(f"method_kwargs.refresh_fraction must be in [0, 1] (0: no refresh), got {fraction}")
+        probe_every = int(config.method_kwargs.get("probe_every", METHOD_KWARGS["probe_every"]))
+        if probe_every < 0:
+            raise ConfigError(f"method_kwargs.probe_every must be >= 0 (0: no latent probe), got {probe_every}")
         super().__init__(model, tokenizer, config, train_examples, run_dir, eval_examples)
         self.projector = self._frozen(load_projector(model, config.method_kwargs.get("projector")))
+        self.latent_probe = LatentProbe(tokenizer, steps=min(PROBE_STEPS, self.projector.max_steps))
+        self.probe_every = probe_every
         self.refresh_fraction = fraction
         self.correct_rollouts: list[tuple[Example, str]] = []  # this pass's, for the refresh
 
@@ -231,6 +257,10 @@ class LiteReasonTrainer(RLTrainer):
         steps = r.latent_steps.float()
         batch.info.update(latent_steps_mean=float(steps.mean()), latent_rows=float((steps > 0).float().mean()),
                           latent_segments_mean=sum(map(len, r.latent_segments)) / max(1, len(r.latent_segments)))
+        # the policy that rolled out this step's batch, before its update
+        probe = probe_schedule(self.latent_probe, self.accelerator.unwrap_model(self.model), self.projector,
+                               self.probe_every, self.config.steps)
+        batch.info.update(probe(step + 1))
         return batch
 
     def _rows(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, Any]:
@@ -275,7 +305,7 @@ class LiteReasonTrainer(RLTrainer):
         config = projector_sft_config(len(rows), lr=lr, constant_lr=True, seed=self.config.seed + epoch)
         with tempfile.TemporaryDirectory() as scratch:  # train_sft's LM copy and checkpoint are not kept
             summary = train_projector(self.accelerator.unwrap_model(self.model), self.tokenizer, self.projector, rows,
-                                      scratch, config, show_progress=False)
+                                      scratch, config, show_progress=False, probe_every=0)
         self._frozen(self.projector).save(self.run_dir / PROJECTOR_DIR)
         record = {"epoch": epoch, "step": self.step_index, "correct_rollouts": len(pool), "rows": len(rows),
                   "steps": config.steps, "loss": summary["final_loss"]}
@@ -330,6 +360,7 @@ class StartRecipe:
     epochs, lr: projector SFT over the rows (``thinklean litereason-sft``; cosine, 10% warm-up).
     with_lm:    also fine-tune the LM (``--with-lm``): the embedded model cannot follow the
                 prompt's instruction to write segments, so a frozen LM would never open one.
+    output_norm: the fresh projector's (``--output-norm``; :class:`ReasoningProjector`).
     """
 
     problems: int = 1000
@@ -338,6 +369,7 @@ class StartRecipe:
     lr: float = 1e-4
     with_lm: bool = True
     max_new_tokens: int = 320
+    output_norm: str = "embedding"
 
 
 def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: StartRecipe = StartRecipe(),
@@ -361,6 +393,7 @@ def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: Sta
             raise ValueError(f"{base_model}: no correct trace among {recipe.k} samples of {recipe.problems} problems")
         write_jsonl(data, rows)
     config = projector_sft_config(len(rows), lr=recipe.lr, epochs=recipe.epochs, seed=seed, report_to=report_to)
-    train_projector(model, tokenizer, ReasoningProjector.from_model(model), rows, build_dir, config,
-                    with_lm=recipe.with_lm, show_progress=show_progress)
+    projector = ReasoningProjector.from_model(model, output_norm=recipe.output_norm)
+    train_projector(model, tokenizer, projector, rows, build_dir, config, with_lm=recipe.with_lm,
+                    show_progress=show_progress)
     return model_dir

@@ -4,6 +4,12 @@
 one after the other with no residual and no norm between them (as in the LiteReason authors'
 code, arXiv 2512.02240). Every block starts as a copy of the last decoder layer's MLP.
 
+``output_norm`` (see docs/litereason.md): ``"embedding"`` (default) rescales every output vector
+to a fixed L2 norm, the median token-embedding norm of the model it was built from: three
+chained copies of an MLP raise the hidden state's scale to a high power, so the authors' version
+(``"none"``) feeds the LM inputs from about 0.03 to 3e6 times a token embedding's norm, and its
+later latent steps reach a fixed point that is the same for every problem.
+
 The projector is saved on its own (``projector.safetensors`` + ``projector.json``) so the LM
 directory stays a plain Hugging Face model.
 """
@@ -20,6 +26,7 @@ from transformers.activations import ACT2FN
 
 WEIGHTS_NAME = "projector.safetensors"
 CONFIG_NAME = "projector.json"
+OUTPUT_NORMS = ("embedding", "none")
 
 
 class GatedMLP(nn.Module):
@@ -41,11 +48,20 @@ class ReasoningProjector(nn.Module):
 
     ``max_steps`` is the largest number of latent steps one ``<implicit_thought>N</implicit_thought>``
     segment may ask for (larger N is clamped); it travels with the projector's config.
+    ``output_norm="embedding"``: every output vector is scaled to L2 norm ``output_scale`` (a fixed
+    buffer, saved with the weights; :meth:`from_model` sets it to the model's median token-embedding
+    norm). ``"none"``: the blocks' output as it is (the paper's projector).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu",
-                 num_blocks: int = 3, max_steps: int = 5, bias: bool = False):
+                 num_blocks: int = 3, max_steps: int = 5, bias: bool = False,
+                 output_norm: str = "embedding", output_scale: float = 1.0):
         super().__init__()
+        if output_norm not in OUTPUT_NORMS:
+            raise ValueError(f"ReasoningProjector: output_norm must be one of {', '.join(OUTPUT_NORMS)}, "
+                             f"got {output_norm!r}")
+        if not output_scale > 0:
+            raise ValueError(f"ReasoningProjector: output_scale must be > 0, got {output_scale}")
         if num_blocks < 1:
             raise ValueError(f"ReasoningProjector: num_blocks must be >= 1, got {num_blocks}")
         if max_steps < 1:
@@ -60,16 +76,26 @@ class ReasoningProjector(nn.Module):
         self.num_blocks = num_blocks
         self.max_steps = max_steps
         self.bias = bias
+        self.output_norm = output_norm
         self.blocks = nn.ModuleList(
             GatedMLP(hidden_size, intermediate_size, hidden_act, bias) for _ in range(num_blocks)
         )
+        # Fixed, not learned: a learned scale lets projector SFT shrink latents to near-zero
+        # "pause" slots that carry nothing (measured on the embedded model, issue #25).
+        self.register_buffer("output_scale", torch.tensor(float(output_scale)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        # No residual, no norm between blocks: the authors' default.
+        # No residual, no norm between blocks: the authors' structure.
         out = hidden
         for block in self.blocks:
             out = block(out)
-        return out
+        if self.output_norm == "none":
+            return out
+        # The blocks' output ranges from ~1e-18 (copies of a fresh MLP) to ~1e6 (the shipped model's):
+        # dividing by the largest entry first keeps the squares of the L2 norm inside float32.
+        out = out.float()
+        out = out / out.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        return (nn.functional.normalize(out, dim=-1) * self.output_scale).to(hidden.dtype)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -80,8 +106,10 @@ class ReasoningProjector(nn.Module):
         return self.blocks[0].down_proj.weight.device
 
     @classmethod
-    def from_model(cls, model: nn.Module, num_blocks: int = 3, max_steps: int = 5) -> "ReasoningProjector":
-        """A projector whose every block is a copy of ``model``'s last decoder-layer MLP.
+    def from_model(cls, model: nn.Module, num_blocks: int = 3, max_steps: int = 5,
+                   output_norm: str = "embedding") -> "ReasoningProjector":
+        """A projector whose every block is a copy of ``model``'s last decoder-layer MLP, with
+        ``output_scale`` = the median L2 norm of the rows of ``model``'s input embedding matrix.
 
         Same dtype and device as that MLP; the weights are copies (training the projector leaves
         the model untouched).
@@ -98,6 +126,8 @@ class ReasoningProjector(nn.Module):
             num_blocks=num_blocks,
             max_steps=max_steps,
             bias=mlp.gate_proj.bias is not None,
+            output_norm=output_norm,
+            output_scale=embedding_norm(model),
         ).to(device=mlp.gate_proj.weight.device, dtype=mlp.gate_proj.weight.dtype)
         source = {k: v.detach() for k, v in mlp.state_dict().items()}
         for block in projector.blocks:
@@ -113,6 +143,7 @@ class ReasoningProjector(nn.Module):
             "max_steps": self.max_steps,
             "dtype": str(self.dtype).removeprefix("torch."),
             "bias": self.bias,
+            "output_norm": self.output_norm,
         }
 
     def save(self, path_dir: str | Path) -> Path:
@@ -146,9 +177,20 @@ class ReasoningProjector(nn.Module):
             num_blocks=config["num_blocks"],
             max_steps=config["max_steps"],
             bias=config.get("bias", False),
+            output_norm=config.get("output_norm", "none"),  # saved before the option existed: the paper's
         ).to(dtype=dtype)
-        projector.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=True)
+        state = load_file(str(path / WEIGHTS_NAME))
+        if "output_scale" not in state:
+            if projector.output_norm != "none":
+                raise ValueError(f"{path / WEIGHTS_NAME}: no output_scale for output_norm {projector.output_norm!r}")
+            state["output_scale"] = projector.output_scale  # unused without the norm
+        projector.load_state_dict(state, strict=True)
         return projector.to(device)
+
+
+def embedding_norm(model: nn.Module) -> float:
+    """Median L2 norm of the rows of ``model``'s input embedding matrix (one row per token)."""
+    return float(model.get_input_embeddings().weight.detach().float().norm(dim=-1).median())
 
 
 def _last_mlp(model: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -155,13 +155,16 @@ def train_sft(
     parameters: Sequence[torch.nn.Parameter] | None = None,
     show_progress: bool = True,
     method: str = "sft",
+    extra_metrics: Callable[[int], Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``rows`` for ``config.steps`` optimiser steps; returns a summary.
 
     ``parameters`` restricts what is optimised (e.g. the LiteReason projector with the LM
-    frozen); ``loss_fn`` replaces the plain response-token cross-entropy. The final model is
-    saved as an HF directory in ``RUN_DIR/model`` and every checkpoint under
-    ``RUN_DIR/checkpoints``, each with a model card naming ``method``.
+    frozen); ``loss_fn`` replaces the plain response-token cross-entropy. ``extra_metrics`` is
+    called at every logged step with the step number (1-based) and its items join that step's
+    line in ``metrics.jsonl`` (e.g. LiteReason's latent probe). The final model is saved as an HF
+    directory in ``RUN_DIR/model`` and every checkpoint under ``RUN_DIR/checkpoints``, each with a
+    model card naming ``method``.
     """
     run_dir = Path(run_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), **accelerator_kwargs(config.report_to, run_dir))
@@ -224,6 +227,7 @@ def train_sft(
                         "grad_norm": float(grad_norm),
                         "tokens": step_tokens,
                         "step_time": time.time() - t_step,
+                        **(extra_metrics(done) if extra_metrics is not None else {}),
                     }
                 )
             if (config.save_every and done % config.save_every == 0) or done == config.steps:

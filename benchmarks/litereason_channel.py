@@ -1,0 +1,271 @@
+"""LiteReason: does the latent channel carry information? Five arms, same data, steps and lr.
+
+    python benchmarks/litereason_channel.py                      # >= 300 held-out problems per difficulty
+    python benchmarks/litereason_channel.py --curriculum b       # + arm (b) with a Coconut-style curriculum
+    python benchmarks/litereason_channel.py --quick              # smoke run: a few problems and steps
+
+Every arm starts from the shipped base model and trains the LM (and its latent source, if any)
+on the same 2-3-operation training problems, whose every operation sentence is replaced by a
+latent segment of K steps (``<think> <implicit_thought>K</implicit_thought> ... </think>
+\\boxed{36}``; the empty-think arm writes ``<think> </think> \\boxed{36}``), so the answer can only
+come from what the latent steps carry or from the LM's own single pass:
+
+- (a) ``spec``: the paper's projector (``output_norm="none"``);
+- (b) ``fixed``: the projector scaled to the token-embedding norm (the default);
+- (c) ``pause``: one learned constant embedding at every latent step, no hidden-state channel;
+- (d) ``empty``: an empty think block, no latent steps;
+- (e) ``oracle``: each operation's latent steps are the mean token embedding of its result's
+  digits (the intermediate values), the information a working channel would have to carry.
+
+Evaluation: held-out problems of the same difficulties, the reasoning forced as in training up
+to ``\\boxed{`` and the answer decoded greedily. Reported per arm: accuracy (overall and per
+difficulty), discrete tokens, latent steps, the median latent input norm (and the token-embedding
+norm) and swap-KL (KL in nats of the answer's first-token distribution when each problem gets
+the latents of the next problem with the same number of operations; averaged). A table and a JSON.
+
+``--curriculum ARM`` adds that arm trained stage by stage (Coconut, arXiv 2412.06769): stage s
+makes the first s operation sentences latent and keeps the rest as text, the steps split evenly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from _results import write_result
+from rich.console import Console
+from rich.table import Table
+
+ARMS = {"a": "spec", "b": "fixed", "c": "pause", "d": "empty", "e": "oracle"}
+DIFFICULTIES = (2, 3)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="base", help="'base' (shipped) or a local model directory")
+    p.add_argument("--arms", default="abcde", help="which arms to run (letters of a-e)")
+    p.add_argument("--train", type=int, default=4000, help="training problems (2 and 3 operations in equal shares)")
+    p.add_argument("--eval", type=int, default=300, help="held-out problems per difficulty")
+    p.add_argument("--steps", type=int, default=500, help="optimizer steps per arm")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4, help="peak lr: 10%% warm-up, cosine to 0.1x (LM and latent source)")
+    p.add_argument("--latent-steps", type=int, default=2, help="K: latent steps per operation sentence")
+    p.add_argument("--curriculum", choices=["a", "b", "c", "e"], default=None,
+                   help="also run this arm with latent sentences introduced stage by stage")
+    p.add_argument("--quick", action="store_true", help="smoke run: 8 training problems, 2 steps, 3 problems per difficulty")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/litereason_channel.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train, args.eval, args.steps, args.batch_size = 8, 3, 2, 4
+    if not set(args.arms) <= set(ARMS) or not args.arms:
+        p.error(f"--arms {args.arms!r}: letters of {''.join(ARMS)}")
+    if not 1 <= args.latent_steps <= 5:
+        p.error(f"--latent-steps {args.latent_steps}: 1 to 5 (the projector's max_steps)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    from thinklean.data.arith import generate_problems, render_reasoning
+    from thinklean.data.formats import THINK, THINK_END, format_prompt, think_response
+    from thinklean.data.grading import grade
+    from thinklean.data.litereason import latent_segment, litereason_prompt, split_sentences
+    from thinklean.methods.litereason import projector_sft_config, split_sft_batch, train_projector
+    from thinklean.models.projector import ReasoningProjector, embedding_norm
+    from thinklean.models.tiny import load_pretrained
+    from thinklean.rollout.engine import SamplingConfig
+    from thinklean.rollout.latent import generate_latent, latent_forward, latent_replay_inputs, segment_finder
+    from thinklean.train.sft import train_sft
+
+    torch.set_num_threads(args.threads)
+    _, tokenizer = load_pretrained(args.model)
+    k = args.latent_steps
+    train = generate_problems(args.train, "train", args.seed + 7, difficulties=DIFFICULTIES, distinct=False)
+    held_out = generate_problems(args.eval * len(DIFFICULTIES), "test", args.seed, difficulties=DIFFICULTIES)
+
+    def sentences(problem) -> list[str]:
+        return split_sentences(render_reasoning(problem, "terse", random.Random(0)))  # one per operation
+
+    def solution(problem, latent_ops: int) -> str:
+        """The terse trace with its first ``latent_ops`` sentences replaced by K-step segments."""
+        parts = sentences(problem)
+        return think_response(" ".join([latent_segment(k)] * latent_ops + parts[latent_ops:]), problem.answer)
+
+    def rows(latent_ops: Callable[[object], int], empty: bool = False) -> list[dict]:
+        return [{"prompt": litereason_prompt(p.question), "answer": str(p.answer),
+                 "solution": f"{THINK} {THINK_END} \\boxed{{{p.answer}}}" if empty else solution(p, latent_ops(p))}
+                for p in train]
+
+    def prompt_ids(question: str) -> tuple[int, ...]:
+        return tuple(tokenizer(format_prompt(litereason_prompt(question), tokenizer), add_special_tokens=False).input_ids)
+
+    def oracle_ids(problem) -> list[list[int]]:
+        """Token ids of each intermediate value (the result of every operation)."""
+        return [tokenizer(str(v), add_special_tokens=False).input_ids for v in problem.values()[1:]]
+
+    oracle_by_prompt = {prompt_ids(p.question): oracle_ids(p) for p in [*train, *held_out]}
+
+    def oracle_vectors(model, ids: Sequence[Sequence[int]], segments: int) -> torch.Tensor:
+        """``[segments * K, d]``: K copies of the mean embedding of each of the first results."""
+        embed = model.get_input_embeddings()
+        means = [embed(torch.tensor(value, device=embed.weight.device)).mean(0) for value in ids[:segments]]
+        return torch.stack([m for m in means for _ in range(k)]) if means else embed.weight[:0]
+
+    def oracle_loss(source: ReasoningProjector):
+        find = segment_finder(tokenizer, source.max_steps)
+
+        def loss_fn(model, batch):
+            prompts, prompt_mask, response, response_mask = split_sft_batch(batch)
+            lengths = response_mask.sum(1).tolist()
+            segments = [find(response[b, :n].tolist()) for b, n in enumerate(lengths)]
+            vectors = [oracle_vectors(model, oracle_by_prompt[tuple(prompts[b][prompt_mask[b].bool()].tolist())],
+                                      len(segments[b])) for b in range(len(lengths))]
+            out = latent_forward(model, source, prompts, prompt_mask, response, response_mask, segments,
+                                 latent_inputs=vectors)
+            scored = response_mask.bool()
+            return torch.nn.functional.cross_entropy(out.logits[scored].float(), response[scored]), int(scored.sum())
+
+        return loss_fn
+
+    class Pause(ReasoningProjector):
+        """Pause tokens: one learned vector (random direction, token-embedding norm) at every
+        latent step, whatever the hidden state; the unused block only fills the interface."""
+
+        def __init__(self, model) -> None:
+            super().__init__(model.config.hidden_size, model.config.intermediate_size, num_blocks=1)
+            direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(args.seed))
+            self.pause = torch.nn.Parameter(torch.nn.functional.normalize(direction, dim=0) * embedding_norm(model))
+
+        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+            return self.pause.to(hidden.dtype).expand_as(hidden)
+
+    def fit(arm: str, model, source, stage_rows: list[dict], steps: int, seed: int) -> None:
+        config = dataclasses.replace(projector_sft_config(len(stage_rows), lr=args.lr, batch_size=args.batch_size,
+                                                          grad_clip=1.0, seed=seed), steps=steps)
+        with tempfile.TemporaryDirectory() as scratch:
+            if arm == "empty":
+                train_sft(model, tokenizer, stage_rows, config, scratch, show_progress=False)
+            elif arm == "oracle":
+                train_sft(model, tokenizer, stage_rows, config, scratch, loss_fn=oracle_loss(source),
+                          show_progress=False)
+            else:
+                train_projector(model, tokenizer, source, stage_rows, scratch, config, with_lm=True,
+                                show_progress=False, probe_every=0)
+
+    def evaluate(arm: str, model, source) -> dict:
+        model.eval()
+        prompts = [format_prompt(litereason_prompt(p.question), tokenizer) for p in held_out]
+        boxed = "\\boxed{"
+        prefixes = [f"{THINK} {THINK_END} {boxed}" if arm == "empty" else
+                    f"{THINK} {' '.join([latent_segment(k)] * len(p.ops))} {THINK_END} {boxed}" for p in held_out]
+        with torch.no_grad():
+            if arm == "empty":
+                vectors = [torch.empty(0, model.config.hidden_size) for _ in held_out]
+            elif arm == "oracle":
+                vectors = [oracle_vectors(model, oracle_ids(p), len(p.ops)) for p in held_out]
+            else:  # the rollout engine's own latent steps, through the forced reasoning
+                longest = max(len(tokenizer(x, add_special_tokens=False).input_ids) for x in prefixes)
+                batch = generate_latent(model, tokenizer, source, prompts, 1,
+                                        SamplingConfig(max_new_tokens=longest + 1, temperature=0.0),
+                                        forced_prefixes=prefixes)
+                vectors = list(batch.latent_inputs)
+            decoded = [greedy(model, prompt, prefix, v) for prompt, prefix, v in zip(prompts, prefixes, vectors)]
+            swap = None
+            if arm != "empty":
+                kls = []
+                for d in DIFFICULTIES:
+                    rows_d = [i for i, p in enumerate(held_out) if p.difficulty == d]
+                    for i, j in zip(rows_d, rows_d[1:] + rows_d[:1]):
+                        if i != j:
+                            swapped = greedy(model, prompts[i], prefixes[i], vectors[j], max_new_tokens=0)[1]
+                            original = decoded[i][1]
+                            kls.append(float((original.exp() * (original - swapped)).sum()))
+                swap = sum(kls) / len(kls) if kls else None
+        correct = [grade(prefix + text, str(p.answer)) for (text, _, _), prefix, p in zip(decoded, prefixes, held_out)]
+        norms = torch.cat([v.float().norm(dim=-1) for v in vectors]) if arm != "empty" else torch.empty(0)
+        return {"accuracy": sum(correct) / len(correct),
+                "by_difficulty": {d: sum(c for c, p in zip(correct, held_out) if p.difficulty == d) / args.eval
+                                  for d in DIFFICULTIES},
+                "discrete_tokens": sum(n for _, _, n in decoded) / len(decoded),
+                "latent_steps": sum(v.shape[0] for v in vectors) / len(vectors),
+                "latent_norm": float(norms.median()) if norms.numel() else None,
+                "embedding_norm": embedding_norm(model), "swap_kl": swap,
+                "example": prefixes[0] + decoded[0][0]}
+
+    find_segments = segment_finder(tokenizer, k)
+
+    def greedy(model, prompt: str, prefix: str, vectors: torch.Tensor, max_new_tokens: int = 8):
+        """Decode the answer after ``prompt + prefix`` with ``vectors`` (``[latent steps, d]``) in the
+        prefix's latent slots (no cache: a few tokens; 0 tokens: only the first distribution).
+        Returns (text, the first answer token's log-probs ``[V]``, discrete tokens incl. the prefix)."""
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        forced = tokenizer(prefix, add_special_tokens=False).input_ids
+        segments = find_segments(forced)
+        inputs, _, _ = latent_replay_inputs(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long),
+                                            torch.tensor([forced]), torch.ones(1, len(forced), dtype=torch.long),
+                                            [segments], [vectors])
+        embed, out, first = model.get_input_embeddings(), [], None
+        for _ in range(max(1, max_new_tokens)):
+            logprobs = torch.log_softmax(model(inputs_embeds=inputs).logits[0, -1].float(), -1)
+            first = logprobs if first is None else first
+            token = int(logprobs.argmax())
+            if max_new_tokens == 0 or token == tokenizer.eos_token_id:
+                break
+            out.append(token)
+            if "}" in tokenizer.decode([token]):
+                break
+            inputs = torch.cat([inputs, embed(torch.tensor([[token]]))], dim=1)
+        return tokenizer.decode(out), first, len(forced) + len(out)
+
+    def run(letter: str, curriculum: bool = False) -> dict:
+        arm = ARMS[letter]
+        start = time.perf_counter()
+        model, _ = load_pretrained(args.model)
+        source = {"spec": lambda: ReasoningProjector.from_model(model, output_norm="none"),
+                  "pause": lambda: Pause(model)}.get(arm, lambda: ReasoningProjector.from_model(model))()
+        stages = max(DIFFICULTIES) if curriculum else 1
+        for stage in range(1, stages + 1):
+            latent_ops = (lambda p, s=stage: min(s, len(p.ops))) if curriculum else (lambda p: len(p.ops))
+            steps = args.steps // stages + (args.steps % stages if stage == stages else 0)
+            fit(arm, model, source, rows(latent_ops, empty=arm == "empty"), steps, args.seed + stage)
+        record = {"arm": f"({letter}) {arm}" + (" + curriculum" if curriculum else ""), **evaluate(arm, model, source),
+                  "seconds": round(time.perf_counter() - start, 1)}
+        print(f"{record['arm']}: accuracy {100 * record['accuracy']:.1f}%", flush=True)
+        return record
+
+    records = [run(letter) for letter in args.arms]
+    if args.curriculum:
+        records.append(run(args.curriculum, curriculum=True))
+
+    table = Table(title=f"LiteReason channel: {len(train)} training problems, {args.steps} steps at lr {args.lr}, "
+                        f"greedy on {len(held_out)} held-out 2-3-operation problems")
+    for column in ("arm", "accuracy", "2 / 3 ops", "discrete tokens", "latent steps", "latent norm (emb.)",
+                   "swap-KL", "seconds"):
+        table.add_column(column)
+
+    def num(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for r in records:
+        table.add_row(r["arm"], f"{100 * r['accuracy']:.1f}%",
+                      " / ".join(f"{100 * v:.0f}" for v in r["by_difficulty"].values()),
+                      f"{r['discrete_tokens']:.1f}", f"{r['latent_steps']:.1f}",
+                      f"{num(r['latent_norm'], '.3g')} ({r['embedding_norm']:.3g})", num(r["swap_kl"], ".3g"),
+                      f"{r['seconds']:.0f}")
+    Console(width=160).print(table)
+    result = {"model": args.model, "train": len(train), "eval_per_difficulty": args.eval, "steps": args.steps,
+              "batch_size": args.batch_size, "lr": args.lr, "latent_steps": k, "seed": args.seed, "quick": args.quick,
+              "records": records}
+    write_result(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
