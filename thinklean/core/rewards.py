@@ -76,7 +76,9 @@ def hmpo_budgets(
     """HMPO's adaptive per-group budget: a statistic of the group's *correct* lengths.
 
     Args:
-        correct, lengths, group_ids: ``[B]`` (see module docstring).
+        correct: ``[B]`` bool or 0/1 (see the module docstring).
+        lengths: ``[B]`` response lengths in tokens.
+        group_ids: ``[B]`` group (prompt) ids.
         budget_stat: ``"median"`` (the paper; ``numpy.median`` semantics, even count -> mean
             of the two middle values) or ``"mean"`` (thinklean extra).
     Returns:
@@ -127,7 +129,9 @@ def hmpo_reward(
     A wrong response gets 0; so does every response of a group with no correct one.
 
     Args:
-        correct, lengths, group_ids: ``[B]``; lengths in tokens.
+        correct: ``[B]`` bool or 0/1.
+        lengths: ``[B]`` response lengths in tokens.
+        group_ids: ``[B]`` group (prompt) ids.
     Returns: ``float32 [B]``.
     """
     is_correct, lengths64 = _check_sequence_inputs(correct, lengths, group_ids)

@@ -27,6 +27,11 @@ METHODS: dict[str, type[RLTrainer]] = {
 
 
 def get_trainer_class(method: str) -> type[RLTrainer]:
+    """The trainer class registered as ``method`` in :data:`METHODS`.
+
+    Raises:
+        KeyError: ``method`` is not registered; the message lists the available names.
+    """
     if method not in METHODS:
         raise KeyError(f"unknown method {method!r} (available: {', '.join(sorted(METHODS))})")
     return METHODS[method]

@@ -72,8 +72,10 @@ def answer_entropies(
     Args:
         model: any HF causal LM taking ``attention_mask``/``position_ids`` and a KV cache
             (eager, sdpa or flex attention).
-        prompt_ids, prompt_mask: ``[B, P]`` left-padded prompts (``RolloutBatch`` layout).
-        response_ids, response_mask: ``[B, T]`` right-padded responses.
+        prompt_ids: ``[B, P]`` left-padded prompt tokens (``RolloutBatch`` layout).
+        prompt_mask: ``[B, P]`` the prompts' attention mask.
+        response_ids: ``[B, T]`` right-padded response tokens.
+        response_mask: ``[B, T]`` the responses' mask.
         exit_ids: the ``E`` token ids of the exit string, appended after ``prompt, o_<t``.
         chunk_size: positions ``C`` probed per forward (``C * E`` query tokens).
         temperature: the entropy is of ``softmax(logits / temperature)``.

@@ -61,6 +61,9 @@ class ThinkPruneTrainer(RLTrainer):
     """GRPO with a hard, scheduled length budget (``reward_kwargs``: schedule)."""
 
     def budget(self, step: int) -> int:
+        """The hard token budget at ``step``: the ``reward_kwargs["schedule"]`` entry in force
+        (:func:`~thinklean.core.rewards.thinkprune_budget`; without a schedule, ``max_new_tokens``
+        throughout). It caps sampling and is the reward's budget."""
         schedule = self.config.reward_kwargs.get("schedule", [[0, self.config.max_new_tokens]])
         return thinkprune_budget(step, [tuple(s) for s in schedule])
 

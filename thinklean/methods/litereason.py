@@ -242,6 +242,9 @@ class LiteReasonTrainer(RLTrainer):
         return [format_prompt(litereason_prompt(e.prompt), self.tokenizer) for e in examples], None
 
     def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> LatentRolloutBatch:
+        """Samples with latent decoding (:func:`~thinklean.rollout.latent.generate_latent`): after
+        each ``</implicit_thought>`` the frozen projector writes the latent steps. Always the ``hf``
+        engine, with the single-process seed of :meth:`~thinklean.train.rl.RLTrainer.rollout_seed`."""
         cfg = self.config
         prompts, prefixes = self.build_prompts(examples)
         seed = cfg.seed * 1_000_003 + step * 101 + round_  # as RLTrainer.rollout
