@@ -54,6 +54,35 @@ def test_resume_continues_bit_identically(digit_trainer, tmp_path, tiny_tokenize
         assert resumed[2][key] == full[2][key] and resumed[3][key] == full[3][key], key
 
 
+TIMING_FIELDS = {"step_time", "rollout_time", "update_time", "rollout_tokens_per_s", "train_tokens_per_s"}
+
+
+def test_same_seed_runs_are_bit_identical_on_two_threads(digit_trainer, tmp_path, tiny_tokenizer):
+    """Two uninterrupted same-seed runs on two CPU threads log the same metrics and end with the
+    same weights. One micro-batch of 64 rows mixes the 8 prompts' samples (length-sorted), so the
+    shared-prompt backward sums each prompt's rows from both threads (docs/reproducibility.md)."""
+    from safetensors.torch import load_file
+
+    from thinklean.models.tiny import build_model
+
+    config = _config(steps=4, samples_per_prompt=8, prompts_per_step=8, micro_batch_size=64, micro_batch_tokens=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for run in ("a", "b"):
+            model = build_model(tiny_tokenizer, seed=0, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=4, intermediate_size=128)
+            digit_trainer(model, tiny_tokenizer, config, PROMPTS, tmp_path / run).train(show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = ([{k: v for k, v in m.items() if k not in TIMING_FIELDS} for m in read_metrics(tmp_path / run / "metrics.jsonl")]
+            for run in ("a", "b"))
+    assert len(a) == 4 and a == b
+    weights_a, weights_b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("a", "b"))
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
 def test_micro_batching_does_not_change_the_update(digit_trainer, tmp_path, tiny_tokenizer, loss_agg):
     """One batch of 32, 4 micro-batches of 8 rows, and micro-batches cut by a 40-token budget

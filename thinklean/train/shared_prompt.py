@@ -26,6 +26,18 @@ except ImportError:  # transformers < 4.54: no per-layer cache objects
     DynamicCache = DynamicLayer = None
 
 
+def _take_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t[index]`` along dim 0 whose backward sums the repeated rows in a fixed order on CPU.
+
+    The backward of ``t[index]`` is ``index_put_`` with accumulate, which on CPU with several
+    threads adds the rows of one prompt by atomic float adds in whatever order the threads get
+    there, so two same-seed runs drift apart from the first update. ``index_select``'s backward
+    (``index_add_``) adds them one index after another. On CUDA ``index_add_`` uses atomic adds
+    itself, so the rows are taken as before there.
+    """
+    return t.index_select(0, index) if t.device.type == "cpu" else t[index]
+
+
 class SharedPromptForward:
     """Prompt KV cache and last logits of ``g`` distinct prompts, as gradient-collecting leaves.
 
@@ -51,13 +63,13 @@ class SharedPromptForward:
         *kv, last_logits = self.leaves
         cache = DynamicCache()
         for layer, (keys, values) in enumerate(zip(kv[0::2], kv[1::2])):
-            cache.update(keys[index], values[index], layer)
+            cache.update(_take_rows(keys, index), _take_rows(values, index), layer)
         attention_mask = torch.cat([self.prompt_mask[index], response_mask], 1)
         positions = position_ids_from_mask(attention_mask)[:, self.prompt_mask.shape[1]:]
         inputs = {"input_ids": response_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
         out = model(**inputs, attention_mask=attention_mask, position_ids=positions,
                     use_cache=True, **{cache_argument(model): cache})
-        return torch.cat([last_logits[index].unsqueeze(1), out.logits[:, :-1]], 1)
+        return torch.cat([_take_rows(last_logits, index).unsqueeze(1), out.logits[:, :-1]], 1)
 
     def backward(self) -> None:
         """Send the gradients gathered on the leaves through the prompt pass (once)."""
