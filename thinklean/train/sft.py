@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from thinklean.data.formats import format_prompt
 from thinklean.data.jsonl import masked_spans_error
 from thinklean.models.tiny import save_pretrained
-from thinklean.train.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint
+from thinklean.train.checkpoint import find_checkpoint, restore_training_state, save_checkpoint
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
 
 IGNORE_INDEX = -100
@@ -172,8 +172,7 @@ def train_sft(
     random.seed(config.seed)
 
     start_step = 0
-    if resume and (path := latest_checkpoint(run_dir)) is not None:
-        ckpt = load_checkpoint(path)
+    if resume and (ckpt := find_checkpoint(run_dir)) is not None:
         restore_training_state(ckpt, model, optimizer, scheduler)
         start_step = ckpt.step
     model, optimizer = accelerator.prepare(model, optimizer)
