@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 import thinklean.demo
-from thinklean.demo import DEMO_METHODS, DemoBudget, run_demo
+from thinklean.demo import DEMO_METHODS, DemoBudget, StaleResultsError, run_demo
 
 
 def test_demo_trains_each_method_evaluates_all_and_resumes(tmp_path, tiny_model_dir, capsys):
@@ -36,9 +36,15 @@ def test_demo_trains_each_method_evaluates_all_and_resumes(tmp_path, tiny_model_
     assert "already done" in capsys.readouterr().out
     # a later run into the same directory keeps the earlier methods in the table (same budget and seed)
     assert list(json.loads((out / "results.json").read_text())["methods"]) == ["base", "hmpo", "grpo"]
+    # another budget: refused before any work, unless overwrite re-runs the rows
     other = DemoBudget(**{**budget.__dict__, "lr": 2e-3})
-    run_demo(out, methods=("grpo",), budget=other, base_model=tiny_model_dir)
-    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["base", "grpo"]
+    with pytest.raises(StaleResultsError, match=r"holds base, grpo .*budget.lr 0.001 -> 0.002.*--overwrite"):
+        run_demo(out, methods=("grpo",), budget=other, base_model=tiny_model_dir)
+    assert (out / "grpo" / "eval.json").stat().st_mtime_ns == stamp
+    run_demo(out, methods=("grpo",), budget=other, base_model=tiny_model_dir, overwrite=True)
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["methods"]) == ["base", "grpo"] and saved["config"]["budget"]["lr"] == 2e-3
+    assert json.loads((out / "grpo" / "demo-run.json").read_text())["budget"]["lr"] == 2e-3
 
 
 def test_methods_all_runs_every_demo_method_in_order(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
 """``thinklean`` command line: demo | data | sft | litereason-sft | train | eval | analyze | explain-tokens | report.
 
 Every command accepts ``--seed`` and writes into ``--output``. Bad input (data file, model
-directory, config) ends with one ``error: ...`` line naming the file and exit code 2.
+directory, config, flag value) ends with one ``error: ...`` line naming the file or flag and exit
+code 2, before any training or generation; Ctrl-C ends with one ``interrupted: ...`` line saying
+what was saved and exit code 130 (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ import argparse
 import dataclasses
 import gc
 import json
+import math
 import sys
 import time
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from thinklean.data.formats import NO_THINK, THINK, format_prompt
 from thinklean.data.jsonl import DataError
@@ -23,6 +28,38 @@ DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
 
 class UsageError(Exception):
     """A user-facing error; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error:`` line (exit code 2) instead of the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None,
+            above: bool = False) -> Callable[[str], int | float]:
+    """An argparse ``type``: a finite ``kind`` (int or float) in ``[low, high]`` (``above``: over ``low``)."""
+    noun = "an integer" if kind is int else "a number"
+    bounds = (f"more than {low}" if above else f"at least {low}") if high is None else f"between {low} and {high}"
+    expected = noun if low is None else f"{bounds} ({noun})"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value < low or (above and value == low))) or (
+                high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+AT_LEAST_0, AT_LEAST_1 = _number(int, 0), _number(int, 1)
+ABOVE_0, NOT_NEGATIVE, FINITE = _number(float, 0, above=True), _number(float, 0), _number(float)
+RATE, SHARE = _number(float, 0, 1), _number(float, 0, 1, above=True)
 
 
 def _add_common(p: argparse.ArgumentParser, output: str) -> None:
@@ -37,7 +74,7 @@ def _add_style(p: argparse.ArgumentParser) -> None:
                    help="arith solutions: which steps are checked: 'base' = the base model's mix (mostly 'full'), "
                         "'terse' none, 'full' every step, 'partial' each with probability 1/2, 'risky' the "
                         "multiplications only")
-    p.add_argument("--repair-rate", dest="repair_rate", type=float, default=REPAIR_RATE,
+    p.add_argument("--repair-rate", dest="repair_rate", type=RATE, default=REPAIR_RATE,
                    help="arith solutions: share of checked risky steps first written wrong and repaired by the "
                         "check (the wrong digits are masked from the SFT loss via masked_spans)")
 
@@ -88,6 +125,8 @@ def _load_examples(data: str, n: int, split: str, seed: int, require_solution: b
     from thinklean.data.tables import load_examples
     from thinklean.eval.evaluate import REASONING_GYM, arith_examples, reasoning_gym_examples
 
+    if n < 1 and (data == "arith" or data.startswith(REASONING_GYM)):
+        raise UsageError(f"--n {n}: expected at least 1 problem (0 means every row only for a JSONL file)")
     if data == "arith":
         try:
             return arith_examples(n, split, seed)
@@ -128,6 +167,76 @@ def _load(model: str, trust_remote_code: bool = False, device: str | None = None
         except RuntimeError as e:  # e.g. cuda:3 on a 2-GPU machine
             raise UsageError(f"--device {device}: {e}") from e
     return model, tokenizer
+
+
+def _check_prompt_lengths(model: Any, tokenizer: Any, examples: Sequence[Any], max_new_tokens: int, data: str) -> None:
+    """``UsageError`` naming the first prompt (``FILE:LINE`` for JSONL) that leaves the model fewer
+    than ``max_new_tokens`` positions to answer in."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    room = limit - max_new_tokens
+    if room < 1:
+        raise UsageError(f"--max-new-tokens {max_new_tokens}: the model has {limit} positions (expected fewer tokens)")
+    prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
+    lengths = [len(ids) for ids in tokenizer(prompts, verbose=False)["input_ids"]]
+    for index, (example, length) in enumerate(zip(examples, lengths), start=1):
+        if length > room:
+            where = f"{data}:{example.line}" if example.line else f"--data {data}, problem {index}"
+            raise UsageError(f"{where}: the prompt is {length} tokens; the model has {limit} positions, so prompts "
+                             f"may be at most {room} tokens with --max-new-tokens {max_new_tokens}")
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """``UsageError`` when ``--output`` is an existing file (or lies under one) where a directory
+    is written; ``data`` may name a ``.jsonl`` file."""
+    file_ok = args.command == "data" and args.output.suffix == ".jsonl"
+    for path in (args.output, *args.output.parents):
+        if path.exists():
+            if not path.is_dir() and not (file_ok and path == args.output):
+                raise UsageError(f"--output {args.output}: {path} is an existing file (expected a directory)")
+            return
+
+
+def _prepare_run_dir(args: argparse.Namespace) -> None:
+    """Refuse a new run over an earlier one (unless ``--overwrite``) and ``--resume`` without a checkpoint."""
+    from thinklean.train.checkpoint import CheckpointError, check_run_dir
+
+    try:
+        check_run_dir(args.output, getattr(args, "resume", False), args.overwrite)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from e
+
+
+def _start_run(args: argparse.Namespace, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Clear the earlier run when ``--overwrite`` (all inputs checked by now), then ``train``; an
+    unusable checkpoint is a usage error."""
+    from thinklean.train.checkpoint import CheckpointError, clear_run
+
+    if args.overwrite:
+        clear_run(args.output)
+    try:
+        return train()
+    except CheckpointError as e:
+        raise UsageError(str(e)) from e
+
+
+def _saved_when_interrupted(args: argparse.Namespace | None) -> str:
+    """What an interrupted command left behind, for its one line."""
+    if args is None or not hasattr(args, "output"):
+        return "nothing was saved"
+    latest = args.output / "checkpoints" / "latest"
+    if args.command in ("train", "sft") and latest.is_file():
+        return f"the last checkpoint is {latest.parent / latest.read_text().strip()}; continue with --resume"
+    if args.command == "demo" and (args.output / "results.json").is_file():
+        return (f"finished methods are in {args.output / 'results.json'}; run the same command again to continue "
+                "(training resumes from its last checkpoint)")
+    return f"nothing was saved to {args.output}"
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    return f"warning: {message}\n"
 
 
 # --------------------------------------------------------------------------------- commands
@@ -218,6 +327,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     from thinklean.train.sft import SFTConfig, train_sft
 
     _check_report_to(args.report_to)
+    _prepare_run_dir(args)
     if args.data == "arith":
         rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate)
     else:
@@ -233,7 +343,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
         seed=args.seed, save_every=args.save_every, grad_accum=args.grad_accum, report_to=args.report_to,
     )
-    summary = train_sft(model, tokenizer, rows, config, args.output, resume=args.resume)
+    summary = _start_run(args, lambda: train_sft(model, tokenizer, rows, config, args.output, resume=args.resume))
     print(json.dumps(summary))
     print(f"model saved to {args.output / 'model'}")
 
@@ -243,6 +353,7 @@ def cmd_litereason_sft(args: argparse.Namespace) -> None:
     from thinklean.methods.litereason import load_projector, projector_sft_config, train_projector
 
     _check_report_to(args.report_to)
+    _prepare_run_dir(args)
     rows = [example_to_dict(e) for e in load_jsonl(args.data, require_solution=True)]
     model, tokenizer = _load(args.model, args.trust_remote_code)
     try:
@@ -252,10 +363,8 @@ def cmd_litereason_sft(args: argparse.Namespace) -> None:
     config = projector_sft_config(len(rows), lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                                   grad_accum=args.grad_accum, grad_clip=args.grad_clip, max_length=args.max_length,
                                   seed=args.seed, report_to=args.report_to)
-    if args.probe_every < 0:
-        raise UsageError(f"--probe-every {args.probe_every}: must be >= 0 (0: no latent probe)")
-    summary = train_projector(model, tokenizer, projector, rows, args.output, config, with_lm=args.with_lm,
-                              probe_every=args.probe_every)
+    summary = _start_run(args, lambda: train_projector(model, tokenizer, projector, rows, args.output, config,
+                                                       with_lm=args.with_lm, probe_every=args.probe_every))
     print(json.dumps(summary))
     print(f"model and projector saved to {args.output / 'model'}")
 
@@ -264,7 +373,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from thinklean.methods import get_trainer_class
     from thinklean.train.config import ConfigError, load_config, parse_overrides
 
-    overrides = parse_overrides(args.set or [])
+    _prepare_run_dir(args)
+    try:
+        overrides = parse_overrides(args.set or [])
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
     for key in ("steps", "lr", "reward", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "eval_every"):
         value = getattr(args, key)
         if value is not None:
@@ -295,11 +408,12 @@ def cmd_train(args: argparse.Namespace) -> None:
                                     prompt_field=args.prompt_field, answer_field=args.answer_field)
     eval_examples = _load_examples("arith", config.eval_problems, "test", args.seed) if args.data == "arith" else []
     model, tokenizer = _load(args.model, args.trust_remote_code)
+    _check_prompt_lengths(model, tokenizer, train_examples, config.max_new_tokens, args.data)
     try:
         trainer = trainer_class(model, tokenizer, config, train_examples, args.output, eval_examples)
     except (ConfigError, FileNotFoundError) as e:  # e.g. hgpo with an odd samples_per_prompt, a missing projector
         raise UsageError(str(e)) from e
-    result = trainer.train(resume=args.resume)
+    result = _start_run(args, lambda: trainer.train(resume=args.resume))
     print(json.dumps(result))
 
 
@@ -322,6 +436,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise UsageError(problem)
     # with vLLM the engine holds the weights on the GPU; the HF model only supplies the tokenizer and EOS ids
     model, tokenizer = _load(args.model, args.trust_remote_code, "cpu" if args.rollout == "vllm" else args.device)
+    _check_prompt_lengths(model, tokenizer, examples, args.max_new_tokens, args.data)
     if args.rollout == "vllm":
         path = resolve_model_path(args.model)
         engine = VLLMRollout.launch(model, tokenizer, checkpoint=None if is_gguf(path) else path,
@@ -390,35 +505,39 @@ def cmd_explain_tokens(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from thinklean.eval.report import write_report
+    from thinklean.eval.report import NO_EVALUATIONS, write_report
 
     try:
         paths = write_report(args.runs, args.output)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from e
+    if not json.loads(paths["table"].read_text()):
+        print(f"note: {NO_EVALUATIONS}")
     print(f"wrote {paths['markdown']} and {paths['html']}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from thinklean.demo import DEFAULT_METHODS, DEMO_METHODS, check_methods, run_demo
+    from thinklean.demo import DEFAULT_METHODS, DEMO_METHODS, StaleResultsError, check_methods, run_demo
 
     methods = tuple(DEMO_METHODS) if args.methods == "all" else tuple(m for m in args.methods.split(",") if m)
     try:
         check_methods(methods)
     except ValueError as e:
         raise UsageError(f"--methods: {e}") from e
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps: expected at least 1 RL step per method, got {args.steps}")
     _check_report_to(args.report_to)
-    run_demo(output=args.output, quick=args.quick, rebuild=args.rebuild, seed=args.seed, n_eval=args.n,
-             steps=args.steps, methods=methods or DEFAULT_METHODS, report_to=args.report_to)
+    try:
+        run_demo(output=args.output, quick=args.quick, rebuild=args.rebuild, seed=args.seed, n_eval=args.n,
+                 steps=args.steps, methods=methods or DEFAULT_METHODS, overwrite=args.overwrite,
+                 report_to=args.report_to)
+    except StaleResultsError as e:
+        raise UsageError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="thinklean",
         description="Train language models to reason with fewer thinking tokens.",
     )
@@ -430,17 +549,22 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train each method from the shipped base model (hgpo and litereason from models built from it) with "
                        "the same budget and seed, "
                        "evaluate all on the same held-out problems (also every 20 steps during training), print the "
-                       "comparison and write OUTPUT/results.json and OUTPUT/report/. Finished methods are not re-run.")
+                       "comparison and write OUTPUT/results.json and OUTPUT/report/. Finished methods are not re-run "
+                       "when their budget, seed and base model (weights hash) are this run's; OUTPUT holding them from "
+                       "another is refused unless --overwrite.")
     p.add_argument("--methods", default="grpo,hmpo",
                    help=f"comma-separated: {', '.join(DEMO_METHODS)}, or 'all' (every one of these, in this order; "
                    f"l1 is evaluated without its length target; hgpo first builds a hybrid model from the base model, the 'hft' row, "
                    f"about 50 min; litereason first builds a model with a trained projector, the 'litereason-sft' row)")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
     p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v1 first (about 57 min on 2 cores)")
-    p.add_argument("--n", type=int, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--n", type=AT_LEAST_1, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
+    p.add_argument("--steps", type=AT_LEAST_1, default=None,
                    help="RL steps per method (default 40, --quick 3); BuPO's IPA phase is 10%% of them")
     _add_report_to(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="re-run methods that OUTPUT holds from another budget, seed or base model (without it "
+                        "the demo refuses to mix them)")
     _add_common(p, "demo-out")
     p.set_defaults(func=cmd_demo)
 
@@ -448,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write embedded-task problems (optionally with mixed-style solutions) as JSONL.")
     p.add_argument("task", choices=["arith", "hft", "litereason"],
                    help="dataset to build (hft: think/no-think SFT mixture; litereason: traces with latent segments)")
-    p.add_argument("--n", type=int, default=1000, help="number of rows (litereason: problems to sample)")
+    p.add_argument("--n", type=AT_LEAST_1, default=1000, help="number of rows (litereason: problems to sample)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="problem split (disjoint by hash)")
     p.add_argument("--solutions", action="store_true", help="include think-mode solutions (SFT data) in --style")
     _add_style(p)
@@ -461,14 +585,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode-field", dest="mode_field", default="mode", help="hft JSONL: field holding think / no_think")
     p.add_argument("--no-think-rule", dest="no_think_rule", default=None,
                    help="hft: problems that may go no-think: 'difficulty<=2' (arith default), 'none', 'all'")
-    p.add_argument("--no-think-share", dest="no_think_share", type=float, default=0.5,
+    p.add_argument("--no-think-share", dest="no_think_share", type=RATE, default=0.5,
                    help="hft arith: share of rule-selected problems written as no-think (the rest think)")
-    p.add_argument("--no-think-upsample", dest="no_think_upsample", type=float, default=None,
+    p.add_argument("--no-think-upsample", dest="no_think_upsample", type=FINITE, default=None,
                    help="hft: repeat the no-think rows until they are this share of all rows (e.g. 0.75; a small "
                         "model needs many passes over direct answers)")
-    p.add_argument("--k", type=int, default=5, help="litereason: traces sampled per problem (temperature 0.7, top-p 0.8)")
-    p.add_argument("--variants", type=int, default=2, help="litereason: random variants per kept trace and ratio (0.10, 0.25)")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=320, help="litereason: response cap when sampling")
+    p.add_argument("--k", type=AT_LEAST_1, default=5, help="litereason: traces sampled per problem (temperature 0.7, top-p 0.8)")
+    p.add_argument("--variants", type=AT_LEAST_0, default=2, help="litereason: random variants per kept trace and ratio (0.10, 0.25)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=AT_LEAST_1, default=320, help="litereason: response cap when sampling")
     _add_common(p, "data")
     p.set_defaults(func=cmd_data)
 
@@ -478,15 +602,17 @@ def build_parser() -> argparse.ArgumentParser:
                         data_help="'arith'; or a JSONL, .parquet, .arrow or .csv file or a datasets save_to_disk "
                         "directory with prompt (or question), answer, solution (tables need pip install "
                         "'thinklean[datasets]')")
-    p.add_argument("--n", type=int, default=30000, help="rows to generate when --data arith")
+    p.add_argument("--n", type=AT_LEAST_1, default=30000, help="rows to generate when --data arith")
     _add_style(p)
-    p.add_argument("--steps", type=int, default=800, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (warm-up then cosine to 0.1x)")
-    p.add_argument("--max-length", type=int, default=512, help="truncate prompt+response to this many tokens")
-    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0: final only)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
+    p.add_argument("--steps", type=AT_LEAST_1, default=800, help="optimizer steps")
+    p.add_argument("--batch-size", type=AT_LEAST_1, default=32, help="sequences per micro-batch")
+    p.add_argument("--grad-accum", type=AT_LEAST_1, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=ABOVE_0, default=1.5e-3, help="peak learning rate (warm-up then cosine to 0.1x)")
+    p.add_argument("--max-length", type=AT_LEAST_1, default=512, help="truncate prompt+response to this many tokens")
+    p.add_argument("--save-every", type=AT_LEAST_0, default=100, help="checkpoint every N steps (0: final only)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest (an error without one)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT (its checkpoints, "
+                   "metrics and model); without it or --resume such a directory is refused")
     _add_fields(p)
     _add_report_to(p)
     _add_common(p, "runs/sft")
@@ -505,17 +631,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-norm", dest="output_norm", choices=["embedding", "none"], default="embedding",
                    help="a fresh projector's output: 'embedding' scales every latent input to the median token-embedding "
                    "norm, 'none' is the paper's projector (docs/litereason.md)")
-    p.add_argument("--probe-every", dest="probe_every", type=int, default=10,
+    p.add_argument("--probe-every", dest="probe_every", type=AT_LEAST_0, default=10,
                    help="steps between two latent probes (norms, cosine, swap-KL) logged to metrics.jsonl; 0: none")
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over the rows")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (10%% warm-up, then cosine to 0.1x)")
-    p.add_argument("--grad-clip", dest="grad_clip", type=float, default=0.2, help="gradient-norm clip")
-    p.add_argument("--max-length", type=int, default=512, help="truncate prompt+response to this many tokens")
+    p.add_argument("--epochs", type=ABOVE_0, default=1.0, help="passes over the rows")
+    p.add_argument("--batch-size", type=AT_LEAST_1, default=16, help="sequences per micro-batch")
+    p.add_argument("--grad-accum", type=AT_LEAST_1, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=ABOVE_0, default=1e-4, help="peak learning rate (10%% warm-up, then cosine to 0.1x)")
+    p.add_argument("--grad-clip", dest="grad_clip", type=NOT_NEGATIVE, default=0.2, help="gradient-norm clip")
+    p.add_argument("--max-length", type=AT_LEAST_1, default=512, help="truncate prompt+response to this many tokens")
     p.add_argument("--with-lm", dest="with_lm", action="store_true",
                    help="also fine-tune the LM, loss on every response token (for a model that cannot follow the "
                    "prompt's instruction to write segments, like the embedded one; the spec keeps the LM frozen)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT (its checkpoints, "
+                   "metrics and model); without it such a directory is refused")
     _add_report_to(p)
     _add_common(p, "runs/litereason-sft")
     p.set_defaults(func=cmd_litereason_sft)
@@ -528,22 +656,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_and_data(p)
     p.add_argument("--config", type=Path, default=None, help="YAML file overriding the method's defaults")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
-    p.add_argument("--steps", type=int, default=None, help="rollout steps (config default: 100)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--steps", type=AT_LEAST_1, default=None, help="rollout steps (config default: 100)")
+    p.add_argument("--lr", type=ABOVE_0, default=None, help="learning rate")
     p.add_argument("--reward", default=None, help="registered reward: correctness, hmpo, kimi, l1, thinkprune, shorterbetter, cosine, efficiency, overlong")
-    p.add_argument("--prompts-per-step", dest="prompts_per_step", type=int, default=None, help="prompts per rollout step")
-    p.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=int, default=None, help="G, samples per prompt")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None, help="response cap")
-    p.add_argument("--eval-every", dest="eval_every", type=int, default=None, help="evaluate on held-out problems every N steps")
-    p.add_argument("--layer", type=int, default=None, help="BuPO: internal layer optimised during IPA (1-based)")
-    p.add_argument("--s-inter", dest="s_inter", type=int, default=None, help="BuPO: IPA rollout steps before full GRPO")
+    p.add_argument("--prompts-per-step", dest="prompts_per_step", type=AT_LEAST_1, default=None, help="prompts per rollout step")
+    p.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=AT_LEAST_1, default=None, help="G, samples per prompt")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=AT_LEAST_1, default=None, help="response cap")
+    p.add_argument("--eval-every", dest="eval_every", type=AT_LEAST_0, default=None, help="evaluate on held-out problems every N steps")
+    p.add_argument("--layer", type=AT_LEAST_1, default=None, help="BuPO: internal layer optimised during IPA (1-based)")
+    p.add_argument("--s-inter", dest="s_inter", type=AT_LEAST_0, default=None, help="BuPO: IPA rollout steps before full GRPO")
     p.add_argument("--projector", default=None,
                    help="LiteReason: projector directory; none: the --model directory's, else copies of its last MLP")
     p.add_argument("--rollout", choices=["hf", "vllm"], default=None,
                    help="rollout engine: hf (thinklean's decode loop, CPU or GPU) or vllm (colocated vLLM engine "
                         "on the training GPU, weights synced after each update; pip install 'thinklean[gpu]'); "
                         "config default: hf")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest (an error without one)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT (its checkpoints, "
+                   "metrics and model); without it or --resume such a directory is refused")
     _add_fields(p)
     _add_report_to(p, default=None)
     _add_common(p, "runs/train")
@@ -557,8 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", metavar="MODEL",
                    help="BEFORE AFTER [AFTER ...]: overlay models and plot how far each AFTER moved every layer's "
                    "entropy from BEFORE (e.g. base grpo/model bupo/model)")
-    p.add_argument("--n", type=int, default=64, help="prompts to sample")
-    p.add_argument("--max-new-tokens", type=int, default=160, help="response cap")
+    p.add_argument("--n", type=AT_LEAST_1, default=64, help="prompts to sample")
+    p.add_argument("--max-new-tokens", type=AT_LEAST_1, default=160, help="response cap")
     p.add_argument("--variant", choices=["module", "residual"], default="module",
                    help="module entropy change against the normed input (authors) or along the residual stream")
     p.add_argument("--final-norm", action="store_true",
@@ -573,9 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "the final answer (IAPO's early-exit probe); writes OUTPUT/tokens.html.")
     _add_model_and_data(p)
     _add_device(p)
-    p.add_argument("--n", type=int, default=5, help="responses to show")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="response cap")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--n", type=AT_LEAST_1, default=5, help="responses to show")
+    p.add_argument("--max-new-tokens", type=AT_LEAST_1, default=200, help="response cap")
+    p.add_argument("--temperature", type=NOT_NEGATIVE, default=0.0, help="0 = greedy")
     _add_fields(p)
     _add_common(p, "runs/explain")
     p.set_defaults(func=cmd_explain_tokens)
@@ -595,24 +725,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generation engine: hf (thinklean's decode loop) or vllm (CUDA; pip install 'thinklean[gpu]'; "
                         "serves the checkpoint directory in its own dtype, a .gguf through a float32 copy; the HF model, "
                         "used for the tokenizer and EOS ids, stays on the CPU whatever --device says)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="--rollout vllm: share of the GPU vLLM may take")
-    p.add_argument("--n", type=int, default=500, help="number of problems (JSONL: first N; 0 = all)")
+    p.add_argument("--gpu-memory-utilization", type=SHARE, default=0.85, help="--rollout vllm: share of the GPU vLLM may take")
+    p.add_argument("--n", type=AT_LEAST_0, default=500, help="number of problems (JSONL: first N; 0 = all)")
     p.add_argument("--instruction", default="", help="text appended to every question, e.g. 'Please reason step by "
                    "step, and put your final answer within \\boxed{}.' for a real model (answers are graded on the "
                    "last \\boxed{})")
     p.add_argument("--answer", choices=["boxed", "flexible"], default="boxed",
                    help="what is graded: the last \\boxed{} (boxed), or that box and else the last number in the "
                         "response (flexible, for models that answer in prose)")
-    p.add_argument("--max-new-tokens", type=int, default=320, help="generation cap per response")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--samples", type=int, default=1, help="samples per problem (pass@k needs > 1 and temperature > 0)")
-    p.add_argument("--batch-size", type=int, default=128, help="sequences decoded together")
+    p.add_argument("--max-new-tokens", type=AT_LEAST_1, default=320, help="generation cap per response")
+    p.add_argument("--temperature", type=NOT_NEGATIVE, default=0.0, help="0 = greedy")
+    p.add_argument("--samples", type=AT_LEAST_1, default=1, help="samples per problem (pass@k needs > 1 and temperature > 0)")
+    p.add_argument("--batch-size", type=AT_LEAST_1, default=128, help="sequences decoded together")
     p.add_argument("--force-mode", choices=("think", "no_think"), default=None,
                    help="hybrid models: start every response with this mode's tag (e.g. the always-think accuracy)")
     p.add_argument("--hybrid", action="store_true", help="hybrid accuracy (HAcc): K sampled rollouts forced into each "
                    "mode decide the right mode; the unforced greedy answer's first tag is the chosen one")
-    p.add_argument("--k", type=int, default=4, help="--hybrid: forced samples per mode (temperature 1 unless --temperature > 0)")
-    p.add_argument("--margin", type=float, default=0.2, help="--hybrid: think is right only if it beats no-think by more")
+    p.add_argument("--k", type=AT_LEAST_1, default=4, help="--hybrid: forced samples per mode (temperature 1 unless --temperature > 0)")
+    p.add_argument("--margin", type=FINITE, default=0.2, help="--hybrid: think is right only if it beats no-think by more")
     _add_fields(p)
     _add_common(p, "runs/eval")
     p.set_defaults(func=cmd_eval)
@@ -635,14 +765,21 @@ def _end_distributed() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     start = time.time()
+    args = None
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
+        args = build_parser().parse_args(argv)
+        _check_output(args)
         args.func(args)
     except (UsageError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {_saved_when_interrupted(args)}", file=sys.stderr)
+        return 130
     finally:
+        warnings.formatwarning = formatwarning
         _end_distributed()
     print(f"done in {time.time() - start:.1f}s", file=sys.stderr)
     return 0

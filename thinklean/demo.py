@@ -4,8 +4,12 @@ A thin script over library calls. Every method starts from the shipped base mode
 a hybrid model built from it, see below) with the same step budget, prompts, samples and seed, and is evaluated (sampled at
 ``DemoBudget.eval_temperature``, default 1.0, with one seed) on the same held-out problems;
 the same problems are evaluated during training (``DemoBudget.eval_every``), so the report can
-interpolate compression at the base model's accuracy. A method whose
-``OUTPUT/METHOD/eval.json`` exists is not re-run (the demo resumes where it stopped).
+interpolate compression at the base model's accuracy. Each row's directory records what it was
+made with (``OUTPUT/METHOD/demo-run.json``: budget, seed, ``quick`` and the SHA-256 of the base
+model's weights). A row whose ``eval.json`` exists under this run's record is not re-run, and an
+interrupted one resumes from its checkpoint; a row recorded under another one (or finished with
+no record) stops the demo before any work with :class:`StaleResultsError`, unless ``overwrite``,
+which deletes and re-runs it.
 ``OUTPUT/results.json`` is shaped ``{"methods": {"base": {...}, "grpo": {...}, ...}, "config":
 {...}}`` with accuracy as a fraction; later methods add entries under the same keys.
 
@@ -25,6 +29,7 @@ With BuPO, the report also shows the per-layer entropies of the base, GRPO and B
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -69,6 +74,11 @@ STARTS = {**{m: HYBRID_START for m in HYBRID_METHODS}, "litereason": LITEREASON_
 DEFAULT_METHODS = ("grpo", "hmpo")
 BUPO_IPA_SHARE = 0.1  # BuPO's IPA phase: this share of the demo's steps, at least 1 (bupo.md: about 10%)
 ANALYZE_PROMPTS = 32  # held-out prompts for the report's entropy plots, as `thinklean analyze --n 32`
+RUN_RECORD = "demo-run.json"  # in each row's directory: what the row was made with
+
+
+class StaleResultsError(ValueError):
+    """The output directory holds rows made with another budget, seed or base model."""
 
 
 @dataclass
@@ -122,12 +132,65 @@ def check_methods(methods: Sequence[str]) -> None:
 
 def _earlier_methods(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Method entries of an earlier demo in the same output directory, if it used the same seed,
-    budget and base model (so the table can put them side by side with this run's)."""
+    budget and base model weights (so the table can put them side by side with this run's)."""
     if not path.is_file():
         return {}
     earlier = json.loads(path.read_text())
-    same = all(earlier.get("config", {}).get(key) == config[key] for key in ("seed", "budget", "base_model"))
+    same = all(earlier.get("config", {}).get(key) == config[key] for key in ("seed", "budget", "base_model_sha256"))
     return earlier.get("methods", {}) if same else {}
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """SHA-256 over the model directory's ``*.safetensors`` files (sorted by name)."""
+    from thinklean.train.base_model import sha256_file
+
+    return "-".join(sha256_file(f) for f in sorted(model_dir.glob("*.safetensors")))
+
+
+def _row_dirs(output: Path, name: str) -> list[Path]:
+    """The directories a row's work lives in (the hybrid row's model is built in ``hft-build``)."""
+    return [output / name, *([output / "hft-build"] if name == HYBRID_START else [])]
+
+
+def _has_work(output: Path, name: str) -> bool:
+    """Whether row ``name`` was started: a record, an evaluation, checkpoints or a model."""
+    entries = [output / name / entry for entry in (RUN_RECORD, "eval.json", "checkpoints", "model")]
+    return any(p.exists() for p in entries) or (name == HYBRID_START and (output / "hft-build").exists())
+
+
+def _is_stale(output: Path, name: str, record: dict[str, Any]) -> bool:
+    """Whether row ``name`` holds work made under another record (or under none, or an unreadable one)."""
+    saved = output / name / RUN_RECORD
+    try:
+        return json.loads(saved.read_text()) != record
+    except (OSError, ValueError):
+        return _has_work(output, name)
+
+
+def _record_change(saved: Path, record: dict[str, Any]) -> str:
+    """How the record in ``saved`` differs from ``record``, e.g. ``budget.steps 40 -> 5``."""
+    def flat(r: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in r.items() if k != "budget"}, **{f"budget.{k}": v for k, v in r["budget"].items()}}
+
+    try:
+        before = flat(json.loads(saved.read_text()))
+    except (OSError, ValueError, KeyError, AttributeError):
+        return f"{saved.parent} has no readable {RUN_RECORD}"
+    now = flat(record)
+    return ", ".join(f"{k} {before.get(k)} -> {now.get(k)}" for k in sorted({*before, *now}) if before.get(k) != now.get(k))
+
+
+def _clear_stale(output: Path, names: Sequence[str], record: dict[str, Any], overwrite: bool) -> None:
+    """Delete the stale rows among ``names`` when ``overwrite``; else :class:`StaleResultsError`."""
+    stale = [name for name in names if _is_stale(output, name, record)]
+    if stale and not overwrite:
+        raise StaleResultsError(
+            f"{output} holds {', '.join(stale)} from another budget, seed or base model "
+            f"({_record_change(output / stale[0] / RUN_RECORD, record)}); pass --overwrite to re-run "
+            f"{'it' if len(stale) == 1 else 'them'}, or choose another --output")
+    for name in stale:
+        for path in _row_dirs(output, name):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _load_summary(path: Path) -> dict[str, Any] | None:
@@ -238,11 +301,14 @@ def run_demo(
     budget: DemoBudget | None = None,
     base_model: str | Path | None = None,
     report_to: str = "none",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the demo end to end and write ``OUTPUT/results.json``; returns the results dict.
 
     ``base_model`` defaults to the shipped base model; every training run (start models and
-    methods) logs to the ``report_to`` trackers (:mod:`thinklean.train.trackers`).
+    methods) logs to the ``report_to`` trackers (:mod:`thinklean.train.trackers`). Rows that
+    ``OUTPUT`` holds from another budget, seed or base model raise :class:`StaleResultsError`
+    before any work, unless ``overwrite`` (they are deleted and re-run).
     """
     from thinklean.eval.evaluate import EvalConfig, arith_examples, evaluate
     from thinklean.eval.report import write_report
@@ -253,13 +319,19 @@ def run_demo(
     base_model = Path(base_model or BASE_MODEL_DIR)
     console = Console()
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     budget = budget or (QUICK if quick else DemoBudget())
     if n_eval is not None:
         budget = DemoBudget(**{**asdict(budget), "n_eval": n_eval})
     if steps is not None:
         budget = DemoBudget(**{**asdict(budget), "steps": steps})
     check_methods(methods)
+    names = ("base", *methods_with_starts(methods))
+    record = {"seed": seed, "quick": quick, "budget": asdict(budget), "base_model_sha256": weights_sha256(base_model)}
+    if rebuild and not overwrite and any(_has_work(output, name) for name in names):
+        raise StaleResultsError(f"--rebuild: {output} holds results of the current base model; pass --overwrite to "
+                                "re-run them on the rebuilt one, or choose another --output")
+    _clear_stale(output, names, record, overwrite)
+    output.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if rebuild:
         from thinklean.train.base_model import build_base_model
@@ -267,11 +339,14 @@ def run_demo(
         console.print("[bold]rebuilding the base model[/bold] (SFT of base-v1 on the checking styles)")
         info = build_base_model(base_model, output / "base-build", seed=seed)
         console.print(f"base model rebuilt: sha256 {info['sha256']}")
+        record["base_model_sha256"] = weights_sha256(base_model)
+        _clear_stale(output, names, record, overwrite=True)
     examples = arith_examples(budget.n_eval, "test", seed)
     eval_config = EvalConfig(max_new_tokens=budget.max_new_tokens, temperature=budget.eval_temperature, seed=seed)
     results: dict[str, Any] = {"methods": {}, "config": {"seed": seed, "quick": quick, "budget": asdict(budget),
-                                                        "base_model": str(base_model), "methods": list(methods)}}
-    names = ("base", *methods_with_starts(methods))
+                                                        "base_model": str(base_model),
+                                                        "base_model_sha256": record["base_model_sha256"],
+                                                        "methods": list(methods)}}
     earlier = {k: v for k, v in _earlier_methods(output / "results.json", results["config"]).items() if k not in names}
     stages = tuple(replace(s, config=replace(s.config, report_to=report_to)) for s in hft_stages(quick))
     start_models = {HYBRID_START: output / "hft-build" / stages[-1].name / "model",
@@ -282,6 +357,8 @@ def run_demo(
         summary = _load_summary(run_dir / "eval.json")
         if summary is None:
             t0 = time.time()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=1))
             if name == "base":
                 model_dir = base_model
             elif name == HYBRID_START:

@@ -3,6 +3,8 @@
 Optional fields are ``solution`` (a worked solution, needed for SFT) and ``difficulty`` (an
 integer); any other field is kept in :attr:`Example.meta`. Loading stops at the first bad line
 with a :class:`DataError` whose message is ``FILE:LINE: what was wrong (what was expected)``.
+A line may hold at most :data:`MAX_LINE_BYTES` (1 MiB); a longer one stops loading after that
+many bytes, without being read whole.
 
 GSM8K-style rows load as they are: ``question`` stands for ``prompt`` when there is no
 ``prompt``, and an answer holding a worked solution ending in ``#### 72`` is reduced to the
@@ -26,17 +28,20 @@ REQUIRED_KEYS = ("prompt", "answer")
 OPTIONAL_KEYS = ("solution", "difficulty")
 _ONE_OBJECT = 'expected one JSON object per line with "prompt" and "answer"'
 GSM8K_MARK = "####"
+MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any prompt a model here can take
 
 
 @dataclass(frozen=True)
 class Example:
-    """One problem: the prompt, its gold answer (a string), and optional extras."""
+    """One problem: the prompt, its gold answer (a string), and optional extras. ``line`` is the
+    1-based line of the JSONL file it was read from (0 otherwise), for error messages."""
 
     prompt: str
     answer: str
     solution: str | None = None
     difficulty: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    line: int = field(default=0, compare=False)
 
 
 class DataError(ValueError):
@@ -128,7 +133,7 @@ def example_from_dict(
         if (problem := masked_spans_error(row["masked_spans"], solution)) is not None:
             raise fail(problem)
     meta = {key: value for key, value in row.items() if key not in (*REQUIRED_KEYS, *OPTIONAL_KEYS)}
-    return Example(prompt, answer, solution, difficulty, meta)
+    return Example(prompt, answer, solution, difficulty, meta, line)
 
 
 def masked_spans_error(spans: Any, solution: str) -> str | None:
@@ -189,7 +194,10 @@ def load_jsonl(
         message = f"cannot read file: {error.strerror} (expected a readable JSON Lines file)"
         raise DataError(path, 0, message) from None
     with handle:
-        for line, raw in enumerate(handle, start=1):
+        for line, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(raw) - raw.endswith(b"\n") > MAX_LINE_BYTES:
+                message = f"line is longer than {MAX_LINE_BYTES} bytes (expected one example of at most 1 MiB per line)"
+                raise DataError(path, line, message)
             row = _decode_line(raw, path, line)
             if row is None:
                 continue

@@ -19,6 +19,9 @@ token-embedding norms, cross-problem cosine, swap-KL).
 Runs that logged periodic evaluations (``eval_accuracy`` / ``eval_length_mean`` in
 ``metrics.jsonl``, e.g. ``--eval-every``) also get compression at iso-accuracy against the base
 model and GRPO (:func:`thinklean.eval.metrics.iso_accuracy_compression`).
+
+Runs without evaluations (no ``eval.json``, no periodic evaluations) get :data:`NO_EVALUATIONS`
+in place of the table, and no Pareto plot; the training curves need only ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -133,6 +136,11 @@ COLUMNS = (
 ISO_NOTE = ("Saved at base / GRPO accuracy: 1 - tokens / reference tokens, where tokens is the fewest mean tokens at "
             "which the run's periodic evaluations (linearly interpolated between checkpoints) reach the reference's "
             "accuracy; '-' when the run logged none or never reaches it.")
+
+
+NO_EVALUATIONS = ("no evaluations in these runs, so no comparison table or accuracy-vs-tokens plot: train with "
+                  "--eval-every N (the held-out problems are evaluated every N steps and at the end) or run "
+                  "thinklean eval --model RUN/model")
 
 
 HYBRID_COLUMNS = (
@@ -289,11 +297,14 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, extra_imag
         if image.resolve() != (out / image.name).resolve():
             shutil.copyfile(image, out / image.name)
         copies.append(out / image.name)
-    images = [plot_pareto(runs, out / "pareto.png"), plot_curves(runs, out / "curves.png"), *copies]
+    evaluated = bool(rows) or any(checkpoint_curve(r["metrics"]) for r in runs.values())
+    images = [*([plot_pareto(runs, out / "pareto.png")] if evaluated else []),
+              *([plot_curves(runs, out / "curves.png")] if any(r["metrics"] for r in runs.values()) else []), *copies]
     commands = sorted({r["command"] for r in runs.values()})
     (out / "table.json").write_text(json.dumps(rows, indent=1))
     hybrid = hybrid_rows(runs)
-    md = ["# thinklean report", "", markdown_table(rows), "", ISO_NOTE, ""]
+    table_md = [markdown_table(rows), "", ISO_NOTE] if rows else [f"Note: {NO_EVALUATIONS}."]
+    md = ["# thinklean report", "", *table_md, ""]
     if hybrid:
         md += ["## Hybrid think / no-think", "", markdown_table(hybrid, HYBRID_COLUMNS), "", HYBRID_NOTE, ""]
     latent = latent_rows(runs)
@@ -310,7 +321,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, extra_imag
         "<!doctype html><meta charset=utf-8><title>thinklean report</title>"
         "<style>body{font-family:sans-serif;max-width:64em;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}img{max-width:100%}</style>"
-        "<h1>thinklean report</h1>" + html_table(rows, COLUMNS, "results") + f"<p>{html.escape(ISO_NOTE)}</p>"
+        "<h1>thinklean report</h1>"
+        + (html_table(rows, COLUMNS, "results") + f"<p>{html.escape(ISO_NOTE)}</p>" if rows
+           else f"<p>{html.escape(table_md[0])}</p>")
         + (f"<h2>Hybrid think / no-think</h2>{html_table(hybrid, HYBRID_COLUMNS, 'hybrid')}<p>{html.escape(HYBRID_NOTE)}</p>"
            if hybrid else "")
         + (f"<h2>Reasoning tokens vs latent steps</h2>{html_table(latent, LATENT_COLUMNS, 'latent')}"

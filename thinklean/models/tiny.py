@@ -134,10 +134,25 @@ def load_model(
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
     if not any(path.glob("*.safetensors")):
         raise FileNotFoundError(f"{path}: no *.safetensors weights (thinklean loads safetensors only)")
+    for file in sorted(path.glob("*.safetensors")):
+        check_safetensors(file)
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
     return model
+
+
+def check_safetensors(file: str | Path) -> None:
+    """``ValueError`` naming ``file`` when its header is unreadable or its tensors run past its end
+    (e.g. a truncated download or an interrupted copy)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), "pt"):
+            pass
+    except SafetensorError as e:
+        raise ValueError(f"{file}: not a complete safetensors file ({e}); expected the weights as "
+                         "save_pretrained writes them (copy or download the file again)") from None
 
 
 def resolve_model_path(path: str | Path | None) -> Path:

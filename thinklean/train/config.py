@@ -7,6 +7,7 @@ An unknown key or a value of the wrong type fails before any work with
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -54,6 +55,30 @@ def _accepts(annotation: Any, value: Any) -> Any:
     raise TypeError
 
 
+# settings that must be whole numbers >= 1, and numbers that must not be negative (the rest of the
+# float settings need only be finite); lr must be above 0 and top_p in (0, 1]
+AT_LEAST_ONE = ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "mini_batches",
+                "micro_batch_size", "train_problems", "eval_problems", "keep_last", "rollout_batch_size")
+NOT_NEGATIVE = ("eval_every", "save_every", "warmup_steps", "keep_shortest", "micro_batch_tokens",
+                "max_resample_rounds", "temperature", "eval_temperature", "weight_decay", "grad_clip", "kl_coef",
+                "kl_in_reward", "clip_low", "clip_high", "dual_clip")
+
+
+def _range_problem(key: str, value: Any) -> str | None:
+    """What is wrong with the size or range of setting ``key``'s ``value``, or ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a finite number"
+    if key in AT_LEAST_ONE and value < 1:
+        return "at least 1"
+    if key in NOT_NEGATIVE and value is not None and value < 0:
+        return "0 or more"
+    if key == "lr" and value <= 0:
+        return "more than 0"
+    if key == "top_p" and not 0 < value <= 1:
+        return "in (0, 1]"
+    return None
+
+
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
@@ -62,10 +87,13 @@ def read_yaml_config(path: str | Path) -> dict[str, tuple[Any, int]]:
     """Top-level ``key: value`` pairs of a YAML mapping with each key's 1-based line number."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         root = yaml.compose(text)
+        values = yaml.safe_load(text)
     except FileNotFoundError as e:
         raise ConfigError(f"{path}:0: file not found (expected a YAML config)") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}:0: cannot read the file ({e}; expected a UTF-8 YAML config)") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise ConfigError(f"{path}:{mark.line + 1 if mark else 0}: invalid YAML: {getattr(e, 'problem', e)}") from e
@@ -73,8 +101,16 @@ def read_yaml_config(path: str | Path) -> dict[str, tuple[Any, int]]:
         return {}
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(f"{path}:{root.start_mark.line + 1}: expected a mapping of config keys")
-    values = yaml.safe_load(text)
-    return {key.value: (values[key.value], key.start_mark.line + 1) for key, _ in root.value}
+    out = {}
+    for key, _ in root.value:
+        line = key.start_mark.line + 1
+        if not isinstance(key, yaml.ScalarNode) or key.tag != "tag:yaml.org,2002:str":
+            raise ConfigError(f"{path}:{line}: a key must be a config name, got {key.tag.rpartition(':')[2]} "
+                              "(expected KEY: VALUE lines)")
+        if key.value in out:
+            raise ConfigError(f"{path}:{line}: key {key.value!r} is set twice (expected each key once)")
+        out[key.value] = (values[key.value], line)
+    return out
 
 
 def apply_values(config: RLConfig, values: dict[str, tuple[Any, int]], source: str) -> RLConfig:
@@ -96,6 +132,8 @@ def apply_values(config: RLConfig, values: dict[str, tuple[Any, int]], source: s
             raise ConfigError(
                 f"{source}:{line}: key {key!r} must be {_type_name(types_[key])}, got {type(value).__name__} {value!r}"
             ) from None
+        if (expected := _range_problem(key, changes[key])) is not None:
+            raise ConfigError(f"{source}:{line}: key {key!r} must be {expected}, got {value!r}")
     return dataclasses.replace(config, **changes)
 
 
@@ -104,9 +142,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, tuple[Any, int]]:
     out = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"--set:0: expected KEY=VALUE, got {pair!r}")
-        out[key.strip()] = (yaml.safe_load(raw), 0)
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set lr=1e-5")
+        try:
+            out[key.strip()] = (yaml.safe_load(raw), 0)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}; "
+                              "expected e.g. 0.5, text or {weight: 0.5})") from None
     return out
 
 

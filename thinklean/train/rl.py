@@ -53,7 +53,7 @@ from thinklean.models.tiny import save_pretrained
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.rollout.engine import position_ids_from_mask
 from thinklean.rollout.vllm_engine import VLLMRollout, vllm_problem
-from thinklean.train.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint
+from thinklean.train.checkpoint import find_checkpoint, restore_training_state, save_checkpoint
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
 from thinklean.train.shared_prompt import SharedPromptForward, shared_prompt_forward
 from thinklean.train.sft import warmup_cosine
@@ -635,7 +635,8 @@ class RLTrainer:
                         tags=("reinforcement-learning",))
 
     def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-        """Run ``config.steps`` steps (from the latest checkpoint when ``resume``)."""
+        """Run ``config.steps`` steps (when ``resume``, from the newest intact checkpoint if any,
+        see :func:`~thinklean.train.checkpoint.find_checkpoint`)."""
         cfg = self.config
         processes, main = self.accelerator.num_processes, self.accelerator.is_main_process
         if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -645,14 +646,13 @@ class RLTrainer:
         if min(cfg.prompts_per_step, len(self.train_examples)) < processes:
             raise ValueError(f"prompts_per_step={cfg.prompts_per_step} with {len(self.train_examples)} training "
                              f"examples is fewer prompts than the {processes} processes (each rolls out whole prompts)")
+        start = 0
+        if resume and (ckpt := find_checkpoint(self.run_dir)) is not None:
+            restore_training_state(ckpt, self.model, self.optimizer, self.scheduler)
+            start = ckpt.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if main:
             (self.run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        start = 0
-        if resume and (path := latest_checkpoint(self.run_dir)) is not None:
-            ckpt = load_checkpoint(path)
-            restore_training_state(ckpt, self.model, self.optimizer, self.scheduler)
-            start = ckpt.step
         self.step_index = start
         with warnings.catch_warnings():  # torch 2.13 renamed DDP's broadcast_buffers; accelerate passes the old name
             warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)

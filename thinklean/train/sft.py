@@ -26,7 +26,7 @@ from thinklean.data.formats import format_prompt
 from thinklean.data.jsonl import masked_spans_error
 from thinklean.models.card import CardInfo, started_from
 from thinklean.models.tiny import save_pretrained
-from thinklean.train.checkpoint import latest_checkpoint, load_checkpoint, restore_training_state, save_checkpoint
+from thinklean.train.checkpoint import find_checkpoint, restore_training_state, save_checkpoint
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
 from thinklean.train.trackers import accelerator_kwargs
 
@@ -179,8 +179,7 @@ def train_sft(
     random.seed(config.seed)
 
     start_step = 0
-    if resume and (path := latest_checkpoint(run_dir)) is not None:
-        ckpt = load_checkpoint(path)
+    if resume and (ckpt := find_checkpoint(run_dir)) is not None:
         restore_training_state(ckpt, model, optimizer, scheduler)
         start_step = ckpt.step
     model, optimizer = accelerator.prepare(model, optimizer)
