@@ -240,3 +240,19 @@ def test_train_command_runs_litereason_end_to_end(tmp_path, tiny_model, tiny_mod
     final = ReasoningProjector.load(out / "model")
     assert all(torch.equal(v, final.state_dict()[k]) for k, v in projector.state_dict().items())
     assert json.loads((out / "config.json").read_text())["reward"] == "hmpo"
+
+
+def test_two_processes_roll_out_with_different_seeds(tmp_path, tiny_model, tiny_tokenizer, monkeypatch):
+    # LiteReason's latent rollout takes its seed from RLTrainer.rollout_seed, which adds the
+    # process index: under DDP each process samples its own rollouts (process 0 keeps the
+    # single-process seed).
+    import thinklean.methods.litereason as litereason
+
+    trainer = LiteReasonTrainer(tiny_model, tiny_tokenizer, config(seed=5), EXAMPLES, tmp_path)
+    seeds = []
+    monkeypatch.setattr(litereason, "generate_latent", lambda *args: seeds.append(args[6].initial_seed()))
+    for index in (0, 1):
+        monkeypatch.setattr(type(trainer.accelerator), "process_index", property(lambda self, i=index: i))
+        trainer.rollout(EXAMPLES[:1], step=3)
+    assert seeds[0] == 5 * 1_000_003 + 3 * 101 == trainer.rollout_seed(3, process_index=0)
+    assert seeds[1] == trainer.rollout_seed(3, process_index=1) != seeds[0]

@@ -244,11 +244,10 @@ class LiteReasonTrainer(RLTrainer):
     def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> LatentRolloutBatch:
         """Samples with latent decoding (:func:`~thinklean.rollout.latent.generate_latent`): after
         each ``</implicit_thought>`` the frozen projector writes the latent steps. Always the ``hf``
-        engine, with the single-process seed of :meth:`~thinklean.train.rl.RLTrainer.rollout_seed`."""
+        engine, with the process's seed of :meth:`~thinklean.train.rl.RLTrainer.rollout_seed`."""
         cfg = self.config
         prompts, prefixes = self.build_prompts(examples)
-        seed = cfg.seed * 1_000_003 + step * 101 + round_  # as RLTrainer.rollout
-        generator = torch.Generator(device=self.accelerator.device).manual_seed(seed)
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(self.rollout_seed(step, round_))
         return generate_latent(self.model, self.tokenizer, self.projector, prompts, cfg.samples_per_prompt,
                                self.sampling_config(step), generator, prefixes)
 
