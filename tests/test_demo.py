@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 
 import thinklean.demo
+import thinklean.methods.bupo
+import thinklean.methods.litereason
 from thinklean.demo import DEMO_METHODS, DemoBudget, StaleResultsError, run_demo
 
 
@@ -73,7 +75,7 @@ def test_demo_bupo_is_grpo_plus_an_ipa_phase_of_a_tenth_of_the_steps(steps, s_in
 
 def test_demo_with_bupo_puts_the_entropy_comparison_in_the_report(tmp_path, tiny_model_dir, monkeypatch):
     budget = DemoBudget(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-3, n_eval=4)
-    monkeypatch.setattr(thinklean.demo, "ANALYZE_PROMPTS", 3)
+    monkeypatch.setattr(thinklean.methods.bupo, "ANALYZE_PROMPTS", 3)
     out = tmp_path / "demo"
     run_demo(out, methods=("grpo",), budget=budget, base_model=tiny_model_dir)
     assert not (out / "analyze").exists() and "entropy" not in (out / "report" / "report.md").read_text()
@@ -158,7 +160,7 @@ def test_litereason_in_the_demo_builds_its_start_model_and_reports_latent_steps(
     write_jsonl(out / "litereason-sft" / "litereason.jsonl", rows)
     # The paper's projector: with this random tiny LM and recipe, whether the start model opens
     # segments itself depends on the latents' scale, and only output_norm="none" gives rows that do.
-    monkeypatch.setattr(thinklean.demo, "litereason_recipe",
+    monkeypatch.setattr(thinklean.methods.litereason, "start_recipe",
                         lambda quick: StartRecipe(problems=8, k=1, epochs=12, lr=1e-2, output_norm="none"))
     started, real = {}, thinklean.demo.train_method
 

@@ -16,7 +16,7 @@ def test_l1_target_is_deterministic_in_range_and_on_the_grid():
 
 
 def test_l1_prompts_state_the_target_and_reward_uses_it(tmp_path, tiny_model, tiny_tokenizer):
-    config = RLConfig(method="l1", reward="l1", reward_kwargs={"alpha": 0.01, "low": 16, "high": 16},
+    config = RLConfig(method="l1", reward="l1", reward_kwargs={"alpha": 0.01}, method_kwargs={"low": 16, "high": 16},
                       prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6)
     trainer = L1Trainer(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path)
     prompts, _ = trainer.build_prompts(PROMPTS[:1])
@@ -28,7 +28,7 @@ def test_l1_prompts_state_the_target_and_reward_uses_it(tmp_path, tiny_model, ti
 
 
 def test_thinkprune_truncates_at_the_scheduled_budget(tmp_path, tiny_model, tiny_tokenizer):
-    config = RLConfig(method="thinkprune", reward="thinkprune", reward_kwargs={"schedule": [[0, 5], [1, 3]]},
+    config = RLConfig(method="thinkprune", reward="thinkprune", method_kwargs={"schedule": [[0, 5], [1, 3]]},
                       prompts_per_step=2, samples_per_prompt=2, max_new_tokens=10, temperature=1.0)
     trainer = ThinkPruneTrainer(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path)
     assert trainer.collect(0).rollout.lengths.max() <= 5

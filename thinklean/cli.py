@@ -108,6 +108,32 @@ def _add_report_to(p: argparse.ArgumentParser, default: str | None = "none") -> 
                         + ("" if default else " (config default: none)"))
 
 
+def _add_plugin(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", type=Path, metavar="FILE.py",
+                   help="a Python file that registers methods, rewards or estimators (thinklean.methods."
+                        "register_method, docs/methods.md), imported before the command runs (repeatable)")
+
+
+def _flag_dest(flag: str) -> str:
+    return "method_flag_" + flag.lstrip("-").replace("-", "_")
+
+
+def _load_plugins(argv: Sequence[str]) -> None:
+    """Import each ``--plugin FILE`` of a ``train`` or ``demo`` command line, before the parser is
+    built, so that its methods are ``--method`` choices and its flags exist."""
+    from thinklean.methods import load_plugin
+
+    if not argv or argv[0] not in ("train", "demo"):
+        return
+    paths = [value for flag, value in zip(argv, argv[1:]) if flag == "--plugin"]
+    paths += [arg.partition("=")[2] for arg in argv if arg.startswith("--plugin=")]
+    for path in paths:
+        try:
+            load_plugin(path)
+        except Exception as e:  # the user's code: any error is one line naming the file
+            raise UsageError(f"--plugin {path}: {type(e).__name__}: {e}") from e
+
+
 def _check_report_to(report_to: str) -> None:
     """Stop before any work when ``report_to`` names an unknown or uninstalled tracker."""
     from thinklean.train.trackers import TrackerError, resolve_report_to
@@ -369,10 +395,28 @@ def cmd_litereason_sft(args: argparse.Namespace) -> None:
     print(f"model and projector saved to {args.output / 'model'}")
 
 
+def _method_kwargs_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """``method_kwargs`` set by method-only flags (``MethodFlag``); a flag of another method than
+    ``--method`` is a usage error."""
+    from thinklean.methods import METHODS
+
+    out = {}
+    for spec in METHODS.values():
+        for flag in spec.flags:
+            value = getattr(args, _flag_dest(flag.flag))
+            if value is None:
+                continue
+            if spec.name != args.method:
+                raise UsageError(f"{flag.flag} applies to --method {spec.name} only (got --method {args.method})")
+            out[flag.key] = value
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from thinklean.methods import get_trainer_class
     from thinklean.train.config import ConfigError, load_config, parse_overrides
 
+    method_kwargs = _method_kwargs_from_flags(args)
     _prepare_run_dir(args)
     try:
         overrides = parse_overrides(args.set or [])
@@ -387,22 +431,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.report_to is not None:
         overrides["report_to"] = (args.report_to, 0)
     overrides["seed"] = (args.seed, 0)
-    method_kwargs = {k: v for k, v in (("layer", args.layer), ("s_inter", args.s_inter), ("projector", args.projector))
-                     if v is not None}
     if method_kwargs:
         overrides["method_kwargs"] = (method_kwargs, 0)
     try:
-        trainer_class = get_trainer_class(args.method)
         config = load_config(args.method, args.config, overrides)
-    except (ConfigError, KeyError) as e:
-        raise UsageError(str(e).strip("'\"")) from e
-    from thinklean.core import UnknownNameError, get_advantage, get_reward
-
-    try:
-        get_reward(config.reward)
-        get_advantage(config.advantage)
-    except UnknownNameError as e:
-        raise UsageError(str(e).strip("'\"")) from e
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
+    trainer_class = get_trainer_class(args.method)
     _check_report_to(config.report_to)
     train_examples = _load_examples(args.data, config.train_problems, "train", args.seed,
                                     prompt_field=args.prompt_field, answer_field=args.answer_field)
@@ -543,19 +578,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from thinklean.demo import DEMO_METHODS
+    from thinklean.core import list_rewards
+    from thinklean.methods import DEMO_ROWS, METHODS
 
+    starts = [f"{name} first builds {spec.start.description}, the '{spec.start.row}' row"
+              for name, spec in METHODS.items() if spec.start is not None and name in DEMO_ROWS]
     p = sub.add_parser("demo", formatter_class=DEFAULTS, help="base model -> RL methods -> held-out comparison",
-                       description="Train each method from the shipped base model (hgpo and litereason from models built from it) with "
+                       description="Train each method from the shipped base model (or from a start model built from it) with "
                        "the same budget and seed, "
                        "evaluate all on the same held-out problems (also every 20 steps during training), print the "
                        "comparison and write OUTPUT/results.json and OUTPUT/report/. Finished methods are not re-run "
                        "when their budget, seed and base model (weights hash) are this run's; OUTPUT holding them from "
                        "another is refused unless --overwrite.")
     p.add_argument("--methods", default="grpo,hmpo",
-                   help=f"comma-separated: {', '.join(DEMO_METHODS)}, or 'all' (every one of these, in this order; "
-                   f"l1 is evaluated without its length target; hgpo first builds a hybrid model from the base model, the 'hft' row, "
-                   f"about 50 min; litereason first builds a model with a trained projector, the 'litereason-sft' row)")
+                   help=f"comma-separated: {', '.join(DEMO_ROWS)}, or 'all' (every one of these, in this order; "
+                   f"l1 is evaluated without its length target; {'; '.join(starts)})")
+    _add_plugin(p)
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
     p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v1 first (about 57 min on 2 cores)")
     p.add_argument("--n", type=AT_LEAST_1, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
@@ -651,22 +689,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", formatter_class=DEFAULTS, help="RL training (GRPO, Dr.GRPO, DAPO, RLOO, HMPO, ...)",
                        description="Policy-gradient training from a base model. Settings come from "
                        "thinklean/configs/METHOD.yaml, then --config, then flags and --set KEY=VALUE.")
-    p.add_argument("--method", default="grpo",
-                   help="grpo | drgrpo | dapo | rloo | hmpo | l1 | thinkprune | bupo | iapo | hgpo | litereason")
+    p.add_argument("--method", default="grpo", choices=list(METHODS), metavar="METHOD",
+                   help=f"registered method: {' | '.join(METHODS)}")
+    _add_plugin(p)
     _add_model_and_data(p)
     p.add_argument("--config", type=Path, default=None, help="YAML file overriding the method's defaults")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
     p.add_argument("--steps", type=AT_LEAST_1, default=None, help="rollout steps (config default: 100)")
     p.add_argument("--lr", type=ABOVE_0, default=None, help="learning rate")
-    p.add_argument("--reward", default=None, help="registered reward: correctness, hmpo, kimi, l1, thinkprune, shorterbetter, cosine, efficiency, overlong")
+    p.add_argument("--reward", default=None, help=f"registered reward: {', '.join(list_rewards())}")
     p.add_argument("--prompts-per-step", dest="prompts_per_step", type=AT_LEAST_1, default=None, help="prompts per rollout step")
     p.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=AT_LEAST_1, default=None, help="G, samples per prompt")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=AT_LEAST_1, default=None, help="response cap")
     p.add_argument("--eval-every", dest="eval_every", type=AT_LEAST_0, default=None, help="evaluate on held-out problems every N steps")
-    p.add_argument("--layer", type=AT_LEAST_1, default=None, help="BuPO: internal layer optimised during IPA (1-based)")
-    p.add_argument("--s-inter", dest="s_inter", type=AT_LEAST_0, default=None, help="BuPO: IPA rollout steps before full GRPO")
-    p.add_argument("--projector", default=None,
-                   help="LiteReason: projector directory; none: the --model directory's, else copies of its last MLP")
+    for spec in METHODS.values():
+        for flag in spec.flags:
+            kind = _number(flag.type, flag.at_least) if flag.type in (int, float) else flag.type
+            try:
+                p.add_argument(flag.flag, dest=_flag_dest(flag.flag), type=kind, default=None,
+                               help=f"--method {spec.name} only: {flag.help}")
+            except argparse.ArgumentError as e:
+                raise UsageError(f"method {spec.name}: its flag {flag.flag} clashes with train's own ({e})") from e
     p.add_argument("--rollout", choices=["hf", "vllm"], default=None,
                    help="rollout engine: hf (thinklean's decode loop, CPU or GPU) or vllm (colocated vLLM engine "
                         "on the training GPU, weights synced after each update; pip install 'thinklean[gpu]'); "
@@ -768,7 +811,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     args = None
     formatwarning, warnings.formatwarning = warnings.formatwarning, _warning_line
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        _load_plugins(argv)
         args = build_parser().parse_args(argv)
         _check_output(args)
         args.func(args)

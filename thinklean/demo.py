@@ -1,29 +1,22 @@
 """``thinklean demo``: base model -> RL methods with one budget -> held-out eval -> report.
 
-A thin script over library calls. Every method starts from the shipped base model (HGPO from
-a hybrid model built from it, see below) with the same step budget, prompts, samples and seed, and is evaluated (sampled at
-``DemoBudget.eval_temperature``, default 1.0, with one seed) on the same held-out problems;
-the same problems are evaluated during training (``DemoBudget.eval_every``), so the report can
-interpolate compression at the base model's accuracy. Each row's directory records what it was
-made with (``OUTPUT/METHOD/demo-run.json``: budget, seed, ``quick`` and the SHA-256 of the base
-model's weights). A row whose ``eval.json`` exists under this run's record is not re-run, and an
-interrupted one resumes from its checkpoint; a row recorded under another one (or finished with
-no record) stops the demo before any work with :class:`StaleResultsError`, unless ``overwrite``,
-which deletes and re-runs it.
+A thin script over library calls, driven by the method registry (:mod:`thinklean.methods`).
+Every method starts from the shipped base model (or from the start model its spec builds from
+it, reported as a row of its own) with the same step budget, prompts, samples and seed, and is
+evaluated (sampled at ``DemoBudget.eval_temperature``, default 1.0, with one seed) on the same
+held-out problems; the same problems are evaluated during training (``DemoBudget.eval_every``),
+so the report can interpolate compression at the base model's accuracy. A method's spec may
+replace the evaluation, add entries to a row's summary and add images to the report. Each row's
+directory records what it was made with (``OUTPUT/METHOD/demo-run.json``: budget, seed,
+``quick`` and the SHA-256 of the base model's weights). A row whose ``eval.json`` exists under
+this run's record is not re-run, and an interrupted one resumes from its checkpoint; a row
+recorded under another one (or finished with no record) stops the demo before any work with
+:class:`StaleResultsError`, unless ``overwrite``, which deletes and re-runs it.
 ``OUTPUT/results.json`` is shaped ``{"methods": {"base": {...}, "grpo": {...}, ...}, "config":
 {...}}`` with accuracy as a fraction; later methods add entries under the same keys.
 
-``--methods all`` runs every entry of :data:`DEMO_METHODS`. L1 is trained with
-"Think for N tokens." prompts but evaluated, like every method here, on the plain questions.
-HGPO starts from a hybrid model that the demo first builds from the base model
-(:func:`thinklean.methods.lhrm.build_hft_model`, in ``OUTPUT/hft-build``) and reports as the
-``hft`` row; both rows also get the hybrid metrics (HAcc, think ratio) under ``"hybrid"``.
-LiteReason starts from a model with a trained projector that the demo first builds from the base
-model (:func:`thinklean.methods.litereason.build_start_model`, in ``OUTPUT/litereason-sft``) and
-reports as the ``litereason-sft`` row; both rows are evaluated with latent decoding from the
-LiteReason prompt, and their summaries add ``latent_steps_mean`` and ``latent_rows``.
-With BuPO, the report also shows the per-layer entropies of the base, GRPO and BuPO models
-(:func:`entropy_comparison`, in ``OUTPUT/analyze``).
+``--methods all`` runs every demo row of the registry (:data:`DEMO_METHODS`), plugins' included.
+Methods are evaluated on the plain questions (L1 without its length target).
 """
 
 from __future__ import annotations
@@ -32,7 +25,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,39 +34,14 @@ from rich.console import Console
 
 from thinklean.data.jsonl import Example
 
-# The model, evaluation and report modules are imported where used, so that the CLI can read
-# the method lists below for its --help without loading torch.
+from thinklean.methods import DEMO_ROWS, METHODS, DemoStage, MethodSpec
 
-# name -> (trainer method, config overrides on top of its YAML); each trains from the base model or, for
-# the methods in STARTS, from the start model the demo builds from it first
-DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "grpo": ("grpo", {}),
-    "drgrpo": ("drgrpo", {}),
-    "dapo": ("dapo", {}),
-    "rloo": ("rloo", {}),
-    "hmpo": ("hmpo", {}),
-    "kimi": ("grpo", {"reward": "kimi"}),
-    "shorterbetter": ("grpo", {"reward": "shorterbetter"}),
-    "l1": ("l1", {}),
-    "thinkprune": ("thinkprune", {}),
-    # GRPO's optimisation (not bupo.yaml's token-mean, dual clip and weight decay), so that the
-    # IPA phase (BUPO_IPA_SHARE of the steps) is the only difference from the grpo row
-    "bupo": ("bupo", {"loss_agg": "seq-mean-token-mean", "dual_clip": None, "weight_decay": 0.0}),
-    "iapo": ("iapo", {}),
-    "hgpo": ("hgpo", {}),  # from the hft row's model; 8 samples per prompt = 4 forced per mode
-    # from the litereason-sft row's model (LM + trained projector); the prompts GRPO sees (RLConfig's
-    # default pool, not litereason.yaml's 400 for a projector refresh every 100 steps)
-    "litereason": ("litereason", {"train_problems": 20000}),
-}
-# methods that start from the hybrid (HFT) model, which the demo builds first and reports as a row
-HYBRID_METHODS = ("hgpo",)
-HYBRID_START = "hft"
-# LiteReason starts from a model the demo builds first (data litereason + litereason-sft), also a row
-LITEREASON_START = "litereason-sft"
-STARTS = {**{m: HYBRID_START for m in HYBRID_METHODS}, "litereason": LITEREASON_START}
+# The model, evaluation and report modules are imported where used.
+
+# row name -> (method, config overrides on top of its config), in registration order; each row
+# trains from the base model or from its method's start model, which the demo builds first
+DEMO_METHODS = DEMO_ROWS
 DEFAULT_METHODS = ("grpo", "hmpo")
-BUPO_IPA_SHARE = 0.1  # BuPO's IPA phase: this share of the demo's steps, at least 1 (bupo.md: about 10%)
-ANALYZE_PROMPTS = 32  # held-out prompts for the report's entropy plots, as `thinklean analyze --n 32`
 RUN_RECORD = "demo-run.json"  # in each row's directory: what the row was made with
 
 
@@ -98,36 +66,40 @@ class DemoBudget:
 
 
 QUICK = DemoBudget(steps=3, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=200, n_eval=40, eval_every=2)
-HYBRID_K = 4  # forced samples per mode behind each prompt's correct mode (hybrid metrics)
 
 
-def hft_stages(quick: bool) -> tuple[Any, ...]:
-    """The HFT recipe the demo builds (a few steps of each stage with ``quick``)."""
-    from thinklean.methods.lhrm import HFT_STAGES, HFTStage
-    from thinklean.train.sft import SFTConfig
+def start_rows() -> dict[str, MethodSpec]:
+    """Start-model row -> the (first) method whose spec builds it."""
+    out: dict[str, MethodSpec] = {}
+    for spec in METHODS.values():
+        if spec.start is not None:
+            out.setdefault(spec.start.row, spec)
+    return out
 
-    if not quick:
-        return HFT_STAGES
-    return tuple(HFTStage(s.name, SFTConfig(steps=3, batch_size=8, lr=s.config.lr), 120, s.no_think_rule,
-                          s.no_think_share, s.no_think_upsample) for s in HFT_STAGES)
+
+def row_spec(name: str) -> MethodSpec | None:
+    """The spec behind demo row ``name`` (a method row or a start row); ``None`` for ``base``."""
+    if name in DEMO_ROWS:
+        return METHODS[DEMO_ROWS[name][0]]
+    return start_rows().get(name)
 
 
 def methods_with_starts(methods: Sequence[str]) -> tuple[str, ...]:
-    """``methods`` with each start model's row (:data:`STARTS`: ``hft``, ``litereason-sft``)
-    before the first method that needs it."""
+    """``methods`` with each start model's row (e.g. ``hft``) before the first method that needs it."""
     names: list[str] = []
     for m in methods:
-        if m in STARTS and STARTS[m] not in names:
-            names.append(STARTS[m])
+        start = METHODS[DEMO_ROWS[m][0]].start
+        if start is not None and start.row not in names:
+            names.append(start.row)
         names.append(m)
     return tuple(names)
 
 
 def check_methods(methods: Sequence[str]) -> None:
     """``ValueError`` naming any method that is not in the demo."""
-    unknown = [m for m in methods if m not in DEMO_METHODS]
+    unknown = [m for m in methods if m not in DEMO_ROWS]
     if unknown:
-        raise ValueError(f"not a demo method: {', '.join(unknown)}; available: {', '.join(DEMO_METHODS)}, all")
+        raise ValueError(f"not a demo method: {', '.join(unknown)}; available: {', '.join(DEMO_ROWS)}, all")
 
 
 def _earlier_methods(path: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -148,14 +120,15 @@ def weights_sha256(model_dir: Path) -> str:
 
 
 def _row_dirs(output: Path, name: str) -> list[Path]:
-    """The directories a row's work lives in (the hybrid row's model is built in ``hft-build``)."""
-    return [output / name, *([output / "hft-build"] if name == HYBRID_START else [])]
+    """The directories a row's work lives in (a start row's build may use more, e.g. ``hft-build``)."""
+    spec = start_rows().get(name)
+    return [output / name, *(output / d for d in (spec.start.work_dirs if spec else ()))]
 
 
 def _has_work(output: Path, name: str) -> bool:
     """Whether row ``name`` was started: a record, an evaluation, checkpoints or a model."""
     entries = [output / name / entry for entry in (RUN_RECORD, "eval.json", "checkpoints", "model")]
-    return any(p.exists() for p in entries) or (name == HYBRID_START and (output / "hft-build").exists())
+    return any(p.exists() for p in entries) or any(d.exists() for d in _row_dirs(output, name)[1:])
 
 
 def _is_stale(output: Path, name: str, record: dict[str, Any]) -> bool:
@@ -197,80 +170,21 @@ def _load_summary(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())["summary"] if path.is_file() else None
 
 
-def _hybrid_summary(model_dir: Path, examples: Sequence[Example], budget: DemoBudget, seed: int, run_dir: Path,
-                    console: Console) -> dict[str, Any]:
-    """HAcc, think ratio and forced-mode accuracies of a hybrid model (``RUN_DIR/hybrid.json``)."""
-    from thinklean.eval.hybrid import hybrid_accuracy, print_hybrid
-    from thinklean.models.tiny import load_pretrained
-
-    model, tokenizer = load_pretrained(model_dir)
-    console.print(f"hybrid accuracy of {run_dir.name}: {HYBRID_K} forced samples per mode and one greedy answer per problem")
-    summary = hybrid_accuracy(model, tokenizer, examples, k=HYBRID_K, max_new_tokens=budget.max_new_tokens, seed=seed,
-                              output=run_dir / "hybrid.json")
-    print_hybrid(summary, title=f"hybrid accuracy: {run_dir.name}", console=console)
-    return {key: value for key, value in summary.items() if key != "config"}
-
-
-def litereason_recipe(quick: bool) -> Any:
-    """The recipe of the demo's LiteReason start model (a few problems and steps with ``quick``)."""
-    from thinklean.methods.litereason import StartRecipe
-
-    return StartRecipe(problems=8, k=2, max_new_tokens=120) if quick else StartRecipe()
-
-
-def _latent_summary(model_dir: Path, examples: Sequence[Example], budget: DemoBudget, seed: int,
-                    output: Path) -> dict[str, Any]:
-    """:func:`~thinklean.methods.litereason.evaluate_latent` of a model with its projector, as the
-    demo samples every model (``eval_temperature``, ``max_new_tokens``)."""
-    from thinklean.methods.litereason import evaluate_latent, load_projector
-    from thinklean.models.tiny import load_pretrained
-    from thinklean.rollout import SamplingConfig
-
-    model, tokenizer = load_pretrained(model_dir)
-    sampling = SamplingConfig(max_new_tokens=budget.max_new_tokens, temperature=budget.eval_temperature)
-    return evaluate_latent(model, tokenizer, load_projector(model), examples, sampling, seed, output)
-
-
 def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int = 0, report_to: str = "none") -> Any:
     """The :class:`~thinklean.train.rl.RLConfig` the demo trains ``name`` with: the method's YAML,
-    then the budget, then the entry's overrides in :data:`DEMO_METHODS` (and ``report_to``)."""
+    then the budget, then the row's overrides in :data:`DEMO_METHODS` and the spec's
+    ``demo_settings`` for the budget's steps (and ``report_to``)."""
     from thinklean.train.config import load_config
 
-    method, method_overrides = DEMO_METHODS[name]
-    if method == "bupo":
-        s_inter = max(1, round(BUPO_IPA_SHARE * budget.steps))
-        method_overrides = {**method_overrides, "method_kwargs": {"s_inter": s_inter}}
+    method, method_overrides = DEMO_ROWS[name]
+    spec = METHODS[method]
+    if spec.demo_settings is not None:
+        method_overrides = {**method_overrides, "method_kwargs": dict(spec.demo_settings(budget.steps))}
     overrides = {k: (v, 0) for k, v in {**asdict(budget), **method_overrides}.items() if k != "n_eval"}
     overrides.update({"seed": (seed, 0), "save_every": (10, 0), "report_to": (report_to, 0)})
     if eval_problems:
         overrides["eval_problems"] = (eval_problems, 0)
     return load_config(method, None, overrides)
-
-
-def entropy_comparison(output: Path, base_model: Path, names: Sequence[str], seed: int, max_new_tokens: int,
-                       console: Console) -> list[Path]:
-    """With ``bupo`` among ``names``: per-layer entropies of the base model against the trained
-    ``grpo`` (when run) and ``bupo`` models, as ``thinklean analyze --compare base OUTPUT/grpo/model
-    OUTPUT/bupo/model --n 32`` with ``max_new_tokens``, written to ``OUTPUT/analyze``. Returns the
-    two plots for the report (none without a trained BuPO model)."""
-    trained = [(m, output / m / "model") for m in ("grpo", "bupo") if m in names and (output / m / "model").is_dir()]
-    if "bupo" not in dict(trained):
-        return []
-    from thinklean.analysis.entropy import analyze_model, write_analysis
-    from thinklean.data.formats import format_prompt
-    from thinklean.eval.evaluate import arith_examples
-    from thinklean.models.tiny import load_pretrained
-
-    console.print(f"per-layer entropies (thinklean analyze) of base, {', '.join(dict(trained))} -> {output / 'analyze'}")
-    examples = arith_examples(ANALYZE_PROMPTS, "test", seed)
-    results = []
-    for label, model_dir in [("base", base_model), *trained]:
-        model, tokenizer = load_pretrained(model_dir)
-        prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
-        result = analyze_model(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed, name=str(model_dir))
-        results.append({**result, "label": label})
-    paths = write_analysis(results[1], output / "analyze", compare=results[0], others=results[2:])
-    return [paths["entropy_plot"], paths["change_plot"]]
 
 
 def train_method(name: str, budget: DemoBudget, run_dir: Path, seed: int, base_model: str | Path | None = None,
@@ -348,12 +262,14 @@ def run_demo(
                                                         "base_model_sha256": record["base_model_sha256"],
                                                         "methods": list(methods)}}
     earlier = {k: v for k, v in _earlier_methods(output / "results.json", results["config"]).items() if k not in names}
-    stages = tuple(replace(s, config=replace(s.config, report_to=report_to)) for s in hft_stages(quick))
-    start_models = {HYBRID_START: output / "hft-build" / stages[-1].name / "model",
-                    LITEREASON_START: output / LITEREASON_START / "model"}
-    latent_names = (LITEREASON_START, "litereason")
+    starts = start_rows()
+
+    def stage_of(row: str) -> DemoStage:
+        return DemoStage(output, output / row, base_model, budget, seed, quick, report_to, console)
+
     for index, name in enumerate(names, start=1):
         run_dir = output / name
+        spec = row_spec(name)
         summary = _load_summary(run_dir / "eval.json")
         if summary is None:
             t0 = time.time()
@@ -361,43 +277,28 @@ def run_demo(
             (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=1))
             if name == "base":
                 model_dir = base_model
-            elif name == HYBRID_START:
-                from thinklean.methods.lhrm import build_hft_model
-
-                hybrid_model = start_models[HYBRID_START]
-                if (hybrid_model / "model.safetensors").is_file():
-                    console.print(f"[{index}/{len(names)}] hybrid model for {', '.join(HYBRID_METHODS)}: {hybrid_model}")
-                else:
-                    console.print(f"[bold][{index}/{len(names)}] building the hybrid model[/bold] for "
-                                  f"{', '.join(HYBRID_METHODS)}: HFT with upsampled direct answers "
-                                  "(thinklean.methods.lhrm.HFT_STAGES; about 50 min on 2 cores)")
-                model_dir = build_hft_model(base_model, output / "hft-build", stages, seed)
-            elif name == LITEREASON_START:
-                from thinklean.methods.litereason import build_start_model
-
-                recipe = litereason_recipe(quick)
-                console.print(f"[bold][{index}/{len(names)}] building the LiteReason start model[/bold]: "
-                              f"{recipe.k} traces of {recipe.problems} problems, correct ones with sentences made "
-                              f"latent, then {recipe.epochs:g} epoch of projector + LM SFT (25 min on a shared 2-core machine)")
-                model_dir = build_start_model(base_model, run_dir, recipe, seed, report_to=report_to)
+            elif name in starts:
+                users = [m for m in methods if getattr(row_spec(m).start, "row", None) == name]
+                console.print(f"[{index}/{len(names)}] {name}: the start model of {', '.join(users)}")
+                model_dir = spec.start.build(stage_of(name))
             else:
                 console.print(f"[bold][{index}/{len(names)}] training {name}[/bold]: {budget.steps} steps × "
                               f"{budget.prompts_per_step} prompts × {budget.samples_per_prompt} samples")
-                start_model = start_models[STARTS[name]] if name in STARTS else base_model
+                start_model = base_model if spec.start is None else spec.start.build(stage_of(spec.start.row))
                 model_dir = train_method(name, budget, run_dir, seed, start_model, eval_examples=examples,
                                          report_to=report_to)
             # the trainer's last periodic evaluation already wrote eval.json for the final model
             summary = _load_summary(run_dir / "eval.json")
-            if summary is None and name in latent_names:
-                summary = _latent_summary(model_dir, examples, budget, seed, run_dir / "eval.json")
+            if summary is None and spec is not None and spec.evaluate is not None:
+                summary = spec.evaluate(stage_of(name), model_dir, examples)
             if summary is None:
                 model, tokenizer = load_pretrained(model_dir)
                 with progress_bar() as bar:
                     task = bar.add_task(f"[{index}/{len(names)}] evaluating {name}", total=len(examples), info="problems")
                     summary = evaluate(model, tokenizer, examples, eval_config, output=run_dir / "eval.json",
                                        on_progress=partial(bar.advance, task))
-            if name == HYBRID_START or name in HYBRID_METHODS:
-                summary["hybrid"] = _hybrid_summary(model_dir, examples, budget, seed, run_dir, console)
+            if spec is not None and spec.extra_results is not None:
+                summary.update(spec.extra_results(stage_of(name), model_dir, examples))
             summary["wall_seconds"] = round(time.time() - t0, 1)
             console.print(f"{name}: accuracy {100 * summary['accuracy']:.1f}%, {summary['mean_response_tokens']:.1f} tokens"
                           f" ({summary['wall_seconds']:.0f}s)")
@@ -411,8 +312,11 @@ def run_demo(
     print_comparison(results["methods"], console)
     results["config"]["total_seconds"] = round(time.time() - start, 1)
     (output / "results.json").write_text(json.dumps(results, indent=1))
-    entropy_plots = entropy_comparison(output, base_model, list(results["methods"]), seed, budget.max_new_tokens,
-                                       console)
-    report = write_report([output], output / "report", extra_images=entropy_plots)
+    rows = list(results["methods"])
+    extra_images = []
+    for method in dict.fromkeys(DEMO_ROWS[row][0] for row in rows if row in DEMO_ROWS):
+        if METHODS[method].report is not None:
+            extra_images += METHODS[method].report(stage_of(method), rows)
+    report = write_report([output], output / "report", extra_images=extra_images)
     console.print(f"wrote {output / 'results.json'} and {report['html']}; total {time.time() - start:.0f}s")
     return results

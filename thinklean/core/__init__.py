@@ -18,7 +18,11 @@ from thinklean.core.masked import (
     masked_whiten,
 )
 from thinklean.core.registry import (
+    ADVANTAGE_INPUTS,
+    LOSS_INPUTS,
+    REWARD_INPUTS,
     UnknownNameError,
+    call_with_inputs,
     get_advantage,
     get_loss,
     get_reward,
@@ -28,6 +32,7 @@ from thinklean.core.registry import (
     register_advantage,
     register_loss,
     register_reward,
+    signature_problems,
 )
 from thinklean.core.rewards import (
     correctness_reward,
@@ -85,6 +90,11 @@ __all__ = [
     "list_rewards",
     "list_advantages",
     "list_losses",
+    "REWARD_INPUTS",
+    "ADVANTAGE_INPUTS",
+    "LOSS_INPUTS",
+    "call_with_inputs",
+    "signature_problems",
     # rewards
     "correctness_reward",
     "hmpo_budgets",

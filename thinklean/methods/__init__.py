@@ -1,37 +1,26 @@
-"""Methods by name: each is the generic :class:`~thinklean.train.rl.RLTrainer` (or a small
-subclass overriding its hooks) plus a default config in ``thinklean/configs/NAME.yaml``."""
+"""Methods by name: each module here registers a :class:`~thinklean.methods.registry.MethodSpec`
+(the generic :class:`~thinklean.train.rl.RLTrainer` or a small subclass overriding its hooks,
+plus a default config in ``thinklean/configs/NAME.yaml``); a plugin file registers its own
+(``thinklean train --plugin FILE.py``, :func:`load_plugin`). docs/methods.md has the contract."""
 
 from __future__ import annotations
 
-from thinklean.methods.bupo import BuPOTrainer
-from thinklean.methods.hmpo import HMPOTrainer
-from thinklean.methods.iapo import IAPOTrainer
-from thinklean.methods.lhrm import HGPOTrainer
-from thinklean.methods.length_baselines import L1Trainer, ThinkPruneTrainer
-from thinklean.methods.litereason import LiteReasonTrainer
-from thinklean.train.rl import RLTrainer
+from thinklean.methods.registry import (
+    DEMO_ROWS,
+    METHODS,
+    DemoStage,
+    MethodFlag,
+    MethodSpec,
+    StartModel,
+    get_method,
+    get_trainer_class,
+    list_methods,
+    load_plugin,
+    register_method,
+)
 
-METHODS: dict[str, type[RLTrainer]] = {
-    "grpo": RLTrainer,
-    "drgrpo": RLTrainer,
-    "dapo": RLTrainer,
-    "rloo": RLTrainer,
-    "hmpo": HMPOTrainer,
-    "l1": L1Trainer,
-    "thinkprune": ThinkPruneTrainer,
-    "bupo": BuPOTrainer,
-    "iapo": IAPOTrainer,
-    "hgpo": HGPOTrainer,
-    "litereason": LiteReasonTrainer,
-}
+# the built-in methods register themselves, in the order of `--help` and `demo --methods all`
+from thinklean.methods import grpo, hmpo, length_baselines, bupo, iapo, lhrm, litereason  # noqa: E402,F401,I001
 
-
-def get_trainer_class(method: str) -> type[RLTrainer]:
-    """The trainer class registered as ``method`` in :data:`METHODS`.
-
-    Raises:
-        KeyError: ``method`` is not registered; the message lists the available names.
-    """
-    if method not in METHODS:
-        raise KeyError(f"unknown method {method!r} (available: {', '.join(sorted(METHODS))})")
-    return METHODS[method]
+__all__ = ["DEMO_ROWS", "METHODS", "DemoStage", "MethodFlag", "MethodSpec", "StartModel", "get_method",
+           "get_trainer_class", "list_methods", "load_plugin", "register_method"]

@@ -14,6 +14,7 @@ import torch
 
 from thinklean.core.rewards import hmpo_budgets
 from thinklean.data.jsonl import Example
+from thinklean.methods.registry import MethodSpec, register_method
 from thinklean.rollout import RolloutBatch
 from thinklean.train.rl import RLTrainer
 
@@ -46,3 +47,6 @@ class HMPOTrainer(RLTrainer):
         rewards, info = super().compute_rewards(batch, examples, correct)
         stat = self.config.reward_kwargs.get("budget_stat", "median")
         return rewards, {**info, **budget_stats(correct, batch.lengths, batch.group_ids, stat)}
+
+
+register_method(MethodSpec("hmpo", HMPOTrainer, "HMPO: median-of-correct budget, cosine-decay length reward"))

@@ -4,10 +4,11 @@ Per rollout step: the sequence reward is format (+0.5 / -0.5) + correctness (+1 
 early-exit probe (:mod:`thinklean.methods.iapo_probe`) gives the answer entropy ``H^A_t`` before
 every response token, smoothed into the information gain ``s_t``; ``h_t`` is the sampling
 policy's own next-token entropy (read off the probe's forward over prompt + response, so IAPO
-adds one no-grad pass in all); :func:`thinklean.core.advantages.iapo_advantages` combines them.
+adds one no-grad pass in all); the ``iapo`` estimator
+(:func:`thinklean.core.advantages.iapo_advantages`, ``advantage: iapo``) combines them.
 
-``config.method_kwargs``: ``exit_string`` (default ``" </think> \\boxed{"``), ``chunk_size``
-(16), ``max_batch_tokens`` (2048), ``probe_stride`` (1: exact; ``s``: probe every ``s``-th token
+``config.method_kwargs`` (:class:`IAPOSettings`): ``exit_string`` (default ``" </think> \\boxed{"``),
+``chunk_size`` (16), ``max_batch_tokens`` (2048), ``probe_stride`` (1: exact; ``s``: probe every ``s``-th token
 and interpolate, about ``1/s`` of the exit-token work), ``w_s`` / ``w_c`` (1e-2),
 ``reasoning_only`` (False: token terms on every response token, as the authors do; True: only
 inside ``<think>...</think>``).
@@ -16,14 +17,16 @@ inside ``<think>...</think>``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from thinklean.core.advantages import iapo_advantages
 from thinklean.data.formats import THINK_END, boxed
 from thinklean.data.grading import format_ok
 from thinklean.data.jsonl import Example
 from thinklean.methods.iapo_probe import answer_entropies, information_gain
+from thinklean.methods.registry import MethodSpec, register_method
 from thinklean.rollout import RolloutBatch
 from thinklean.train.rl import RLTrainer, StepBatch
 
@@ -35,8 +38,23 @@ def iapo_reward(correct: torch.Tensor, well_formed: torch.Tensor) -> torch.Tenso
     return (well_formed.float() - 0.5) + (2 * correct.float() - 1)
 
 
+@dataclass(frozen=True)
+class IAPOSettings:
+    """``method_kwargs`` of IAPO (see the module docstring)."""
+
+    exit_string: str = DEFAULT_EXIT
+    chunk_size: int = 16
+    max_batch_tokens: int | None = 2048
+    probe_stride: int = 1
+    w_s: float = 1e-2
+    w_c: float = 1e-2
+    reasoning_only: bool = False
+
+
 class IAPOTrainer(RLTrainer):
-    """GRPO loop with IAPO's reward and information-gain token advantages."""
+    """GRPO loop with IAPO's reward and the inputs of information-gain token advantages."""
+
+    Settings = IAPOSettings
 
     def compute_rewards(self, batch: RolloutBatch, examples: Sequence[Example], correct: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         well_formed = torch.tensor([format_ok(t) for t in batch.texts])
@@ -48,24 +66,28 @@ class IAPOTrainer(RLTrainer):
         is_end = (rollout.response_ids == end_id).long().cumsum(1) > 0
         return rollout.response_mask * (~is_end).long()
 
-    def compute_advantages(self, step_batch: StepBatch) -> torch.Tensor:
-        kw = self.config.method_kwargs
+    def advantage_inputs(self, step_batch: StepBatch) -> dict[str, Any]:
+        """The generic inputs plus ``info_gain`` and ``token_entropy`` from the early-exit probe,
+        ``token_mask`` and the weights ``w_s`` / ``w_c``; logs ``answer_entropy``."""
+        settings = self.settings
         rollout = step_batch.rollout
-        exit_ids = self.tokenizer(kw.get("exit_string", DEFAULT_EXIT), add_special_tokens=False).input_ids
+        exit_ids = self.tokenizer(settings.exit_string, add_special_tokens=False).input_ids
         model = self.accelerator.unwrap_model(self.model)
         device = self.accelerator.device
         entropy_answer, entropy_token = answer_entropies(
             model, rollout.prompt_ids.to(device), rollout.prompt_mask.to(device), rollout.response_ids.to(device),
-            rollout.response_mask.to(device), exit_ids, chunk_size=int(kw.get("chunk_size", 16)),
-            temperature=self.config.temperature, stride=int(kw.get("probe_stride", 1)), with_token_entropy=True,
-            **({"max_batch_tokens": kw["max_batch_tokens"]} if "max_batch_tokens" in kw else {}),
+            rollout.response_mask.to(device), exit_ids, chunk_size=settings.chunk_size,
+            temperature=self.config.temperature, max_batch_tokens=settings.max_batch_tokens,
+            stride=settings.probe_stride, with_token_entropy=True,
         )
         entropy_answer, entropy_token = entropy_answer.cpu(), entropy_token.cpu()
-        gain = information_gain(entropy_answer, rollout.response_mask, smooth=True)
-        token_mask = self._reasoning_mask(rollout) if kw.get("reasoning_only", False) else None
         step_batch.info["answer_entropy"] = float((entropy_answer * rollout.response_mask).sum() / rollout.response_mask.sum())
-        return iapo_advantages(
-            step_batch.rewards, step_batch.correct, rollout.group_ids, rollout.response_mask, gain,
-            entropy_token, w_s=float(kw.get("w_s", 1e-2)), w_c=float(kw.get("w_c", 1e-2)),
-            token_mask=token_mask,
-        )
+        return {**super().advantage_inputs(step_batch),
+                "info_gain": information_gain(entropy_answer, rollout.response_mask, smooth=True),
+                "token_entropy": entropy_token,
+                "token_mask": self._reasoning_mask(rollout) if settings.reasoning_only else None,
+                "w_s": settings.w_s, "w_c": settings.w_c}
+
+
+register_method(MethodSpec("iapo", IAPOTrainer, "IAPO: token advantages from information gain about the answer",
+                           advantage_inputs=("info_gain", "token_entropy", "token_mask", "w_s", "w_c")))

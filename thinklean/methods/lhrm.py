@@ -34,20 +34,17 @@ from typing import Any
 
 import torch
 
-from thinklean.core.advantages import hgpo_advantages
 from thinklean.data.arith import ArithProblem
 from thinklean.data.formats import NO_THINK, THINK, format_prompt, response_mode
 from thinklean.data.grading import format_ok, grade
 from thinklean.data.hft import as_example, hft_records, upsample_mode
 from thinklean.data.jsonl import Example
+from thinklean.methods.registry import DemoStage, MethodSpec, StartModel, register_method
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.rollout.engine import position_ids_from_mask
-from thinklean.train.config import ConfigError
 from thinklean.train.rl import RLConfig, RLTrainer, StepBatch
+from thinklean.train.settings import ConfigError
 from thinklean.train.sft import SFTConfig, train_sft
-
-METHOD_KWARGS = {"alpha": 1.0, "delta": 0.2, "tag_mass": 1.0}
-
 
 def forced_mode_prefixes(num_prompts: int, samples_per_prompt: int) -> list[str]:
     """One forced prefix per sample, prompt-major: N/2 ``<think>`` then N/2 ``<no_think>``."""
@@ -104,22 +101,26 @@ def mode_stats(rewards: torch.Tensor, correct: torch.Tensor, lengths: torch.Tens
     return out
 
 
+@dataclass(frozen=True)
+class HGPOSettings:
+    """``method_kwargs`` of HGPO: ``alpha`` and ``delta`` of the advantage, ``tag_mass`` of the auxiliary loss."""
+
+    alpha: float = 1.0
+    delta: float = 0.2
+    tag_mass: float = 1.0
+
+
 class HGPOTrainer(RLTrainer):
-    """GRPO loop with mode-forced rollouts and HGPO advantages."""
+    """GRPO loop with mode-forced rollouts and the inputs of HGPO advantages."""
+
+    Settings = HGPOSettings
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, config: RLConfig, train_examples: Sequence[Example],
                  run_dir: str | Path, eval_examples: Sequence[Example] = ()) -> None:
         forced_mode_prefixes(1, config.samples_per_prompt)  # fail on an odd N before building anything
-        unknown = sorted(set(config.method_kwargs) - set(METHOD_KWARGS))
-        if unknown:
-            raise ConfigError(f"method_kwargs: unknown key(s) {', '.join(unknown)} for hgpo "
-                              f"(valid: {', '.join(METHOD_KWARGS)})")
         super().__init__(model, tokenizer, config, train_examples, run_dir, eval_examples)
         self.tag_index = tag_token_index(tokenizer)
         self.tag_ids = [tokenizer(tag, add_special_tokens=False).input_ids[self.tag_index] for tag in (THINK, NO_THINK)]
-
-    def _kwarg(self, name: str) -> float:
-        return float(self.config.method_kwargs.get(name, METHOD_KWARGS[name]))
 
     def build_prompts(self, examples: Sequence[Example]) -> tuple[list[str], list[str]]:
         prompts, _ = super().build_prompts(examples)
@@ -127,13 +128,14 @@ class HGPOTrainer(RLTrainer):
 
     def compute_rewards(self, batch: RolloutBatch, examples: Sequence[Example], correct: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         rewards, info = super().compute_rewards(batch, examples, correct)
-        stats = mode_stats(rewards, correct, batch.lengths, rollout_modes(batch.texts), batch.group_ids, self._kwarg("delta"))
+        stats = mode_stats(rewards, correct, batch.lengths, rollout_modes(batch.texts), batch.group_ids,
+                           self.settings.delta)
         return rewards, {**info, **stats}
 
     def auxiliary_loss(self, batch: StepBatch, mini: torch.Tensor) -> torch.Tensor | None:
         """``tag_mass * mean over rows of -log(P(<think>) + P(<no_think>))`` at the tag position
         (after the prompt and the tags' shared first ``tag_index`` tokens); None when 0."""
-        coef = self._kwarg("tag_mass")
+        coef = self.settings.tag_mass
         if coef <= 0:
             return None
         r, device = batch.rollout, self.accelerator.device
@@ -152,13 +154,13 @@ class HGPOTrainer(RLTrainer):
         log_mass = torch.logsumexp(logits[:, self.tag_ids], -1) - torch.logsumexp(logits, -1)
         return -coef * (log_mass * counts).sum() / counts.sum()
 
-    def compute_advantages(self, step_batch: StepBatch) -> torch.Tensor:
+    def advantage_inputs(self, step_batch: StepBatch) -> dict[str, Any]:
+        """The generic inputs plus each rollout's ``modes``, the tag token's ``mode_token_mask`` and
+        the settings ``alpha`` / ``delta``."""
         rollout = step_batch.rollout
-        return hgpo_advantages(
-            step_batch.rewards, rollout.lengths, rollout_modes(rollout.texts), rollout.group_ids,
-            rollout.response_mask, mode_token_mask(rollout.response_mask, self.tag_index),
-            alpha=self._kwarg("alpha"), delta=self._kwarg("delta"),
-        )
+        return {**super().advantage_inputs(step_batch), "modes": rollout_modes(rollout.texts),
+                "mode_token_mask": mode_token_mask(rollout.response_mask, self.tag_index),
+                "alpha": self.settings.alpha, "delta": self.settings.delta}
 
 
 @torch.no_grad()
@@ -239,3 +241,49 @@ def build_hft_model(base_model: str | Path, work_dir: str | Path, stages: Sequen
             train_sft(model, tokenizer, rows, config, stage_dir, resume=True, show_progress=show_progress, method="hft")
         model_dir = stage_dir / "model"
     return model_dir
+
+
+# ------------------------------------------------------------------------------------- demo
+
+HYBRID_K = 4  # forced samples per mode behind each prompt's correct mode (the demo's hybrid metrics)
+
+
+def hft_stages(quick: bool) -> tuple[HFTStage, ...]:
+    """The HFT recipe the demo builds (a few steps of each stage with ``quick``)."""
+    if not quick:
+        return HFT_STAGES
+    return tuple(HFTStage(s.name, SFTConfig(steps=3, batch_size=8, lr=s.config.lr), 120, s.no_think_rule,
+                          s.no_think_share, s.no_think_upsample) for s in HFT_STAGES)
+
+
+def build_demo_start(stage: DemoStage) -> Path:
+    """The demo's hybrid start model (``OUTPUT/hft-build``, :func:`build_hft_model`)."""
+    stages = tuple(replace(s, config=replace(s.config, report_to=stage.report_to)) for s in hft_stages(stage.quick))
+    work_dir = stage.output / "hft-build"
+    if not (work_dir / stages[-1].name / "model" / "model.safetensors").is_file():
+        stage.console.print("[bold]building the hybrid model[/bold]: HFT with upsampled direct answers "
+                            "(thinklean.methods.lhrm.HFT_STAGES; about 50 min on 2 cores)")
+    return build_hft_model(stage.base_model, work_dir, stages, stage.seed)
+
+
+def hybrid_results(stage: DemoStage, model_dir: Path, examples: Sequence[Example]) -> dict[str, Any]:
+    """``{"hybrid": ...}``: HAcc, think ratio and forced-mode accuracies (``ROW_DIR/hybrid.json``)."""
+    from thinklean.eval.hybrid import hybrid_accuracy, print_hybrid
+    from thinklean.models.tiny import load_pretrained
+
+    model, tokenizer = load_pretrained(model_dir)
+    name = stage.row_dir.name
+    stage.console.print(f"hybrid accuracy of {name}: {HYBRID_K} forced samples per mode and one greedy answer per problem")
+    summary = hybrid_accuracy(model, tokenizer, examples, k=HYBRID_K, max_new_tokens=stage.budget.max_new_tokens,
+                              seed=stage.seed, output=stage.row_dir / "hybrid.json")
+    print_hybrid(summary, title=f"hybrid accuracy: {name}", console=stage.console)
+    return {"hybrid": {key: value for key, value in summary.items() if key != "config"}}
+
+
+register_method(MethodSpec(
+    "hgpo", HGPOTrainer, "HGPO (LHRM): mode-forced rollouts, think/no-think advantages; starts from an HFT model",
+    advantage_inputs=("modes", "mode_token_mask", "alpha", "delta"),
+    start=StartModel("hft", "a hybrid model from the base model (about 50 min)", build_demo_start,
+                     work_dirs=("hft-build",)),
+    extra_results=hybrid_results,
+))

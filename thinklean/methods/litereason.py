@@ -16,7 +16,7 @@
    prompts, projector SFT (1 epoch, constant lr) on a 10% sample of the pass's correct
    rollouts, each converted at both ratios.
 
-``config.method_kwargs``: ``projector`` (directory; default: the model's own directory if it
+``config.method_kwargs`` (:class:`LiteReasonSettings`): ``projector`` (directory; default: the model's own directory if it
 holds one, else a fresh projector whose blocks copy the last MLP), ``refresh_fraction`` (0.1),
 ``refresh_lr`` (1e-4), ``probe_every`` (10: RL steps between two latent probes, logged with the
 step's metrics, see :mod:`thinklean.eval.latent_probe`; 0: none). Projector SFT logs the probe too. The projector is saved next to the LM in ``RUN_DIR/model`` and, after
@@ -48,6 +48,7 @@ from thinklean.data.litereason import RATIOS, litereason_prompt, litereason_reco
 from thinklean.eval.evaluate import arith_examples, grade_rollout
 from thinklean.eval.latent_probe import PROBE_EVERY, PROBE_STEPS, LatentProbe
 from thinklean.eval.metrics import summarize, summarize_by_difficulty
+from thinklean.methods.registry import DemoStage, MethodFlag, MethodSpec, StartModel, register_method
 from thinklean.models.projector import CONFIG_NAME, ReasoningProjector
 from thinklean.models.tiny import load_pretrained
 from thinklean.rollout import SamplingConfig
@@ -58,12 +59,10 @@ from thinklean.rollout.latent import (
     latent_replay_inputs,
     segment_finder,
 )
-from thinklean.train.config import ConfigError
 from thinklean.train.rl import RLConfig, RLTrainer, StepBatch
+from thinklean.train.settings import ConfigError
 from thinklean.train.sft import IGNORE_INDEX, LossFn, SFTConfig, train_sft
 
-METHOD_KWARGS: dict[str, Any] = {"projector": None, "refresh_fraction": 0.1, "refresh_lr": 1e-4,
-                                  "probe_every": PROBE_EVERY}
 PROJECTOR_DIR = "projector"
 
 # ------------------------------------------------------------------------------ projector SFT
@@ -205,34 +204,39 @@ def refresh_rows(rollouts: Sequence[tuple[Example, str]], tokenizer: Any, fracti
     return [row for i in picked for row in variant_rows(rollouts[i][0], rollouts[i][1], tokenizer, rng, RATIOS, 1)]
 
 
+@dataclass(frozen=True)
+class LiteReasonSettings:
+    """``method_kwargs`` of LiteReason (see the module docstring)."""
+
+    projector: str | None = None
+    refresh_fraction: float = 0.1
+    refresh_lr: float = 1e-4
+    probe_every: int = PROBE_EVERY
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.refresh_fraction <= 1:
+            raise ConfigError(f"method_kwargs.refresh_fraction must be in [0, 1] (0: no refresh), got {self.refresh_fraction}")
+        if self.probe_every < 0:
+            raise ConfigError(f"method_kwargs.probe_every must be >= 0 (0: no latent probe), got {self.probe_every}")
+
+
 class LiteReasonTrainer(RLTrainer):
     """GRPO whose rollouts run latent steps; projector frozen in RL, refreshed after each pass."""
 
+    Settings = LiteReasonSettings
     policy_logprobs_shares_prompts = True  # the update scores responses on the shared prompt cache
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, config: RLConfig, train_examples: Sequence[Example],
                  run_dir: str | Path, eval_examples: Sequence[Example] = ()) -> None:
-        unknown = sorted(set(config.method_kwargs) - set(METHOD_KWARGS))
-        if unknown:
-            raise ConfigError(f"method_kwargs: unknown key(s) {', '.join(unknown)} for litereason "
-                              f"(valid: {', '.join(METHOD_KWARGS)})")
         if config.rollout_backend != "hf":
             raise ConfigError(f"litereason: rollout_backend {config.rollout_backend!r} is not supported (its latent "
                               "steps feed projector outputs back as input embeddings, which only the hf engine does)")
         if config.dynamic_sampling or config.keep_shortest:
             raise ConfigError("litereason: dynamic_sampling and keep_shortest are not supported "
                               "(their row filters drop the rollouts' latent segments)")
-        fraction = float(config.method_kwargs.get("refresh_fraction", METHOD_KWARGS["refresh_fraction"]))
-        if not 0 <= fraction <= 1:
-            raise ConfigError(f"method_kwargs.refresh_fraction must be in [0, 1] (0: no refresh), got {fraction}")
-        probe_every = int(config.method_kwargs.get("probe_every", METHOD_KWARGS["probe_every"]))
-        if probe_every < 0:
-            raise ConfigError(f"method_kwargs.probe_every must be >= 0 (0: no latent probe), got {probe_every}")
         super().__init__(model, tokenizer, config, train_examples, run_dir, eval_examples)
-        self.projector = self._frozen(load_projector(model, config.method_kwargs.get("projector")))
+        self.projector = self._frozen(load_projector(model, self.settings.projector))
         self.latent_probe = LatentProbe(tokenizer, steps=min(PROBE_STEPS, self.projector.max_steps))
-        self.probe_every = probe_every
-        self.refresh_fraction = fraction
         self.correct_rollouts: list[tuple[Example, str]] = []  # this pass's, for the refresh
 
     def _frozen(self, projector: ReasoningProjector) -> ReasoningProjector:
@@ -261,7 +265,7 @@ class LiteReasonTrainer(RLTrainer):
                           latent_segments_mean=sum(map(len, r.latent_segments)) / max(1, len(r.latent_segments)))
         # the policy that rolled out this step's batch, before its update
         probe = probe_schedule(self.latent_probe, self.accelerator.unwrap_model(self.model), self.projector,
-                               self.probe_every, self.config.steps)
+                               self.settings.probe_every, self.config.steps)
         batch.info.update(probe(step + 1))
         return batch
 
@@ -297,14 +301,13 @@ class LiteReasonTrainer(RLTrainer):
     def on_epoch_end(self, epoch: int) -> None:
         """Projector refresh on a sample of the pass's correct rollouts (LM untouched)."""
         pool, self.correct_rollouts = self.correct_rollouts, []
-        if self.refresh_fraction == 0:
+        if self.settings.refresh_fraction == 0:
             return
-        rows = refresh_rows(pool, self.tokenizer, self.refresh_fraction,
+        rows = refresh_rows(pool, self.tokenizer, self.settings.refresh_fraction,
                             random.Random(f"litereason-refresh-{self.config.seed}-{epoch}"))
         if not rows:
             return
-        lr = float(self.config.method_kwargs.get("refresh_lr", METHOD_KWARGS["refresh_lr"]))
-        config = projector_sft_config(len(rows), lr=lr, constant_lr=True, seed=self.config.seed + epoch)
+        config = projector_sft_config(len(rows), lr=self.settings.refresh_lr, constant_lr=True, seed=self.config.seed + epoch)
         with tempfile.TemporaryDirectory() as scratch:  # train_sft's LM copy and checkpoint are not kept
             summary = train_projector(self.accelerator.unwrap_model(self.model), self.tokenizer, self.projector, rows,
                                       scratch, config, show_progress=False, probe_every=0)
@@ -399,3 +402,42 @@ def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: Sta
     train_projector(model, tokenizer, projector, rows, build_dir, config, with_lm=recipe.with_lm,
                     show_progress=show_progress)
     return model_dir
+
+
+# ------------------------------------------------------------------------------------- demo
+
+
+def start_recipe(quick: bool) -> StartRecipe:
+    """The recipe of the demo's start model (a few problems and steps with ``quick``)."""
+    return StartRecipe(problems=8, k=2, max_new_tokens=120) if quick else StartRecipe()
+
+
+def build_demo_start(stage: DemoStage) -> Path:
+    """The demo's start model (``OUTPUT/litereason-sft``, :func:`build_start_model`)."""
+    recipe = start_recipe(stage.quick)
+    if not (stage.row_dir / "model" / CONFIG_NAME).is_file():
+        stage.console.print(f"[bold]building the LiteReason start model[/bold]: {recipe.k} traces of {recipe.problems} "
+                            f"problems, correct ones with sentences made latent, then {recipe.epochs:g} epoch of "
+                            "projector + LM SFT (25 min on a shared 2-core machine)")
+    return build_start_model(stage.base_model, stage.row_dir, recipe, stage.seed, report_to=stage.report_to)
+
+
+def demo_evaluation(stage: DemoStage, model_dir: Path, examples: Sequence[Example]) -> dict[str, Any]:
+    """:func:`evaluate_latent` of a model with its projector, as the demo samples every model
+    (``eval_temperature``, ``max_new_tokens``), into ``ROW_DIR/eval.json``."""
+    model, tokenizer = load_pretrained(model_dir)
+    sampling = SamplingConfig(max_new_tokens=stage.budget.max_new_tokens, temperature=stage.budget.eval_temperature)
+    return evaluate_latent(model, tokenizer, load_projector(model), examples, sampling, stage.seed,
+                           stage.row_dir / "eval.json")
+
+
+register_method(MethodSpec(
+    "litereason", LiteReasonTrainer, "LiteReason: latent reasoning steps from a Reasoning Projector",
+    flags=(MethodFlag("--projector", "projector", "projector directory; none: the --model directory's, else copies "
+                      "of its last MLP"),),
+    start=StartModel("litereason-sft", "a model with a trained projector", build_demo_start),
+    # from the litereason-sft row's model (LM + trained projector); the prompts GRPO sees (RLConfig's
+    # default pool, not litereason.yaml's 400 for a projector refresh every 100 steps)
+    demo_rows={"litereason": {"train_problems": 20000}},
+    evaluate=demo_evaluation,
+))

@@ -1,21 +1,29 @@
 """YAML configs for the RL trainer: method defaults <- user file <- CLI flags, strictly checked.
 
 An unknown key or a value of the wrong type fails before any work with
-``FILE:LINE: unknown key 'lrr' (valid keys: ...)`` and exit code 2.
+``FILE:LINE: unknown key 'lrr' (valid keys: ...)`` and exit code 2; so do ``method_kwargs`` that
+do not fit the method's settings dataclass and reward, estimator or loss settings that do not
+fit the function's signature (:func:`check_config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from thinklean.train.rl import ConfigError, RLConfig
+from thinklean.core.registry import (ADVANTAGE_INPUTS, LOSS_INPUTS, REWARD_INPUTS, UnknownNameError, get_advantage,
+                                     get_loss, get_reward, signature_problems)
+from thinklean.train.rl import RLConfig
+from thinklean.train.settings import ConfigError, accepts, build_settings, type_name
+
+if TYPE_CHECKING:
+    from thinklean.methods.registry import MethodSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -23,36 +31,6 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 def _field_types() -> dict[str, Any]:
     hints = typing.get_type_hints(RLConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(RLConfig)}
-
-
-def _accepts(annotation: Any, value: Any) -> Any:
-    """``value`` converted to ``annotation`` (int -> float allowed), or raise TypeError."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _accepts(option, value)
-            except TypeError:
-                continue
-        raise TypeError
-    base = origin or annotation
-    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if base is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
-            return float(value)
-        except ValueError:
-            raise TypeError from None
-    if base is dict and isinstance(value, dict):
-        return dict(value)
-    if base in (int, str, bool) and type(value) is base:
-        return value
-    raise TypeError
 
 
 # settings that must be whole numbers >= 1, and numbers that must not be negative (the rest of the
@@ -77,10 +55,6 @@ def _range_problem(key: str, value: Any) -> str | None:
     if key == "top_p" and not 0 < value <= 1:
         return "in (0, 1]"
     return None
-
-
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def read_yaml_config(path: str | Path) -> dict[str, tuple[Any, int]]:
@@ -125,12 +99,12 @@ def apply_values(config: RLConfig, values: dict[str, tuple[Any, int]], source: s
         if key not in types_:
             raise ConfigError(f"{source}:{line}: unknown key {key!r} (valid keys: {', '.join(sorted(types_))})")
         try:
-            changes[key] = _accepts(types_[key], value)
+            changes[key] = accepts(types_[key], value)
             if isinstance(changes[key], dict):  # dict settings (reward_kwargs, ...) merge key by key
                 changes[key] = {**getattr(config, key), **changes[key]}
         except TypeError:
             raise ConfigError(
-                f"{source}:{line}: key {key!r} must be {_type_name(types_[key])}, got {type(value).__name__} {value!r}"
+                f"{source}:{line}: key {key!r} must be {type_name(types_[key])}, got {type(value).__name__} {value!r}"
             ) from None
         if (expected := _range_problem(key, changes[key])) is not None:
             raise ConfigError(f"{source}:{line}: key {key!r} must be {expected}, got {value!r}")
@@ -156,16 +130,80 @@ def method_config_path(method: str) -> Path:
     return CONFIG_DIR / f"{method}.yaml"
 
 
+def _origins(values: dict[str, tuple[Any, int]], source: str) -> dict[str, str]:
+    """``FILE:LINE`` of each key of ``values`` and of each key of its dict values (``key.sub``)."""
+    out = {}
+    for key, (value, line) in values.items():
+        out[key] = f"{source}:{line}"
+        if isinstance(value, dict):
+            out.update({f"{key}.{sub}": f"{source}:{line}" for sub in value})
+    return out
+
+
 def load_config(method: str, user_file: str | Path | None = None, overrides: dict[str, tuple[Any, int]] | None = None) -> RLConfig:
-    """Defaults of ``configs/METHOD.yaml``, then ``user_file``, then ``overrides``."""
+    """The method's defaults (``configs/METHOD.yaml``, else its spec's ``config``), then
+    ``user_file``, then ``overrides``, checked by :func:`check_config`."""
+    from thinklean.methods.registry import get_method
+
+    try:
+        spec = get_method(method)
+    except UnknownNameError as e:
+        raise ConfigError(f"--method {method}: {e}") from None
     path = method_config_path(method)
-    config = RLConfig(method=method)
+    layers = []
     if path.is_file():
-        config = apply_values(config, read_yaml_config(path), str(path))
+        layers.append((read_yaml_config(path), str(path)))
+    elif spec.config is not None:
+        layers.append(({key: (value, 0) for key, value in spec.config.items()}, f"MethodSpec({method!r}).config"))
     if user_file is not None:
-        config = apply_values(config, read_yaml_config(user_file), str(user_file))
+        layers.append((read_yaml_config(user_file), str(user_file)))
     if overrides:
-        config = apply_values(config, overrides, "--set")
+        layers.append((overrides, "--set"))
+    config, origins = RLConfig(method=method), {}
+    for values, source in layers:
+        config = apply_values(config, values, source)
+        origins.update(_origins(values, source))
     if config.method != method:
-        raise ConfigError(f"{user_file}:0: config says method {config.method!r} but --method is {method!r}")
+        raise ConfigError(f"{origins['method']}: config says method {config.method!r} but --method is {method!r}")
+
+    def where(key: str | None) -> str:
+        key = key or "method_kwargs"
+        return origins.get(key) or origins.get(key.partition(".")[0], "RLConfig defaults")
+
+    check_config(config, spec, where)
     return config
+
+
+def check_config(config: RLConfig, spec: MethodSpec, where: Callable[[str | None], str]) -> None:
+    """Raise :class:`ConfigError` at ``where(key)`` (``FILE:LINE`` of the config key) unless
+    ``method_kwargs`` fit the method's settings dataclass and the reward, advantage estimator and
+    loss are registered and take the config's settings and the method's inputs
+    (:mod:`thinklean.core.registry`)."""
+    from thinklean.methods.registry import METHODS
+
+    build_settings(spec.settings, config.method_kwargs, config.method, where)
+    for kind, getter, base, extra in (("reward", get_reward, REWARD_INPUTS, spec.reward_inputs),
+                                      ("advantage", get_advantage, ADVANTAGE_INPUTS, spec.advantage_inputs)):
+        name, values = getattr(config, kind), getattr(config, f"{kind}_kwargs")
+        try:
+            fn = getter(name)
+        except UnknownNameError as e:
+            raise ConfigError(f"{where(kind)}: {e}") from None
+        unknown, missing, valid = signature_problems(fn, values, (*base, *extra))
+        if unknown:
+            raise ConfigError(f"{where(f'{kind}_kwargs.{unknown[0]}')}: {kind}_kwargs: unknown key(s) "
+                              f"{', '.join(unknown)} for {kind} {name!r} (valid keys: {', '.join(valid) or 'none'})")
+        providers = [m for m, spec in METHODS.items() if set(missing) <= set(getattr(spec, f"{kind}_inputs"))]
+        if missing and providers:
+            raise ConfigError(f"{where(kind)}: {kind} {name!r} needs {', '.join(missing)}, which --method "
+                              f"{config.method} does not provide (use --method {' or --method '.join(providers)})")
+        if missing:
+            raise ConfigError(f"{where(kind)}: {kind} {name!r} needs {kind}_kwargs "
+                              f"{', '.join(missing)} (no default)")
+    try:
+        loss = get_loss(config.loss)
+    except UnknownNameError as e:
+        raise ConfigError(f"{where('loss')}: {e}") from None
+    if missing := signature_problems(loss, (), LOSS_INPUTS)[1]:
+        raise ConfigError(f"{where('loss')}: loss {config.loss!r} needs {', '.join(missing)}, which the trainer "
+                          f"does not pass (it passes {', '.join(LOSS_INPUTS)})")

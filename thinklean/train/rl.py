@@ -9,9 +9,11 @@ Read top to bottom, one call of :meth:`RLTrainer.step` is::
     old, ref  = policy_logprobs(policy / reference)         # [B,T] under no_grad
     for ppo_epochs x mini-batches: policy_loss (+ KL) -> backward -> clip -> optimizer step
 
-Methods customise the hooks (``build_prompts``, ``compute_rewards``, ``compute_advantages``,
-``policy_logprobs``, ``on_step_end``, ``on_epoch_end``) in a small subclass instead of forking
-the loop. Determinism: prompt choice and sampling at step ``s`` depend only on ``(seed, s)``,
+Methods customise the hooks (``build_prompts``, ``reward_inputs``, ``compute_rewards``,
+``advantage_inputs``, ``compute_advantages``, ``policy_logprobs``, ``response_logits``,
+``auxiliary_loss``, ``on_step_end``, ``on_epoch_end``; docs/methods.md lists them all) in a small
+subclass instead of forking the loop; rewards, estimators and losses are called by name with
+keyword inputs (:func:`thinklean.core.registry.call_with_inputs`). Determinism: prompt choice and sampling at step ``s`` depend only on ``(seed, s)``,
 and checkpoints hold optimizer/scheduler/RNG states, so ``resume`` continues bit-for-bit on CPU.
 
 Several processes (``accelerate launch --config_file configs/accelerate/ddp.yaml``): every
@@ -35,14 +37,15 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object
 from torch.optim.lr_scheduler import LambdaLR
 
-from thinklean.core import aggregate_loss, entropy_from_logits, get_advantage, get_reward, kl_penalty, policy_loss
+from thinklean.core import (aggregate_loss, call_with_inputs, entropy_from_logits, get_advantage, get_loss, get_reward,
+                            kl_penalty)
 from thinklean.core.masked import group_max, group_min
 from thinklean.data.formats import format_prompt
 from thinklean.data.grading import format_ok, grade
@@ -55,17 +58,13 @@ from thinklean.rollout.engine import position_ids_from_mask
 from thinklean.rollout.vllm_engine import VLLMRollout, vllm_problem
 from thinklean.train.checkpoint import find_checkpoint, restore_training_state, save_checkpoint
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
+from thinklean.train.settings import ConfigError, build_settings
 from thinklean.train.shared_prompt import SharedPromptForward, shared_prompt_forward
 from thinklean.train.sft import warmup_cosine
 from thinklean.train.trackers import accelerator_kwargs
 
 
 ROLLOUT_BACKENDS = ("hf", "vllm")
-
-
-class ConfigError(ValueError):
-    """A bad config file, override or combination of settings, reported as
-    ``FILE:LINE: what (what is accepted)`` where it comes from a file (``thinklean.train.config``)."""
 
 
 @dataclass
@@ -84,6 +83,7 @@ class RLConfig:
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
     advantage: str = "grpo"
     advantage_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss: str = "ppo_clip"  # registered policy loss
     loss_agg: str = "token-mean"
     clip_low: float = 0.2
     clip_high: float = 0.2
@@ -182,6 +182,8 @@ class RLTrainer:
 
     # A subclass whose own policy_logprobs scores rows["shared_prompt"] (see _share_prompts) sets this.
     policy_logprobs_shares_prompts = False
+    # The dataclass that types config.method_kwargs (None: the method takes none); built as self.settings.
+    Settings: ClassVar[type | None] = None
 
     def __init__(
         self,
@@ -198,6 +200,7 @@ class RLTrainer:
             raise ConfigError(f"rollout_backend must be one of {', '.join(ROLLOUT_BACKENDS)}, got {config.rollout_backend!r}")
         if config.rollout_backend == "vllm" and (problem := vllm_problem()):
             raise ConfigError(problem)
+        self.settings = build_settings(self.Settings, config.method_kwargs, config.method)
         self.config = config
         self.tokenizer = tokenizer
         self.train_examples = list(train_examples)
@@ -233,17 +236,29 @@ class RLTrainer:
         """Prompt strings (one per example) and optional forced prefixes (one per sample)."""
         return [format_prompt(e.prompt, self.tokenizer) for e in examples], None
 
+    def reward_inputs(self, batch: RolloutBatch, examples: Sequence[Example]) -> dict[str, Any]:
+        """Inputs for the reward besides ``correct``, ``lengths`` and ``group_ids`` (e.g. L1's
+        ``targets``); their names are the spec's ``reward_inputs``. Default: none."""
+        return {}
+
     def compute_rewards(self, batch: RolloutBatch, examples: Sequence[Example], correct: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Sequence rewards ``[B]`` from the registered reward ``config.reward``, plus log info."""
-        reward_fn = get_reward(self.config.reward)
-        rewards = reward_fn(correct, batch.lengths, batch.group_ids, **self.config.reward_kwargs)
-        return rewards, {}
+        inputs = {"correct": correct, "lengths": batch.lengths, "group_ids": batch.group_ids,
+                  **self.reward_inputs(batch, examples)}
+        return call_with_inputs(get_reward(self.config.reward), inputs, self.config.reward_kwargs), {}
+
+    def advantage_inputs(self, step_batch: StepBatch) -> dict[str, Any]:
+        """Inputs for the advantage estimator by name: ``rewards``, ``group_ids``,
+        ``response_mask``, ``correct``, ``lengths``; a method adds its own (the spec's
+        ``advantage_inputs``) and may set ``step_batch.info`` entries to log."""
+        rollout = step_batch.rollout
+        return {"rewards": step_batch.rewards, "group_ids": rollout.group_ids, "response_mask": rollout.response_mask,
+                "correct": step_batch.correct, "lengths": rollout.lengths}
 
     def compute_advantages(self, step_batch: StepBatch) -> torch.Tensor:
         """Token advantages ``[B, T]`` from the registered estimator ``config.advantage``."""
-        rollout = step_batch.rollout
         advantage_fn = get_advantage(self.config.advantage)
-        return advantage_fn(step_batch.rewards, rollout.group_ids, rollout.response_mask, **self.config.advantage_kwargs)
+        return call_with_inputs(advantage_fn, self.advantage_inputs(step_batch), self.config.advantage_kwargs)
 
     def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, Any], with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs ``[b, T]`` of the response tokens (temperature-scaled), and optionally entropy.
@@ -557,10 +572,10 @@ class RLTrainer:
             micro["shared_prompt"], micro["prompt_index"] = shared[0], shared[1][rows].to(self.accelerator.device)
         logprobs, entropy = self.policy_logprobs(self.model, micro, with_entropy=True)
         old = micro.get("old_logprobs", logprobs.detach())
-        loss, metrics = policy_loss(
-            logprobs, old, micro["advantages"], micro["response_mask"], cfg.clip_low, cfg.clip_high,
-            cfg.dual_clip, cfg.loss_agg, max_len=cfg.max_new_tokens,
-        )
+        inputs = {"logprobs": logprobs, "old_logprobs": old, "advantages": micro["advantages"],
+                  "response_mask": micro["response_mask"], "clip_low": cfg.clip_low, "clip_high": cfg.clip_high,
+                  "dual_clip": cfg.dual_clip, "agg": cfg.loss_agg, "max_len": cfg.max_new_tokens}
+        loss, metrics = call_with_inputs(get_loss(cfg.loss), inputs, {})
         kl_value = torch.zeros(())
         if cfg.kl_coef > 0:
             kl = kl_penalty(logprobs, micro["ref_logprobs"], cfg.kl_kind)
