@@ -706,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
         for flag in spec.flags:
             kind = _number(flag.type, flag.at_least) if flag.type in (int, float) else flag.type
             try:
-                p.add_argument(flag.flag, dest=_flag_dest(flag.flag), type=kind, default=None,
+                p.add_argument(flag.flag, dest=_flag_dest(flag.flag), type=kind, default=None, metavar=flag.key.upper(),
                                help=f"--method {spec.name} only: {flag.help}")
             except argparse.ArgumentError as e:
                 raise UsageError(f"method {spec.name}: its flag {flag.flag} clashes with train's own ({e})") from e
