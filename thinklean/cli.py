@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"l1 is evaluated without its length target; {'; '.join(starts)})")
     _add_plugin(p)
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
-    p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v1 first (about 57 min on 2 cores)")
+    p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v1 first (about 1 h on 2 cores)")
     p.add_argument("--n", type=AT_LEAST_1, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
     p.add_argument("--steps", type=AT_LEAST_1, default=None,
                    help="RL steps per method (default 40, --quick 3); BuPO's IPA phase is 10%% of them")
