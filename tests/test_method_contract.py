@@ -122,6 +122,12 @@ def test_method_only_flags_are_refused_for_other_methods(tmp_path, capsys, argv,
 # -------------------------------------------------------------------------------- plugins
 
 
+def test_the_readme_example_is_the_plugin_file_verbatim():
+    # the README's "Write your own method" block is what the plugin tests below run
+    readme = (PLUGIN.parents[2] / "README.md").read_text()
+    assert f"```python\n{PLUGIN.read_text()}```" in readme
+
+
 def test_a_plugin_file_trains_its_method_from_the_cli(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     code = main(["train", "--plugin", str(PLUGIN), "--method", "my_method", "--model", str(tiny_model_dir), *TINY,
