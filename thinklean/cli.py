@@ -108,6 +108,15 @@ def _add_report_to(p: argparse.ArgumentParser, default: str | None = "none") -> 
                         + ("" if default else " (config default: none)"))
 
 
+def _add_run_dir_flags(p: argparse.ArgumentParser, resume: bool = True) -> None:
+    """``--overwrite`` (and ``--resume``) for a command that writes a run directory."""
+    if resume:
+        p.add_argument("--resume", action="store_true",
+                       help="continue from OUTPUT/checkpoints/latest (an error without one)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT (its checkpoints, "
+                   f"metrics and model); without it{' or --resume' if resume else ''} such a directory is refused")
+
+
 def _add_plugin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", type=Path, metavar="FILE.py",
                    help="a Python file that registers methods, rewards or estimators (thinklean.methods."
@@ -648,9 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=ABOVE_0, default=1.5e-3, help="peak learning rate (warm-up then cosine to 0.1x)")
     p.add_argument("--max-length", type=AT_LEAST_1, default=512, help="truncate prompt+response to this many tokens")
     p.add_argument("--save-every", type=AT_LEAST_0, default=100, help="checkpoint every N steps (0: final only)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest (an error without one)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT (its checkpoints, "
-                   "metrics and model); without it or --resume such a directory is refused")
+    _add_run_dir_flags(p)
     _add_fields(p)
     _add_report_to(p)
     _add_common(p, "runs/sft")
@@ -680,8 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-lm", dest="with_lm", action="store_true",
                    help="also fine-tune the LM, loss on every response token (for a model that cannot follow the "
                    "prompt's instruction to write segments, like the embedded one; the spec keeps the LM frozen)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT (its checkpoints, "
-                   "metrics and model); without it such a directory is refused")
+    _add_run_dir_flags(p, resume=False)
     _add_report_to(p)
     _add_common(p, "runs/litereason-sft")
     p.set_defaults(func=cmd_litereason_sft)
@@ -714,9 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rollout engine: hf (thinklean's decode loop, CPU or GPU) or vllm (colocated vLLM engine "
                         "on the training GPU, weights synced after each update; pip install 'thinklean[gpu]'); "
                         "config default: hf")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/latest (an error without one)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT (its checkpoints, "
-                   "metrics and model); without it or --resume such a directory is refused")
+    _add_run_dir_flags(p)
     _add_fields(p)
     _add_report_to(p, default=None)
     _add_common(p, "runs/train")

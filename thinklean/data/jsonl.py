@@ -34,7 +34,8 @@ MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any prompt a model here can take
 @dataclass(frozen=True)
 class Example:
     """One problem: the prompt, its gold answer (a string), and optional extras. ``line`` is the
-    1-based line of the JSONL file it was read from (0 otherwise), for error messages."""
+    1-based line of the JSONL file (or row of the table) it was read from, 0 otherwise, for error
+    messages."""
 
     prompt: str
     answer: str
