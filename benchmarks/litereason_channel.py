@@ -15,12 +15,18 @@ come from what the latent steps carry or from the LM's own single pass:
 - (c) ``pause``: one learned constant embedding at every latent step, no hidden-state channel;
 - (d) ``empty``: an empty think block, no latent steps;
 - (e) ``oracle``: each operation's latent steps are the mean token embedding of its result's
-  digits (the intermediate values), the information a working channel would have to carry.
+  digits (the intermediate values), the information a working channel would have to carry;
+- (f) ``distil``: the fixed projector, trained with the LM as in (e) (oracle latents, scaled to
+  the projector's output norm, teacher-forced at the latent steps) plus an auxiliary loss that
+  pulls the projector's output at each latent step towards that step's oracle vector (squared
+  error over the oracle vectors' squared norm, i.e. 2 (1 - cosine), weight ``--distil-weight``);
+  evaluated like (a)-(c), on its own chained latents.
 
 Evaluation: held-out problems of the same difficulties, the reasoning forced as in training up
 to ``\\boxed{`` and the answer decoded greedily. Reported per arm: accuracy (overall and per
 difficulty), discrete tokens, latent steps, the median latent input norm (and the token-embedding
-norm) and swap-KL (KL in nats of the answer's first-token distribution when each problem gets
+norm), the mean cosine between each latent input and the oracle vector of its step (how much
+of the intermediate value a projector writes), and swap-KL (KL in nats of the answer's first-token distribution when each problem gets
 the latents of the next problem with the same number of operations; averaged). A table and a JSON.
 
 ``--curriculum ARM`` adds that arm trained stage by stage (Coconut, arXiv 2412.06769): stage s
@@ -41,21 +47,22 @@ from _results import write_result
 from rich.console import Console
 from rich.table import Table
 
-ARMS = {"a": "spec", "b": "fixed", "c": "pause", "d": "empty", "e": "oracle"}
+ARMS = {"a": "spec", "b": "fixed", "c": "pause", "d": "empty", "e": "oracle", "f": "distil"}
 DIFFICULTIES = (2, 3)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="base", help="'base' (shipped) or a local model directory")
-    p.add_argument("--arms", default="abcde", help="which arms to run (letters of a-e)")
+    p.add_argument("--arms", default="abcdef", help="which arms to run (letters of a-f)")
+    p.add_argument("--distil-weight", type=float, default=1.0, help="arm (f): weight of the latent distillation loss")
     p.add_argument("--train", type=int, default=4000, help="training problems (2 and 3 operations in equal shares)")
     p.add_argument("--eval", type=int, default=300, help="held-out problems per difficulty")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps per arm")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4, help="peak lr: 10%% warm-up, cosine to 0.1x (LM and latent source)")
     p.add_argument("--latent-steps", type=int, default=2, help="K: latent steps per operation sentence")
-    p.add_argument("--curriculum", choices=["a", "b", "c", "e"], default=None,
+    p.add_argument("--curriculum", choices=["a", "b", "c", "e", "f"], default=None,
                    help="also run this arm with latent sentences introduced stage by stage")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 training problems, 2 steps, 3 problems per difficulty")
     p.add_argument("--threads", type=int, default=1)
@@ -80,8 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     from thinklean.methods.litereason import projector_sft_config, split_sft_batch, train_projector
     from thinklean.models.projector import ReasoningProjector, embedding_norm
     from thinklean.models.tiny import load_pretrained
-    from thinklean.rollout.engine import SamplingConfig
-    from thinklean.rollout.latent import generate_latent, latent_forward, latent_replay_inputs, segment_finder
+    from thinklean.rollout.engine import SamplingConfig, position_ids_from_mask
+    from thinklean.rollout.latent import _compact_layout, generate_latent, latent_forward, latent_replay_inputs, segment_finder
     from thinklean.train.sft import train_sft
 
     torch.set_num_threads(args.threads)
@@ -134,6 +141,37 @@ def main(argv: list[str] | None = None) -> dict:
 
         return loss_fn
 
+    def distil_loss(source: ReasoningProjector):
+        """Arm (f): the oracle arm's loss plus the projector's distance to the oracle vectors,
+        read at the position before each latent slot (the hidden state the chain would feed it)."""
+        find = segment_finder(tokenizer, source.max_steps)
+
+        def loss_fn(model, batch):
+            prompts, prompt_mask, response, response_mask = split_sft_batch(batch)
+            lengths = response_mask.sum(1).tolist()
+            segments = [find(response[b, :n].tolist()) for b, n in enumerate(lengths)]
+            vectors = [torch.nn.functional.normalize(oracle_vectors(
+                model, oracle_by_prompt[tuple(prompts[b][prompt_mask[b].bool()].tolist())], len(segments[b])), dim=-1)
+                * source.output_scale for b in range(len(lengths))]  # on the projector's output scale
+            inputs, mask, score_columns = latent_replay_inputs(model, prompts, prompt_mask, response, response_mask,
+                                                               segments, vectors)
+            hidden = model(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                           use_cache=False, output_hidden_states=True).hidden_states[-1]
+            scored = response_mask.bool()
+            picked = hidden.gather(1, score_columns[..., None].expand(-1, -1, hidden.shape[-1]))
+            logits = model.get_output_embeddings()(picked[scored])
+            loss = torch.nn.functional.cross_entropy(logits.float(), response[scored])
+            latent = _compact_layout(prompts.cpu(), prompt_mask.cpu(), response.cpu(), response_mask.cpu(), segments)[2]
+            rows, columns = latent.nonzero(as_tuple=True)  # row by row, as latent_replay_inputs fills them
+            if rows.numel():
+                target = torch.cat(vectors).detach().float()
+                predicted = source(hidden[rows, columns - 1].to(source.dtype)).float()
+                distance = (predicted - target).pow(2).sum(-1).mean() / target.pow(2).sum(-1).mean()
+                loss = loss + args.distil_weight * distance
+            return loss, int(scored.sum())
+
+        return loss_fn
+
     class Pause(ReasoningProjector):
         """Pause tokens: one learned vector (random direction, token-embedding norm) at every
         latent step, whatever the hidden state; the unused block only fills the interface."""
@@ -155,6 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
             elif arm == "oracle":
                 train_sft(model, tokenizer, stage_rows, config, scratch, loss_fn=oracle_loss(source),
                           show_progress=False)
+            elif arm == "distil":
+                train_sft(model, tokenizer, stage_rows, config, scratch, loss_fn=distil_loss(source),
+                          parameters=[*model.parameters(), *source.parameters()], show_progress=False)
             else:
                 train_projector(model, tokenizer, source, stage_rows, scratch, config, with_lm=True,
                                 show_progress=False, probe_every=0)
@@ -190,13 +231,25 @@ def main(argv: list[str] | None = None) -> dict:
                 swap = sum(kls) / len(kls) if kls else None
         correct = [grade(prefix + text, str(p.answer)) for (text, _, _), prefix, p in zip(decoded, prefixes, held_out)]
         norms = torch.cat([v.float().norm(dim=-1) for v in vectors]) if arm != "empty" else torch.empty(0)
+        with torch.no_grad():
+            cosines = [torch.nn.functional.cosine_similarity(v.float(), oracle_vectors(model, oracle_ids(p), len(p.ops)).float(), dim=-1)
+                       for v, p in zip(vectors, held_out) if v.shape[0]]
+        oracle_cosine = float(torch.cat(cosines).mean()) if cosines else None
+        teacher = None  # (f): the same LM given the scaled oracle latents: what a perfect projector would reach
+        if arm == "distil":
+            with torch.no_grad():
+                scaled = [torch.nn.functional.normalize(oracle_vectors(model, oracle_ids(p), len(p.ops)), dim=-1)
+                          * source.output_scale for p in held_out]
+                answers = [greedy(model, prompt, prefix, v)[0] for prompt, prefix, v in zip(prompts, prefixes, scaled)]
+            teacher = sum(grade(prefix + text, str(p.answer)) for text, prefix, p in zip(answers, prefixes, held_out)) / len(held_out)
         return {"accuracy": sum(correct) / len(correct),
                 "by_difficulty": {d: sum(c for c, p in zip(correct, held_out) if p.difficulty == d) / args.eval
                                   for d in DIFFICULTIES},
                 "discrete_tokens": sum(n for _, _, n in decoded) / len(decoded),
                 "latent_steps": sum(v.shape[0] for v in vectors) / len(vectors),
                 "latent_norm": float(norms.median()) if norms.numel() else None,
-                "embedding_norm": embedding_norm(model), "swap_kl": swap,
+                "embedding_norm": embedding_norm(model), "oracle_cosine": oracle_cosine,
+                "accuracy_with_oracle_latents": teacher, "swap_kl": swap,
                 "example": prefixes[0] + decoded[0][0]}
 
     find_segments = segment_finder(tokenizer, k)
@@ -237,7 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
             fit(arm, model, source, rows(latent_ops, empty=arm == "empty"), steps, args.seed + stage)
         record = {"arm": f"({letter}) {arm}" + (" + curriculum" if curriculum else ""), **evaluate(arm, model, source),
                   "seconds": round(time.perf_counter() - start, 1)}
-        print(f"{record['arm']}: accuracy {100 * record['accuracy']:.1f}%", flush=True)
+        print(f"{record['arm']}: accuracy {100 * record['accuracy']:.1f}%"
+              + ("" if record["accuracy_with_oracle_latents"] is None else
+                 f" ({100 * record['accuracy_with_oracle_latents']:.1f}% given the oracle latents)"), flush=True)
         return record
 
     records = [run(letter) for letter in args.arms]
@@ -247,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = Table(title=f"LiteReason channel: {len(train)} training problems, {args.steps} steps at lr {args.lr}, "
                         f"greedy on {len(held_out)} held-out 2-3-operation problems")
     for column in ("arm", "accuracy", "2 / 3 ops", "discrete tokens", "latent steps", "latent norm (emb.)",
-                   "swap-KL", "seconds"):
+                   "cos to oracle", "swap-KL", "seconds"):
         table.add_column(column)
 
     def num(value: float | None, spec: str) -> str:
@@ -257,11 +312,12 @@ def main(argv: list[str] | None = None) -> dict:
         table.add_row(r["arm"], f"{100 * r['accuracy']:.1f}%",
                       " / ".join(f"{100 * v:.0f}" for v in r["by_difficulty"].values()),
                       f"{r['discrete_tokens']:.1f}", f"{r['latent_steps']:.1f}",
-                      f"{num(r['latent_norm'], '.3g')} ({r['embedding_norm']:.3g})", num(r["swap_kl"], ".3g"),
+                      f"{num(r['latent_norm'], '.3g')} ({r['embedding_norm']:.3g})", num(r["oracle_cosine"], ".2f"),
+                      num(r["swap_kl"], ".3g"),
                       f"{r['seconds']:.0f}")
     Console(width=160).print(table)
     result = {"model": args.model, "train": len(train), "eval_per_difficulty": args.eval, "steps": args.steps,
-              "batch_size": args.batch_size, "lr": args.lr, "latent_steps": k, "seed": args.seed, "quick": args.quick,
+              "batch_size": args.batch_size, "lr": args.lr, "distil_weight": args.distil_weight, "latent_steps": k, "seed": args.seed, "quick": args.quick,
               "records": records}
     write_result(result, args.out)
     return result
