@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
             cosines = [torch.nn.functional.cosine_similarity(v.float(), oracle_vectors(model, oracle_ids(p), len(p.ops)).float(), dim=-1)
                        for v, p in zip(vectors, held_out) if v.shape[0]]
         oracle_cosine = float(torch.cat(cosines).mean()) if cosines else None
+        decoded_values = value_readout(model, vectors) if arm not in ("empty", "oracle") else None
         teacher = None  # (f): the same LM given the scaled oracle latents: what a perfect projector would reach
         if arm == "distil":
             with torch.no_grad():
@@ -249,10 +250,28 @@ def main(argv: list[str] | None = None) -> dict:
                 "latent_steps": sum(v.shape[0] for v in vectors) / len(vectors),
                 "latent_norm": float(norms.median()) if norms.numel() else None,
                 "embedding_norm": embedding_norm(model), "oracle_cosine": oracle_cosine,
-                "accuracy_with_oracle_latents": teacher, "swap_kl": swap,
+                "accuracy_with_oracle_latents": teacher, "value_readout": decoded_values, "swap_kl": swap,
                 "example": prefixes[0] + decoded[0][0]}
 
     find_segments = segment_finder(tokenizer, k)
+
+    def value_readout(model, vectors: Sequence[torch.Tensor]) -> dict[str, float]:
+        """Share of latent segments whose first latent is nearest (cosine) to the oracle vector of
+        the right intermediate value among all values 0-9999: does the projector write the value?
+        Per operation position (``op1``, ``op2``, ...) and overall."""
+        with torch.no_grad():
+            embed = model.get_input_embeddings()
+            candidates = torch.stack([embed(torch.tensor(tokenizer(str(v), add_special_tokens=False).input_ids)).mean(0)
+                                      for v in range(10_000)]).float()
+            candidates = torch.nn.functional.normalize(candidates, dim=-1)
+            hits: dict[int, list[bool]] = {}
+            for v, p in zip(vectors, held_out):
+                firsts = torch.nn.functional.normalize(v[::k].float(), dim=-1)
+                guesses = (firsts @ candidates.T).argmax(-1).tolist()
+                for j, (guess, value) in enumerate(zip(guesses, p.values()[1:])):
+                    hits.setdefault(j + 1, []).append(guess == value)
+        everything = [h for row in hits.values() for h in row]
+        return {"all": sum(everything) / len(everything), **{f"op{j}": sum(h) / len(h) for j, h in sorted(hits.items())}}
 
     def greedy(model, prompt: str, prefix: str, vectors: torch.Tensor, max_new_tokens: int = 8):
         """Decode the answer after ``prompt + prefix`` with ``vectors`` (``[latent steps, d]``) in the
