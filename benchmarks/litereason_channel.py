@@ -258,7 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
     def value_readout(model, vectors: Sequence[torch.Tensor]) -> dict[str, float]:
         """Share of latent segments whose first latent is nearest (cosine) to the oracle vector of
         the right intermediate value among all values 0-9999: does the projector write the value?
-        Per operation position (``op1``, ``op2``, ...) and overall."""
+        Per operation position (``op1``, ``op2``, ...) and overall. The tokenizer writes numbers
+        digit by digit, so an oracle vector (a mean) names a value's digits, not their order:
+        a guess counts when its digits are the value's in some order."""
         with torch.no_grad():
             embed = model.get_input_embeddings()
             candidates = torch.stack([embed(torch.tensor(tokenizer(str(v), add_special_tokens=False).input_ids)).mean(0)
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
                 firsts = torch.nn.functional.normalize(v[::k].float(), dim=-1)
                 guesses = (firsts @ candidates.T).argmax(-1).tolist()
                 for j, (guess, value) in enumerate(zip(guesses, p.values()[1:])):
-                    hits.setdefault(j + 1, []).append(guess == value)
+                    hits.setdefault(j + 1, []).append(sorted(str(guess)) == sorted(str(value)))
         everything = [h for row in hits.values() for h in row]
         return {"all": sum(everything) / len(everything), **{f"op{j}": sum(h) / len(h) for j, h in sorted(hits.items())}}
 
