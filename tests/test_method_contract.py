@@ -16,7 +16,7 @@ from thinklean.data.jsonl import Example
 from thinklean.methods import DEMO_ROWS, METHODS, MethodSpec, get_trainer_class, load_plugin, register_method
 from thinklean.methods.iapo import IAPOTrainer
 from thinklean.train.config import load_config, parse_overrides
-from thinklean.train.rl import RLConfig, RLTrainer
+from thinklean.train.rl import TRAINER_HOOKS, RLConfig, RLTrainer
 from thinklean.train.settings import ConfigError
 
 PLUGIN = Path(__file__).resolve().parents[1] / "docs" / "examples" / "my_method.py"
@@ -43,6 +43,16 @@ def test_every_builtin_method_is_registered_with_its_trainer_and_config():
         assert load_config(name).method == name
     with pytest.raises(KeyError, match="unknown method 'nope' .*available: grpo"):
         get_trainer_class("nope")
+
+
+def test_builtin_trainers_override_only_the_documented_hooks():
+    documented = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    assert all(f"`{hook}(" in documented for hook in TRAINER_HOOKS)
+    for name, spec in METHODS.items():
+        for cls in spec.trainer.__mro__[: spec.trainer.__mro__.index(RLTrainer)]:
+            overridden = {attr for attr in vars(cls) if hasattr(RLTrainer, attr) and attr not in ("__init__", "__doc__",
+                                                                                                     "__module__")}
+            assert overridden <= {*TRAINER_HOOKS, "Settings", "policy_logprobs_shares_prompts"}, (name, overridden)
 
 
 def test_a_taken_method_name_or_demo_row_is_refused():

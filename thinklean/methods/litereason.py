@@ -245,36 +245,32 @@ class LiteReasonTrainer(RLTrainer):
     def build_prompts(self, examples: Sequence[Example]) -> tuple[list[str], list[str] | None]:
         return [format_prompt(litereason_prompt(e.prompt), self.tokenizer) for e in examples], None
 
-    def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> LatentRolloutBatch:
+    def generate_rollout(self, prompts: list[str], prefixes: list[str] | None, sampling: SamplingConfig,
+                         seed: int) -> LatentRolloutBatch:
         """Samples with latent decoding (:func:`~thinklean.rollout.latent.generate_latent`): after
-        each ``</implicit_thought>`` the frozen projector writes the latent steps. Always the ``hf``
-        engine, with the process's seed of :meth:`~thinklean.train.rl.RLTrainer.rollout_seed`."""
-        cfg = self.config
-        prompts, prefixes = self.build_prompts(examples)
-        generator = torch.Generator(device=self.accelerator.device).manual_seed(self.rollout_seed(step, round_))
-        return generate_latent(self.model, self.tokenizer, self.projector, prompts, cfg.samples_per_prompt,
-                               self.sampling_config(step), generator, prefixes)
+        each ``</implicit_thought>`` the frozen projector writes the latent steps. Always the ``hf`` engine."""
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(seed)
+        return generate_latent(self.model, self.tokenizer, self.projector, prompts, self.config.samples_per_prompt,
+                               sampling, generator, prefixes)
 
-    def collect(self, step: int) -> StepBatch:
-        batch = super().collect(step)
-        r = batch.rollout
-        self.correct_rollouts += [(batch.examples[int(g)], text)
-                                  for g, text, ok in zip(r.group_ids, r.texts, batch.correct.tolist()) if ok]
+    def on_rollout(self, step: int, step_batch: StepBatch) -> None:
+        """Keeps the correct rollouts for the next refresh; logs latent statistics and, on the
+        probe's schedule, the latent probe of the policy that rolled out the batch."""
+        r = step_batch.rollout
+        self.correct_rollouts += [(step_batch.examples[int(g)], text)
+                                  for g, text, ok in zip(r.group_ids, r.texts, step_batch.correct.tolist()) if ok]
         steps = r.latent_steps.float()
-        batch.info.update(latent_steps_mean=float(steps.mean()), latent_rows=float((steps > 0).float().mean()),
-                          latent_segments_mean=sum(map(len, r.latent_segments)) / max(1, len(r.latent_segments)))
-        # the policy that rolled out this step's batch, before its update
+        step_batch.info.update(latent_steps_mean=float(steps.mean()), latent_rows=float((steps > 0).float().mean()),
+                               latent_segments_mean=sum(map(len, r.latent_segments)) / max(1, len(r.latent_segments)))
         probe = probe_schedule(self.latent_probe, self.accelerator.unwrap_model(self.model), self.projector,
                                self.settings.probe_every, self.config.steps)
-        batch.info.update(probe(step + 1))
-        return batch
+        step_batch.info.update(probe(step + 1))
 
-    def _rows(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, Any]:
-        out = super()._rows(batch, rows)
+    def row_inputs(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, Any]:
+        """Each row's ``latent_segments`` and ``latent_inputs`` (the embeddings its rollout fed)."""
         indices = rows.tolist()
-        out["latent_segments"] = [batch.rollout.latent_segments[i] for i in indices]
-        out["latent_inputs"] = [batch.rollout.latent_inputs[i] for i in indices]
-        return out
+        return {"latent_segments": [batch.rollout.latent_segments[i] for i in indices],
+                "latent_inputs": [batch.rollout.latent_inputs[i] for i in indices]}
 
     def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, Any],
                         with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -326,15 +322,15 @@ class LiteReasonTrainer(RLTrainer):
         return evaluate_latent(self.model, self.tokenizer, self.projector, self.eval_examples[: n or cfg.eval_problems],
                                sampling, cfg.seed, output)
 
-    def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-        """The generic loop; the projector of the last refresh is reloaded on ``resume`` and
-        saved next to the final model."""
+    def on_train_start(self, resume: bool) -> None:
+        """On ``resume``, the projector of the last refresh (if any) replaces the loaded one."""
         saved = self.run_dir / PROJECTOR_DIR
         if resume and (saved / CONFIG_NAME).is_file():
             self.projector = self._frozen(ReasoningProjector.load(saved))
-        result = super().train(resume=resume, show_progress=show_progress)
-        self.projector.save(result["model"])
-        return result
+
+    def on_train_end(self, model_dir: Path) -> None:
+        """The projector is saved next to the final model."""
+        self.projector.save(model_dir)
 
 
 @torch.no_grad()
