@@ -15,7 +15,7 @@ from thinklean.core import grpo_advantages
 from thinklean.data.jsonl import Example
 from thinklean.methods import DEMO_ROWS, METHODS, MethodSpec, get_trainer_class, load_plugin, register_method
 from thinklean.methods.iapo import IAPOTrainer
-from thinklean.train.config import load_config, parse_overrides
+from thinklean.methods.config import load_config, parse_overrides
 from thinklean.train.rl import TRAINER_HOOKS, RLConfig, RLTrainer
 from thinklean.train.settings import ConfigError
 

@@ -309,9 +309,10 @@ def _style_weights(style: str) -> dict[str, float]:
 def _data_hft(args: argparse.Namespace) -> None:
     """Hybrid SFT mixture (lhrm.md): the embedded task by rule or measurement, or a JSONL naming each row's mode."""
     from thinklean.data.arith import generate_problems
-    from thinklean.data.hft import (format_mix_stats, hft_from_jsonl, hft_records, measured_no_think, mix_stats,
-                                    parse_no_think_rule, upsample_mode)
+    from thinklean.data.hft import (format_mix_stats, hft_from_jsonl, hft_records, mix_stats, parse_no_think_rule,
+                                    upsample_mode)
     from thinklean.data.jsonl import load_jsonl, write_jsonl
+    from thinklean.methods.lhrm import measured_no_think
 
     rule = args.no_think_rule or ("difficulty<=2" if args.data == "arith" else None)
     try:
@@ -342,7 +343,8 @@ def _data_hft(args: argparse.Namespace) -> None:
 def _data_litereason(args: argparse.Namespace) -> None:
     """LiteReason SFT rows (litereason.md): rejection-sampled correct traces with sentences made latent."""
     from thinklean.data.jsonl import write_jsonl
-    from thinklean.data.litereason import litereason_records, records_summary
+    from thinklean.data.litereason import records_summary
+    from thinklean.methods.litereason import litereason_records
 
     model, tokenizer = _load(args.model or "base", args.trust_remote_code, args.device)
     examples = _load_examples(args.data, args.n, "train", args.seed)
@@ -423,7 +425,7 @@ def _method_kwargs_from_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from thinklean.methods import get_trainer_class
-    from thinklean.train.config import ConfigError, load_config, parse_overrides
+    from thinklean.methods.config import ConfigError, load_config, parse_overrides
 
     method_kwargs = _method_kwargs_from_flags(args)
     _prepare_run_dir(args)
@@ -539,7 +541,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_explain_tokens(args: argparse.Namespace) -> None:
-    from thinklean.eval.explain import explain_tokens, write_explanation
+    from thinklean.eval.explain import write_explanation
+    from thinklean.methods.iapo import explain_tokens
 
     model, tokenizer = _load(args.model, args.trust_remote_code, args.device)
     examples = _load_examples(args.data, args.n, "test", args.seed, prompt_field=args.prompt_field,

@@ -43,15 +43,16 @@ import torch.nn.functional as F
 
 from thinklean.core import entropy_from_logits
 from thinklean.data.formats import format_prompt
+from thinklean.data.grading import grade
 from thinklean.data.jsonl import Example, example_to_dict, load_jsonl, write_jsonl
-from thinklean.data.litereason import RATIOS, litereason_prompt, litereason_records, variant_rows
+from thinklean.data.litereason import RATIOS, litereason_prompt, variant_rows
 from thinklean.eval.evaluate import arith_examples, grade_rollout
 from thinklean.eval.latent_probe import PROBE_EVERY, PROBE_STEPS, LatentProbe
 from thinklean.eval.metrics import summarize, summarize_by_difficulty
 from thinklean.methods.registry import DemoStage, MethodFlag, MethodSpec, StartModel, register_method
 from thinklean.models.projector import CONFIG_NAME, ReasoningProjector
 from thinklean.models.tiny import load_pretrained
-from thinklean.rollout import SamplingConfig
+from thinklean.rollout import SamplingConfig, generate
 from thinklean.rollout.latent import (
     LatentRolloutBatch,
     generate_latent,
@@ -59,6 +60,7 @@ from thinklean.rollout.latent import (
     latent_replay_inputs,
     segment_finder,
 )
+from thinklean.runlog import progress_bar
 from thinklean.train.rl import RLConfig, RLTrainer, StepBatch
 from thinklean.train.settings import ConfigError
 from thinklean.train.sft import IGNORE_INDEX, LossFn, SFTConfig, train_sft
@@ -351,6 +353,51 @@ def evaluate_latent(model: torch.nn.Module, tokenizer: Any, projector: Reasoning
     if output is not None:
         Path(output).write_text(json.dumps({"summary": summary}, indent=1))
     return summary
+
+
+@torch.no_grad()
+def correct_traces(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5, seed: int = 0,
+                   max_new_tokens: int = 320, temperature: float = 0.7, top_p: float = 0.8,
+                   batch_size: int = 128, show_progress: bool = True) -> list[list[str]]:
+    """Rejection sampling: per example, its distinct correct traces among ``k`` samples (in sample order).
+
+    Prompts are the plain questions (the model writes its usual reasoning). Problems are decoded
+    in chunks of ``batch_size // k``; chunk ``c`` samples with seed ``(seed, c)``.
+    """
+    device = next(model.parameters()).device
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              batch_size=batch_size)
+    per_chunk = max(1, batch_size // k)
+    out: list[list[str]] = []
+    with progress_bar(disable=not show_progress) as bar:
+        task = bar.add_task("rejection sampling", total=len(examples), info="")
+        for chunk, first in enumerate(range(0, len(examples), per_chunk)):
+            block = examples[first: first + per_chunk]
+            generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + chunk)
+            batch = generate(model, tokenizer, [format_prompt(e.prompt, tokenizer) for e in block], k, sampling,
+                             generator=generator)
+            for j, example in enumerate(block):
+                texts = [t.strip() for t in batch.texts[j * k: (j + 1) * k]]
+                out.append(list(dict.fromkeys(t for t in texts if grade(t, example.answer))))
+            kept = sum(len(traces) for traces in out)
+            bar.update(task, advance=len(block), info=f"{kept} correct traces")
+    return out
+
+
+def litereason_records(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5,
+                       seed: int = 0, variants: int = 2, ratios: Sequence[float] = RATIOS,
+                       max_new_tokens: int = 320, batch_size: int = 128, show_progress: bool = True) -> list[dict]:
+    """LiteReason SFT rows: rejection-sampled correct traces (:func:`correct_traces`), each
+    turned into variants at every ratio (:func:`~thinklean.data.litereason.variant_rows`);
+    problems with no correct trace give no rows."""
+    traces = correct_traces(model, tokenizer, examples, k, seed, max_new_tokens, batch_size=batch_size,
+                            show_progress=show_progress)
+    rows = []
+    for index, (example, kept) in enumerate(zip(examples, traces)):
+        for j, trace in enumerate(kept):
+            rows += variant_rows(example, trace, tokenizer, random.Random(f"litereason-{seed}-{index}-{j}"),
+                                 ratios, variants)
+    return rows
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,9 @@ from thinklean.models.tiny import save_pretrained
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.rollout.engine import position_ids_from_mask
 from thinklean.rollout.vllm_engine import VLLMRollout, vllm_problem
+from thinklean.runlog import progress_bar
 from thinklean.train.checkpoint import find_checkpoint, restore_training_state, save_checkpoint
-from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
+from thinklean.train.monitor import MetricsLog, check_finite
 from thinklean.train.settings import ConfigError, build_settings
 from thinklean.train.shared_prompt import SharedPromptForward, shared_prompt_forward
 from thinklean.train.sft import warmup_cosine
