@@ -13,7 +13,8 @@ import thinklean.demo
 from thinklean.cli import main
 from thinklean.core import grpo_advantages
 from thinklean.data.jsonl import Example
-from thinklean.methods import DEMO_ROWS, METHODS, MethodSpec, get_trainer_class, load_plugin, register_method
+from thinklean.methods import (DEMO_ROWS, METHODS, DataTask, MethodSpec, get_trainer_class, load_plugin,
+                               register_method)
 from thinklean.methods.iapo import IAPOTrainer
 from thinklean.methods.config import load_config, parse_overrides
 from thinklean.train.rl import TRAINER_HOOKS, RLConfig, RLTrainer
@@ -60,7 +61,9 @@ def test_a_taken_method_name_or_demo_row_is_refused():
         register_method(MethodSpec("grpo", RLTrainer, "again"))
     with pytest.raises(ValueError, match="demo row.* kimi already exist"):
         register_method(MethodSpec("kimi_again", RLTrainer, "again", demo_rows={"kimi": {}}))
-    assert "kimi_again" not in METHODS
+    with pytest.raises(ValueError, match="data task 'litereason' already exists .of litereason"):
+        register_method(MethodSpec("traces", RLTrainer, "again", data=DataTask("litereason", "", list, str)))
+    assert "kimi_again" not in METHODS and "traces" not in METHODS
 
 
 # ------------------------------------------------------------------- call convention at load
@@ -155,6 +158,34 @@ def test_the_quick_demo_trains_a_plugin_method_next_to_grpo(tmp_path, capsys):
     assert list(saved["methods"]) == ["base", "grpo", "my_method"]
     assert "training my_method" in capsys.readouterr().out
     assert thinklean.demo.method_config("my_method", thinklean.demo.QUICK, seed=0).reward == "correct_minus_length"
+
+
+@pytest.fixture()
+def restore_registry():
+    """The method registry as it was before the test (a test plugin's method leaves it afterwards)."""
+    methods, rows = dict(METHODS), dict(DEMO_ROWS)
+    yield
+    METHODS.clear()
+    METHODS.update(methods)
+    DEMO_ROWS.clear()
+    DEMO_ROWS.update(rows)
+
+
+def test_a_plugin_adds_a_data_task_with_its_own_flag(tmp_path, tiny_model_dir, restore_registry):
+    plugin = tmp_path / "echo.py"
+    plugin.write_text(
+        "from thinklean.methods import DataTask, MethodFlag, MethodSpec, register_method\n"
+        "from thinklean.train.rl import RLTrainer\n"
+        "def build(model, tokenizer, examples, seed=0, times=1):\n"
+        "    return [{'prompt': e.prompt, 'answer': e.answer, 'seed': seed} for e in examples for _ in range(times)]\n"
+        "register_method(MethodSpec('echo_method', RLTrainer, 'echo', config={},\n"
+        "    data=DataTask('echo', 'each problem TIMES times', build, lambda rows: f'{len(rows)} echoed',\n"
+        "                  flags=(MethodFlag('--times', 'times', 'copies per problem', int, at_least=1),))))\n")
+    out = tmp_path / "data"
+    assert main(["data", "echo", "--plugin", str(plugin), "--model", str(tiny_model_dir), "--n", "2", "--times", "3",
+                 "--seed", "4", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "echo.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {row["seed"] for row in rows} == {4}
 
 
 def test_a_plugin_is_imported_once_per_file(tmp_path):

@@ -45,11 +45,11 @@ from thinklean.core import entropy_from_logits
 from thinklean.data.formats import format_prompt
 from thinklean.data.grading import grade
 from thinklean.data.jsonl import Example, example_to_dict, load_jsonl, write_jsonl
-from thinklean.data.litereason import RATIOS, litereason_prompt, variant_rows
+from thinklean.data.litereason import RATIOS, litereason_prompt, records_summary, variant_rows
 from thinklean.eval.evaluate import arith_examples, grade_rollout
 from thinklean.eval.latent_probe import PROBE_EVERY, PROBE_STEPS, LatentProbe
 from thinklean.eval.metrics import summarize, summarize_by_difficulty
-from thinklean.methods.registry import DemoStage, MethodFlag, MethodSpec, StartModel, register_method
+from thinklean.methods.registry import DataTask, DemoStage, MethodFlag, MethodSpec, StartModel, register_method
 from thinklean.models.projector import CONFIG_NAME, ReasoningProjector
 from thinklean.models.tiny import load_pretrained
 from thinklean.rollout import SamplingConfig, generate
@@ -478,6 +478,14 @@ register_method(MethodSpec(
     "litereason", LiteReasonTrainer, "LiteReason: latent reasoning steps from a Reasoning Projector",
     flags=(MethodFlag("--projector", "projector", "projector directory; none: the --model directory's, else copies "
                       "of its last MLP"),),
+    data=DataTask("litereason", "correct sampled traces with sentences made latent, for `thinklean litereason-sft`",
+                  litereason_records, records_summary,
+                  flags=(MethodFlag("--k", "k", "traces sampled per problem (temperature 0.7, top-p 0.8)", int,
+                                    at_least=1),
+                         MethodFlag("--variants", "variants", "random variants per kept trace and ratio (0.10, 0.25)",
+                                    int, at_least=0),
+                         MethodFlag("--max-new-tokens", "max_new_tokens", "response cap when sampling", int,
+                                    at_least=1))),
     start=StartModel("litereason-sft", "a model with a trained projector", build_demo_start),
     # from the litereason-sft row's model (LM + trained projector); the prompts GRPO sees (RLConfig's
     # default pool, not litereason.yaml's 400 for a projector refresh every 100 steps)
