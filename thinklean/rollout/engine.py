@@ -14,12 +14,10 @@ Positions are ``cumsum(attention_mask) - 1``, so a row's tokens get the same pos
 padding surrounds them. Rows that finish are dropped from the cache, so the loop only pays for
 rows still decoding, and it ends as soon as every row is done.
 
-LiteReason seam: ``_forward`` takes either ``input_ids`` or ``inputs_embeds`` and can return the
-last (post-norm) hidden state. A latent step is then: after a row writes the closing
-``</implicit_thought>`` token, feed ``projector(hidden)`` as ``inputs_embeds`` for N steps, append
-a 1 to the attention mask, write no token and no log-prob. The rows that are not in a latent
-segment would take an ordinary token step in the same forward (mixing ids and embeddings by
-embedding the ids first with ``model.get_input_embeddings()``).
+What goes into the model at each step is an :class:`InputStep`: by default the token each row
+just wrote. LiteReason's (``rollout/latent.py``) plugs into the same loop: a row that closed
+``</implicit_thought>`` feeds ``projector(hidden)`` as ``inputs_embeds`` for N steps and writes no
+token, while the other rows of the batch take ordinary token steps in the same forward.
 """
 
 from __future__ import annotations
@@ -166,9 +164,9 @@ def generate(
         with torch.no_grad():
             for start in range(0, num_rows, config.batch_size):
                 stop = min(start + config.batch_size, num_rows)
-                chunk = _decode_chunk(
+                chunk = decode_chunk(
                     model, tokenizer, row_prompts[start:stop], prefix_tokens[start:stop],
-                    config, pad_id, eos_ids, generator,
+                    config, pad_id, eos_ids, generator, InputStep(),
                 )
                 responses.extend(chunk[0])
                 logprobs.extend(chunk[1])
@@ -351,77 +349,162 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float,
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-def _decode_chunk(model, tokenizer, prompts, prefixes, config, pad_id, eos_ids, generator):
-    """Decode one chunk of rows. Returns per-row (response token lists, log-prob tensors, finished)."""
+class InputStep:
+    """What every live row feeds the model at a decode step; this base class: the token it just wrote.
+
+    :func:`decode_chunk` owns sampling, forced prefixes, stopping and the KV cache; an input step
+    decides what goes *into* the model. LiteReason's (``rollout/latent.py``) makes a row that
+    closed ``<implicit_thought>N</implicit_thought>`` feed ``projector(hidden)`` for N steps,
+    writing no token. Live batch row ``b`` is chunk row ``rows[b]`` (``rows``: LongTensor[b]).
+    One instance serves one chunk; it may keep per-row state for the caller to read afterwards.
+    """
+
+    def start(self, prefixes: list[list[int]], max_len: int, device: torch.device) -> list[int]:
+        """How many forced tokens of each row go into the prefill (the rest are forced one per step)."""
+        return [len(p) for p in prefixes]
+
+    def wants_hidden(self, rows: torch.Tensor) -> bool:
+        """Whether the next forward must return the last hidden state ``[b, d]`` of the live rows."""
+        return False
+
+    def vector_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """BoolTensor[b]: live rows that feed a vector and write no token this step (None: no row)."""
+        return None
+
+    def observe(self, rows: torch.Tensor, columns: torch.Tensor, tokens: torch.Tensor, continuing: torch.Tensor,
+                tokens_out: torch.Tensor, hidden: torch.Tensor | None, vectors: torch.Tensor | None) -> None:
+        """Called once per step, before finished rows leave the batch.
+
+        columns: LongTensor[b], response column each row wrote (garbage where ``vectors``);
+        tokens: LongTensor[b], the token written (pad where ``vectors``); continuing: BoolTensor[b],
+        rows that wrote a token and go on; tokens_out: LongTensor[n, max_len], every row's response
+        so far; hidden: ``[b, d]`` from the forward that produced this step's logits, or None;
+        vectors: :meth:`vector_rows` of this step.
+        """
+
+    def next_inputs(self, embed: torch.nn.Module, tokens: torch.Tensor,
+                    vectors: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Keyword inputs of the next forward, ``input_ids[b, 1]`` or ``inputs_embeds[b, 1, d]``;
+        ``tokens``/``vectors`` are this step's, restricted to the rows that go on."""
+        return {"input_ids": tokens[:, None]}
+
+
+def decode_chunk(model, tokenizer, prompts: list[list[int]], prefixes: list[list[int]], config: SamplingConfig,
+                 pad_id: int, eos_ids: list[int], generator: torch.Generator | None,
+                 inputs: InputStep) -> tuple[list[list[int]], list[torch.Tensor], list[bool]]:
+    """Decode one chunk of rows (prompt and forced-prefix token ids per row); the one decode loop
+    of :func:`generate` and LiteReason's ``generate_latent``.
+
+    Returns per row: response token ids (forced prefix first), their log-probs ``FloatTensor[len]``
+    and whether it finished (EOS or a stop string). Each step feeds every live row one position
+    (``inputs`` says which); a row still inside its forced prefix is fed the next forced token and
+    scored on it, a sampled token may end the row, a forced one never does.
+    """
     device = next(model.parameters()).device
     n = len(prompts)
-    prefix_lens = torch.tensor([len(p) for p in prefixes], device=device)
-    input_ids, attention_mask, positions = left_pad([p + f for p, f in zip(prompts, prefixes)], pad_id, device)
+    max_len = config.max_new_tokens
+    scale = config.temperature if config.temperature > 0 else 1.0
+    cuts = inputs.start(prefixes, max_len, device)
+    forcing = any(c < len(p) for c, p in zip(cuts, prefixes))  # some forced tokens are fed in the loop
+    input_ids, attention_mask, positions = left_pad([p + f[:c] for p, f, c in zip(prompts, prefixes, cuts)],
+                                                    pad_id, device)
 
     # The buffers hold whole responses: column j of row r is its j-th response token.
-    max_len = config.max_new_tokens
     tokens_out = torch.full((n, max_len), pad_id, dtype=torch.long, device=device)
     logprobs_out = torch.zeros((n, max_len), dtype=torch.float32, device=device)
+    for i, prefix in enumerate(prefixes):
+        if prefix:
+            tokens_out[i, : len(prefix)] = torch.tensor(prefix, device=device)
+    prefix_lens = torch.tensor([len(p) for p in prefixes], device=device)
+    lengths = torch.tensor(cuts, device=device)  # response tokens written (and scored) so far
     finished = torch.zeros(n, dtype=torch.bool, device=device)
-    lengths = prefix_lens.clone()  # tokens written so far per row
 
-    max_prefix = int(prefix_lens.max())
-    logits, cache, _ = _forward(model, None, attention_mask, positions, input_ids=input_ids,
-                                keep_last=max_prefix + 1)
-    if max_prefix > 0:
-        # Forced tokens are actions too: score them with the logits of the positions before them.
-        scale = config.temperature if config.temperature > 0 else 1.0
-        for i, prefix in enumerate(prefixes):
-            k = len(prefix)
-            if k:
-                row_logprobs = torch.log_softmax(logits[i, max_prefix - k: max_prefix] / scale, dim=-1)
-                target = torch.tensor(prefix, device=device)
-                tokens_out[i, :k] = target
-                logprobs_out[i, :k] = row_logprobs.gather(-1, target[:, None]).squeeze(-1)
+    max_cut = max(cuts)
+    rows = torch.arange(n, device=device)  # chunk row of each live batch row
+    logits, cache, hidden = _forward(model, None, attention_mask, positions, input_ids=input_ids,
+                                     keep_last=max_cut + 1, output_hidden_states=inputs.wants_hidden(rows))
+    for i, k in enumerate(cuts):
+        if k:  # forced tokens are actions too: score them with the logits of the positions before them
+            row_logprobs = torch.log_softmax(logits[i, max_cut - k: max_cut] / scale, dim=-1)
+            logprobs_out[i, :k] = row_logprobs.gather(-1, tokens_out[i, :k, None]).squeeze(-1)
     logits = logits[:, -1]
-    cache = _preallocate(cache, extra=max_len - int(prefix_lens.min()))
+    hidden = hidden[:, -1] if hidden is not None else None
+    cache = _preallocate(cache, extra=max_len - min(cuts))
 
     eos = torch.tensor(eos_ids, device=device)
     stop_strings = tuple(config.stop_strings)
     stop_window = max((len(s) for s in stop_strings), default=0) + 2  # tokens >= 1 char, mostly
-    rows = torch.arange(n, device=device)  # original row index of each live batch row
+    embed = model.get_input_embeddings()
     last_positions = positions[:, -1]
     live = lengths < max_len  # a prefix may already fill the budget
     if not bool(live.all()):
         rows, logits, last_positions, attention_mask = (
             rows[live], logits[live], last_positions[live], attention_mask[live])
+        hidden = hidden[live] if hidden is not None else None
         cache.reorder_cache(live.nonzero().squeeze(-1))
 
     while rows.numel() > 0:
-        next_tokens, next_logprobs = _sample(logits, config.temperature, config.top_p, generator)
         columns = lengths[rows]
-        tokens_out[rows, columns] = next_tokens
-        logprobs_out[rows, columns] = next_logprobs
-        lengths[rows] = columns + 1
+        vectors = inputs.vector_rows(rows)
+        forced = columns < prefix_lens[rows] if forcing else None
+        if vectors is None and forced is None:  # every row samples: the common step
+            writes = sampled = None
+            step_tokens, step_logprobs = _sample(logits, config.temperature, config.top_p, generator)
+        else:
+            writes = ~vectors if vectors is not None else torch.ones_like(rows, dtype=torch.bool)
+            forced = forced & writes if forced is not None else torch.zeros_like(writes)
+            sampled = writes & ~forced
+            step_tokens = torch.full_like(rows, pad_id)
+            step_logprobs = torch.zeros(rows.numel(), dtype=torch.float32, device=device)
+            if bool(sampled.any()):
+                step_tokens[sampled], step_logprobs[sampled] = _sample(
+                    logits[sampled], config.temperature, config.top_p, generator)
+            if bool(forced.any()):
+                forced_tokens = tokens_out[rows[forced], columns[forced]]
+                forced_logprobs = torch.log_softmax(logits[forced] / scale, dim=-1)
+                step_tokens[forced] = forced_tokens
+                step_logprobs[forced] = forced_logprobs.gather(-1, forced_tokens[:, None]).squeeze(-1)
+        if writes is None:
+            tokens_out[rows, columns] = step_tokens
+            logprobs_out[rows, columns] = step_logprobs
+            lengths[rows] = columns + 1
+        else:
+            tokens_out[rows[writes], columns[writes]] = step_tokens[writes]
+            logprobs_out[rows[writes], columns[writes]] = step_logprobs[writes]
+            lengths[rows[writes]] = columns[writes] + 1
 
-        done = torch.isin(next_tokens, eos)
+        stopped = torch.isin(step_tokens, eos)
+        if sampled is not None:
+            stopped &= sampled
         if stop_strings:
-            done |= _hits_stop_string(tokenizer, tokens_out, rows, columns + 1, stop_strings,
-                                      stop_window, ~done)
-        finished[rows] = done
-        done |= columns + 1 >= max_len
+            stopped |= _hits_stop_string(tokenizer, tokens_out, rows, columns + 1, stop_strings, stop_window,
+                                         ~stopped if sampled is None else sampled & ~stopped)
+        finished[rows] = finished[rows] | stopped
+        full = columns + 1 >= max_len
+        done = stopped | (full if writes is None else writes & full)
+        inputs.observe(rows, columns, step_tokens, ~done if writes is None else writes & ~done, tokens_out,
+                       hidden, vectors)
+
         if bool(done.all()):
             break
-        if bool(done.any()):
+        if bool(done.any()):  # rows feeding vectors never finish, so they all stay
             keep = ~done
-            rows, next_tokens, last_positions, attention_mask = (
-                rows[keep], next_tokens[keep], last_positions[keep], attention_mask[keep])
+            rows, step_tokens, last_positions, attention_mask = (
+                rows[keep], step_tokens[keep], last_positions[keep], attention_mask[keep])
+            vectors = vectors[keep] if vectors is not None else None
             cache.reorder_cache(keep.nonzero().squeeze(-1))
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows.numel(), 1)], dim=1)
         last_positions = last_positions + 1
-        logits, cache, _ = _forward(model, cache, attention_mask, last_positions[:, None],
-                                    input_ids=next_tokens[:, None])
+        logits, cache, hidden = _forward(model, cache, attention_mask, last_positions[:, None],
+                                         output_hidden_states=inputs.wants_hidden(rows),
+                                         **inputs.next_inputs(embed, step_tokens, vectors))
         logits = logits[:, -1]
+        hidden = hidden[:, -1] if hidden is not None else None
 
     lengths_list = lengths.tolist()
     tokens_cpu, logprobs_cpu = tokens_out.cpu(), logprobs_out.cpu()
-    responses = [tokens_cpu[i, :lengths_list[i]].tolist() for i in range(n)]
-    row_logprobs = [logprobs_cpu[i, :lengths_list[i]] for i in range(n)]
+    responses = [tokens_cpu[i, : lengths_list[i]].tolist() for i in range(n)]
+    row_logprobs = [logprobs_cpu[i, : lengths_list[i]] for i in range(n)]
     return responses, row_logprobs, finished.cpu().tolist()
 
 
