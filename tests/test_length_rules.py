@@ -26,7 +26,7 @@ from thinklean.core import (
 )
 from thinklean.demo import DemoBudget, method_config
 from thinklean.methods import DEMO_ROWS, METHODS
-from thinklean.train.config import load_config, parse_overrides
+from thinklean.methods.config import load_config, parse_overrides
 from thinklean.train.settings import ConfigError
 
 RULES = ["linear_passrate", "efficiency_bonus", "gr3", "lead", "opo", "quantile_penalty", "shortest_bonus"]
