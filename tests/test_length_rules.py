@@ -15,7 +15,7 @@ from thinklean.core import (
     drgrpo_advantages,
     efficiency_bonus_reward,
     get_reward,
-    gr3_alpha,
+    gr3_constraint_rate,
     gr3_reward,
     grpo_advantages,
     lead_reward,
@@ -87,24 +87,29 @@ def test_efficiency_bonus_ties_and_empty_correct_responses_earn_nothing():
 # ------------------------------------------------------------------------------------------ gr3
 
 
-def test_gr3_calibration_bounds_alpha_by_the_pass_rate():
-    # r_max / r_mean - 1: pass rate 7/8 -> 1/7 (below 0.33); 3/4 -> 1/3 (above: 0.33 stays);
-    # all correct -> 0; no correct (r_mean 0) -> alpha unchanged
-    rewards = torch.tensor([1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 0], dtype=torch.float32)
-    ids = torch.tensor([0] * 8 + [1] * 4 + [2] * 2 + [3] * 2)
-    alpha = gr3_alpha(rewards, ids, 0.33)
-    assert alpha[0].item() == pytest.approx(8 / 7 - 1) and alpha[8].item() == pytest.approx(0.33)
-    assert alpha[12].item() == 0.0 and alpha[14].item() == pytest.approx(0.33)
-
-
 def test_gr3_rescales_by_length_relative_to_the_group_mean():
-    # calibrated: group 5 and the singleton are fully solved (alpha_g 0 -> unchanged); group 2 at
-    # pass rate 1/2 keeps alpha 0.33 with mean length 120
+    # group 2 (mixed, mean length 120) is rescaled; the fully solved group 5 and the solved
+    # singleton keep reward 1 (the paper filters them out); group 9 has no correct answer
     close(gr3_reward(CORRECT, LENGTHS, IDS), [1.0, 0.0, 1.0, 1 / (1 + 0.33 * 200 / 120), 1.0, 0.0, 0.0, 1.0])
-    # uncalibrated (prime-rl PR 2029): group 5's mean length is 150, the singleton's is its own
-    close(gr3_reward(CORRECT, LENGTHS, IDS, calibrate=False),
+    # shape_solved (prime-rl PR 2029's form): group 5's mean length is 150, the singleton's its own
+    close(gr3_reward(CORRECT, LENGTHS, IDS, shape_solved=True),
           [1 / (1 + 0.33 * 100 / 150), 0.0, 1 / (1 + 0.33 * 300 / 150), 1 / (1 + 0.33 * 200 / 120),
            1 / (1 + 0.33 * 50 / 150), 0.0, 0.0, 1 / (1 + 0.33)])
+
+
+def test_gr3_constraint_rate_counts_mixed_groups_where_the_best_at_average_length_keeps_its_advantage():
+    # r_max / (1 + 0.33) = 0.7519 against the mean rescaled reward of each mixed group:
+    #   group 7: correct 100, 300, wrong 100, 300 (mean 200): (1/1.165 + 1/1.495) / 4 = 0.3818 -> holds
+    #   group 3: correct 10 x3, wrong 370 (mean 100): 3 / 1.033 / 4 = 0.7260 -> holds
+    #   group 1: correct 10 x7, wrong 930 (mean 125): 7 / 1.0264 / 8 = 0.8525 -> fails
+    # group 0 (fully solved) and group 5 (unsolved) do not count: 2 of 3
+    correct = [1, 1, 0, 0] + [1, 1, 1, 0] + [1] * 7 + [0] + [1, 1] + [0, 0]
+    lengths = [100, 300, 100, 300] + [10, 10, 10, 370] + [10] * 7 + [930] + [10, 90] + [5, 6]
+    ids = [7] * 4 + [3] * 4 + [1] * 8 + [0] * 2 + [5] * 2
+    rate = gr3_constraint_rate(torch.tensor(correct), torch.tensor(lengths), torch.tensor(ids), 0.33)
+    assert rate == pytest.approx(2 / 3)
+    assert math.isnan(gr3_constraint_rate(torch.tensor([1, 1, 0, 0]), torch.tensor([1, 2, 3, 4]),
+                                          torch.tensor([0, 0, 1, 1])))
 
 
 def test_gr3_baseline_is_the_mean_of_the_rescaled_rewards():
@@ -129,9 +134,9 @@ def test_gr3_ties_and_empty_responses():
 
 
 def test_lead_scales_correct_rewards_by_the_length_z_score_among_correct_ones():
-    # group 5: correct lengths 100, 300, 50 -> mean 150, population std sqrt(35000 / 3);
-    # wrong answers get -1; one correct response (group 2, the singleton) has z = 0
-    std = math.sqrt(((100 - 150) ** 2 + (300 - 150) ** 2 + (50 - 150) ** 2) / 3)
+    # group 5: correct lengths 100, 300, 50 -> mean 150, sample std sqrt(35000 / 2) (the authors'
+    # code); wrong answers get -1; one correct response (group 2, the singleton) has z = 0
+    std = math.sqrt(((100 - 150) ** 2 + (300 - 150) ** 2 + (50 - 150) ** 2) / 2)
     close(lead_reward(CORRECT, LENGTHS, IDS),
           [math.exp(-0.05 * (100 - 150) / std), -1.0, math.exp(-0.05 * (300 - 150) / std), 1.0,
            math.exp(-0.05 * (50 - 150) / std), -1.0, -1.0, 1.0])
@@ -140,9 +145,9 @@ def test_lead_scales_correct_rewards_by_the_length_z_score_among_correct_ones():
 def test_lead_ties_and_the_configurable_incorrect_reward():
     close(lead_reward(torch.tensor([1, 1, 0]), torch.tensor([80, 80, 5]), torch.tensor([4, 4, 4]), incorrect_reward=0.0),
           [1.0, 1.0, 0.0])
-    # alpha 0.5 on lengths 10, 30: mean 20, std 10 -> z = -1, +1
+    # alpha 0.5 on lengths 10, 30: mean 20, sample std sqrt(200) -> z = -1/sqrt(2), +1/sqrt(2)
     close(lead_reward(torch.tensor([1, 1]), torch.tensor([10, 30]), torch.tensor([0, 0]), alpha=0.5),
-          [math.exp(0.5), math.exp(-0.5)])
+          [math.exp(0.5 / math.sqrt(2)), math.exp(-0.5 / math.sqrt(2))])
 
 
 # ------------------------------------------------------------------------------ quantile_penalty
@@ -220,7 +225,7 @@ def test_every_rule_is_a_registered_float32_reward_with_no_nan(name):
 def test_each_rule_is_a_method_with_a_config_and_a_demo_row():
     assert all(rule in METHODS and DEMO_ROWS[rule] == (rule, {}) for rule in RULES)
     assert load_config("opo").advantage == "opo" and load_config("gr3").reward_kwargs == {"alpha": 0.33,
-                                                                                         "calibrate": True}
+                                                                                         "shape_solved": False}
     config = method_config("lead", DemoBudget(), seed=0)
     assert config.lr == 3e-5 and config.steps == 40 and config.reward == "lead"
 
@@ -229,7 +234,7 @@ def test_a_bad_reward_key_is_refused_at_its_line(tmp_path):
     user = tmp_path / "c.yaml"
     user.write_text("steps: 3\nreward_kwargs: {alpah: 0.1}\n")
     with pytest.raises(ConfigError, match=rf"^{user}:2: reward_kwargs: unknown key\(s\) alpah for reward 'gr3' "
-                                          r"\(valid keys: alpha, calibrate\)"):
+                                          r"\(valid keys: alpha, shape_solved\)"):
         load_config("gr3", user)
     # linear_passrate's trainer passes the cap itself
     with pytest.raises(ConfigError, match=r"unknown key\(s\) max_new_tokens for reward 'linear_passrate'"):
@@ -246,3 +251,4 @@ def test_each_rule_trains_two_steps_from_the_cli(tmp_path, tiny_model_dir, rule)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
     assert json.loads((out / "config.json").read_text())["method"] == rule
+    assert all(("gr3_csr" in json.loads(line)) == (rule == "gr3") for line in lines)  # the calibration figure

@@ -60,7 +60,7 @@ from thinklean.core.advantages import (
 )
 from thinklean.core.length_rules import (
     efficiency_bonus_reward,
-    gr3_alpha,
+    gr3_constraint_rate,
     gr3_reward,
     lead_reward,
     linear_passrate_reward,
@@ -131,7 +131,7 @@ __all__ = [
     # length rules (rewards and the opo estimator)
     "linear_passrate_reward",
     "efficiency_bonus_reward",
-    "gr3_alpha",
+    "gr3_constraint_rate",
     "gr3_reward",
     "lead_reward",
     "quantile_penalty_reward",

@@ -11,7 +11,7 @@ takes its baseline from them, so a rule that rescales rewards is centred on the 
 |---|---|---|
 | ``linear_passrate`` | ``c - coef * pass_rate * n / max_new_tokens`` | prime-rl PR 2702 / 2901 |
 | ``efficiency_bonus`` | ``c * (1 + c * clamp(1 - n / mean_correct_n, 0, 1))`` | prime-rl PR 2265 |
-| ``gr3`` | ``c / (1 + alpha_g * n / mean_n)`` | Li et al. 2026 (arXiv 2603.10535); prime-rl PR 2029 / 2040 |
+| ``gr3`` | ``c / (1 + alpha * n / mean_n)`` | Li et al. 2026 (arXiv 2603.10535); prime-rl PR 2029 / 2040 |
 | ``lead`` | ``exp(-alpha z)`` if correct else ``incorrect_reward`` | GRPO-LEAD (arXiv 2504.09696) |
 | ``quantile_penalty`` | ``max(min(floor, c), c - min(cap, beta * excess / ref))`` | miles PR 1573 (Search-R1) |
 | ``shortest_bonus`` | ``c + bonus`` for the shortest of a fully correct group | prime-rl PR 638 |
@@ -34,7 +34,7 @@ from thinklean.core.rewards import _check_positive, _check_sequence_inputs
 __all__ = [
     "linear_passrate_reward",
     "efficiency_bonus_reward",
-    "gr3_alpha",
+    "gr3_constraint_rate",
     "gr3_reward",
     "lead_reward",
     "quantile_penalty_reward",
@@ -97,43 +97,49 @@ def efficiency_bonus_reward(correct: Tensor, lengths: Tensor, group_ids: Tensor)
     return (accuracy * (1 + bonus * accuracy)).to(torch.float32)
 
 
-def gr3_alpha(rewards: Tensor, group_ids: Tensor, alpha: float) -> Tensor:
-    """GR3's advantage-aware calibration: the coefficient each sample's group uses, ``float64 [B]``.
+def gr3_constraint_rate(correct: Tensor, lengths: Tensor, group_ids: Tensor, alpha: float = 0.33) -> float:
+    """GR3's constraint satisfaction rate (CSR, Li et al. 2026, section 3.3): the share of groups
+    where a response with the group's maximum reward and its average length keeps a non-negative
+    advantage, ``r_max / (1 + alpha) >= mean(rescaled rewards)`` (their Eq. 16).
 
-    Reading taken (the paper's own calibration equation was not at hand; its abstract and later
-    work describe the calibration as protecting *a representative maximum-reward response with
-    the group-average length*): that response, whose rescaled reward is ``r_max / (1 + alpha)``,
-    must not fall below the group's mean unshaped reward ``r_mean``, so ``alpha_g = min(alpha,
-    r_max / r_mean - 1)`` when ``r_mean > 0``, else ``alpha``. For 0/1 rewards at pass rate ``p``
-    this is ``min(alpha, (1 - p) / p)``: a fully solved group gets no length pressure (its
-    advantages stay 0), which is what prime-rl obtained by requiring online difficulty
-    filtering with GR3.
-
-    Args:
-        rewards: ``[B]`` unshaped rewards; group_ids: ``[B]``; alpha: the uncalibrated coefficient.
+    The paper calibrates ``alpha`` with it once, before training: the largest ``alpha`` whose
+    CSR stays >= 99.9% on a short run, then fixed. Counted over the groups with a correct and a
+    wrong response (an unsolved group satisfies it trivially; fully solved groups are filtered
+    out in the paper, see :func:`gr3_reward`); NaN when there is none.
+    correct, lengths, group_ids: ``[B]``. Returns a Python float in [0, 1].
     """
-    r64 = rewards.to(torch.float64)
-    mean = group_mean(r64, group_ids)
-    best = group_max(r64, group_ids)
-    bound = torch.where(mean > 0, best / torch.where(mean > 0, mean, 1.0) - 1, torch.full_like(mean, float(alpha)))
-    return bound.clamp(min=0.0, max=float(alpha))
+    is_correct, _ = _check_sequence_inputs(correct, lengths, group_ids)
+    accuracy = is_correct.to(torch.float64)
+    rescaled = gr3_reward(correct, lengths, group_ids, alpha, shape_solved=True).to(torch.float64)
+    pass_rate = group_mean(accuracy, group_ids)
+    mixed = (pass_rate > 0) & (pass_rate < 1)
+    if not bool(mixed.any()):
+        return float("nan")
+    holds = group_max(accuracy, group_ids) / (1 + alpha) >= group_mean(rescaled, group_ids) - 1e-12
+    inverse, _ = group_index(group_ids)
+    weight = 1.0 / torch.bincount(inverse)[inverse].to(torch.float64)  # each group counts once
+    return float((weight * (holds & mixed)).sum() / (weight * mixed).sum())
 
 
 @register_reward("gr3")
 def gr3_reward(
-    correct: Tensor, lengths: Tensor, group_ids: Tensor, alpha: float = 0.33, calibrate: bool = True
+    correct: Tensor, lengths: Tensor, group_ids: Tensor, alpha: float = 0.33, shape_solved: bool = False
 ) -> Tensor:
-    """Group Relative Reward Rescaling (GR3, Li et al. 2026, arXiv 2603.10535):
-    ``c / (1 + alpha_g * n / mean_n)``.
+    """Group Relative Reward Rescaling (GR3, Li et al. 2026, arXiv 2603.10535, Eq. 6):
+    ``c / (1 + alpha * n / mean_n)``.
 
     Multiplicative: the length factor scales the task reward, so a wrong response (reward 0)
     cannot gain by being short. Group-relative: ``mean_n`` is the mean length of the whole
     group (every response), so the budget follows the prompt's difficulty; a group whose
-    responses are all empty uses ``n / mean_n = 1``. Advantage-aware calibration:
-    ``alpha_g`` = :func:`gr3_alpha` (``calibrate=False``: ``alpha`` everywhere, prime-rl's PR 2029
-    form). The estimator's baseline is the mean of these rescaled rewards (the fix of prime-rl
-    PR 2040: a raw-reward baseline gave long correct responses negative advantages).
-    ``alpha`` 0.33: prime-rl's recommended starting value. Returns ``float32 [B]``.
+    responses are all empty uses ``n / mean_n = 1``. ``alpha`` is one fixed coefficient (0.33,
+    the paper's value for math and code); the paper's advantage-aware calibration chooses it
+    before training with :func:`gr3_constraint_rate`, which the GR3 method logs as
+    ``gr3_csr``. A fully solved group cannot satisfy that constraint when its lengths differ,
+    and the paper filters such groups out online; ``shape_solved=False`` (the default) keeps
+    their rewards at 1, so their advantages are 0 (and DAPO's ``dynamic_sampling`` drops them,
+    as the paper's filter does). The estimator's baseline is the mean of the rescaled rewards
+    (prime-rl PR 2040: a raw-reward baseline gave long correct responses negative advantages).
+    Returns ``float32 [B]``.
     """
     is_correct, lengths64 = _check_sequence_inputs(correct, lengths, group_ids)
     if alpha < 0:
@@ -141,8 +147,10 @@ def gr3_reward(
     accuracy = is_correct.to(torch.float64)
     mean_length = group_mean(lengths64, group_ids)
     relative = torch.where(mean_length > 0, lengths64 / mean_length.clamp(min=1e-12), torch.ones_like(lengths64))
-    alpha_g = gr3_alpha(accuracy, group_ids, alpha) if calibrate else torch.full_like(accuracy, float(alpha))
-    return (accuracy / (1 + alpha_g * relative)).to(torch.float32)
+    rescaled = accuracy / (1 + alpha * relative)
+    if not shape_solved:
+        rescaled = torch.where(group_min(accuracy, group_ids) == 1, accuracy, rescaled)
+    return rescaled.to(torch.float32)
 
 
 @register_reward("lead")
@@ -157,17 +165,19 @@ def lead_reward(
     """GRPO-LEAD's length-dependent accuracy reward with its explicit penalty for wrong answers
     (Zhang & Zuo 2025, arXiv 2504.09696): ``exp(-alpha * z)`` if correct, else ``incorrect_reward``.
 
-    ``z = (n - mu) / (sigma + eps)`` with ``mu``, ``sigma`` the mean and population (biased)
-    standard deviation of the lengths of the group's *correct* responses (the paper says
-    "standard deviation"; the population one keeps a group with a single correct response
-    defined: z = 0, reward 1). Equal correct lengths also give z = 0. ``alpha`` 0.05 (the
-    paper's value as reproduced by later implementations; TRL's proposal, issue 6221, uses
-    0.5); ``incorrect_reward`` -1 (the paper's penalty; 0 gives the reward without it).
-    Returns ``float32 [B]``.
+    ``z = (n - mu) / (sigma + eps)`` with ``mu``, ``sigma`` the mean and sample (Bessel)
+    standard deviation of the lengths of the group's *correct* responses, as the authors' code
+    computes them; a group with one correct response, or equal correct lengths, gives z = 0
+    (reward 1). ``alpha`` 0.05 and ``eps`` 1e-6 are the authors' code's (TRL's proposal, issue
+    6221, uses 0.5); ``incorrect_reward`` -1 is the paper's penalty (0 gives the reward without
+    it). Not included: the authors' code's gate (no shaping in a group whose three shortest
+    responses average <= 4000 tokens, which would switch it off under a small response cap), its
+    penalty tiers (0 for an unparseable answer, -2 for repetition) and the paper's
+    difficulty-aware advantage reweighting. Returns ``float32 [B]``.
     """
     is_correct, lengths64 = _check_sequence_inputs(correct, lengths, group_ids)
     mean_correct = torch.nan_to_num(group_mean(lengths64, group_ids, mask=is_correct))
-    std_correct = group_std(lengths64, group_ids, unbiased=False, mask=is_correct)
+    std_correct = group_std(lengths64, group_ids, unbiased=True, mask=is_correct)
     z = (lengths64 - mean_correct) / (std_correct + eps)
     reward = torch.where(is_correct, torch.exp(-alpha * z), torch.full_like(z, float(incorrect_reward)))
     return reward.to(torch.float32)
