@@ -3,10 +3,15 @@ one process on the same rollouts, for every method family; sharded checkpoints r
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
-from test_ddp import HGPOShardReplay, ShardReplay, _ddp_against_one_process
+import torch
+from safetensors.torch import load_file
+from test_ddp import ENV, HGPOShardReplay, ShardReplay, _ddp_against_one_process, _launch, _save_base_model
+
+from thinklean.train.monitor import read_metrics
 
 FSDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
 # small decode chunks and micro-batches: the processes make different numbers of forward calls
@@ -37,3 +42,33 @@ def test_two_process_fsdp_hgpo_matches_one_process(tmp_path, tiny_tokenizer):
     # forced modes, and the tag-mass auxiliary loss: one more forward and backward per mini-batch
     _ddp_against_one_process(tmp_path, tiny_tokenizer, "hgpo", HGPOShardReplay, UNEVEN, ("auxiliary_loss",),
                              config_file=FSDP_CONFIG)
+
+
+@pytest.mark.slow
+def test_fsdp_resume_from_a_sharded_checkpoint_continues_the_run(tmp_path, tiny_tokenizer):
+    # checkpoints every step hold the shards of the model and of Adam's moments; resuming from
+    # step 1 must repeat steps 2 and 3 of the uninterrupted run (same number of processes)
+    _save_base_model(tiny_tokenizer, tmp_path / "base")
+    run = tmp_path / "run"
+    command = [*_launch(FSDP_CONFIG), "-m", "thinklean.cli", "train", "--model", str(tmp_path / "base"), "--method",
+               "grpo", "--reward", "kimi", *UNEVEN, "--steps", "3", "--prompts-per-step", "4", "--samples-per-prompt",
+               "4", "--max-new-tokens", "12", "--set", "train_problems=16", "--set", "save_every=1", "--set",
+               "keep_last=3", "--set", "lr=1e-3", "--output", str(run)]
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    full = read_metrics(run / "metrics.jsonl")
+    step1 = run / "checkpoints" / "step-00000001"
+    assert (step1 / "sharded").is_dir() and not (step1 / "model").exists()
+    final = load_file(run / "model" / "model.safetensors")  # consolidated
+    assert final.keys() == load_file(tmp_path / "base" / "model.safetensors").keys()
+
+    (run / "checkpoints" / "latest").write_text("step-00000001")  # as if killed after step 1
+    done = subprocess.run([*command, "--resume"], env=ENV, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = read_metrics(run / "metrics.jsonl")
+    assert [m["step"] for m in resumed] == [1, 2, 3]
+    for key in ("loss", "reward", "length_mean", "grad_norm"):
+        assert [m[key] for m in resumed[1:]] == pytest.approx([m[key] for m in full[1:]], rel=1e-6), key
+    again = load_file(run / "model" / "model.safetensors")
+    for name, value in final.items():
+        assert torch.allclose(again[name], value, atol=1e-6), name

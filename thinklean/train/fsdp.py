@@ -110,8 +110,14 @@ class Lockstep:
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights on the CPU, on the main process (empty elsewhere); a collective."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    """The whole model's weights on the CPU, on the main process (empty elsewhere); a collective.
+    A tied parameter (e.g. the head sharing the embeddings) appears once, under its first name."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    tied = {name for aliases in names.values() for name in aliases[1:]}
+    return {name: value for name, value in state.items() if name not in tied}
 
 
 def save_sharded(target: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
