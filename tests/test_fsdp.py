@@ -4,6 +4,7 @@ one process on the same rollouts, for every method family; sharded checkpoints r
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,22 @@ def test_fsdp_resume_from_a_sharded_checkpoint_continues_the_run(tmp_path, tiny_
     again = load_file(run / "model" / "model.safetensors")
     for name, value in final.items():
         assert torch.allclose(again[name], value, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_sft_matches_one_process(tmp_path, tiny_tokenizer):
+    _save_base_model(tiny_tokenizer, tmp_path / "base")
+    args = ["-m", "thinklean.cli", "sft", "--model", str(tmp_path / "base"), "--data", "arith", "--n", "32", "--steps",
+            "2", "--batch-size", "4", "--grad-accum", "2", "--lr", "1e-3", "--save-every", "0", "--output"]
+    for command in ([*_launch(FSDP_CONFIG), *args, str(tmp_path / "fsdp")], [sys.executable, *args, str(tmp_path / "one")]):
+        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=240, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+    sharded, one = read_metrics(tmp_path / "fsdp" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert len(sharded) == len(one) == 1  # the last step's line, from the main process only
+    for a, b in zip(sharded, one):
+        for key in ("loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    trained, reference = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("fsdp", "one"))
+    assert trained.keys() == reference.keys()
+    for name, value in reference.items():
+        assert (trained[name] - value).abs().max() < 1e-5, name
