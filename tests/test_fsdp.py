@@ -12,9 +12,13 @@ import torch
 from safetensors.torch import load_file
 from test_ddp import ENV, HGPOShardReplay, ShardReplay, _ddp_against_one_process, _launch, _save_base_model
 
+from thinklean.methods.bupo import BuPOTrainer
+from thinklean.methods.iapo import IAPOTrainer
 from thinklean.train.monitor import read_metrics
 
 FSDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
+# weights within 1e-5, but for Adam's near-zero-gradient entries (at most 0.1%; see _ddp_against_one_process)
+WEIGHTS = {"atol": 1e-5, "outliers": 1e-3}
 # small decode chunks and micro-batches: the processes make different numbers of forward calls
 UNEVEN = ["--set", "rollout_batch_size=3", "--set", "micro_batch_tokens=60"]
 
@@ -23,7 +27,7 @@ UNEVEN = ["--set", "rollout_batch_size=3", "--set", "micro_batch_tokens=60"]
 def test_two_process_fsdp_grpo_matches_one_process(tmp_path, tiny_tokenizer):
     # rollouts of different lengths per process: the shorter one pads its forward calls
     metrics = _ddp_against_one_process(tmp_path, tiny_tokenizer, "grpo", ShardReplay, ["--reward", "kimi", *UNEVEN], (),
-                                       config_file=FSDP_CONFIG)
+                                       config_file=FSDP_CONFIG, **WEIGHTS)
     assert sum(m["lockstep_padding"] for m in metrics) > 0  # the comparison covered padded calls
 
 
@@ -35,14 +39,39 @@ def test_two_process_fsdp_with_hmpo_kl_settings_matches_one_process(tmp_path, ti
     settings = ["kl_coef=0.001", "kl_in_reward=0.001", "clip_high=0.28", "dual_clip=10.0"]
     _ddp_against_one_process(tmp_path, tiny_tokenizer, "grpo", ShardReplay,
                              ["--reward", "kimi", *UNEVEN, *(x for kv in settings for x in ("--set", kv))], ("kl",),
-                             config_file=FSDP_CONFIG)
+                             config_file=FSDP_CONFIG, **WEIGHTS)
 
 
 @pytest.mark.slow
 def test_two_process_fsdp_hgpo_matches_one_process(tmp_path, tiny_tokenizer):
     # forced modes, and the tag-mass auxiliary loss: one more forward and backward per mini-batch
     _ddp_against_one_process(tmp_path, tiny_tokenizer, "hgpo", HGPOShardReplay, UNEVEN, ("auxiliary_loss",),
-                             config_file=FSDP_CONFIG)
+                             config_file=FSDP_CONFIG, **WEIGHTS)
+
+
+class IAPOShardReplay(ShardReplay, IAPOTrainer):
+    """:class:`ShardReplay` with IAPO's early-exit probe."""
+
+
+class BuPOShardReplay(ShardReplay, BuPOTrainer):
+    """:class:`ShardReplay` with BuPO's internal-layer policy."""
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_iapo_matches_one_process(tmp_path, tiny_tokenizer):
+    # the early-exit probe makes a data-dependent number of cached forward calls per process
+    _ddp_against_one_process(tmp_path, tiny_tokenizer, "iapo", IAPOShardReplay,
+                             [*UNEVEN, "--set", "method_kwargs={chunk_size: 2, max_batch_tokens: 64}"], ("answer_entropy",),
+                             config_file=FSDP_CONFIG, **WEIGHTS)
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_bupo_matches_one_process(tmp_path, tiny_tokenizer):
+    # step 1 optimises the internal policy of layer 1 (of 2), whose loss leaves layer 2 without a
+    # gradient; step 2 the whole model
+    _ddp_against_one_process(tmp_path, tiny_tokenizer, "bupo", BuPOShardReplay,
+                             ["--reward", "kimi", *UNEVEN, "--set", "method_kwargs={layer: 1, s_inter: 1}"], ("ipa_phase",),
+                             config_file=FSDP_CONFIG, **WEIGHTS)
 
 
 @pytest.mark.slow
