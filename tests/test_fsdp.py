@@ -3,18 +3,26 @@ one process on the same rollouts, for every method family; sharded checkpoints r
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_ddp import ENV, HGPOShardReplay, ShardReplay, _ddp_against_one_process, _launch, _save_base_model
+from test_ddp import (ENV, PROCESSES, HGPOShardReplay, ShardReplay, _ddp_against_one_process, _launch,
+                      _save_base_model)
+from test_litereason_rl import AlternatingRewardTrainer
 
 from thinklean.methods.bupo import BuPOTrainer
+from thinklean.eval.evaluate import arith_examples
 from thinklean.methods.iapo import IAPOTrainer
+from thinklean.models.tiny import load_pretrained
+from thinklean.rollout.latent import LatentRolloutBatch, generate_latent
 from thinklean.train.monitor import read_metrics
+from thinklean.train.rl import RLConfig, concat_rollouts
 
 FSDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
 # weights within 1e-5, but for Adam's near-zero-gradient entries (at most 0.1%; see _ddp_against_one_process)
@@ -121,3 +129,74 @@ def test_two_process_fsdp_sft_matches_one_process(tmp_path, tiny_tokenizer):
     assert trained.keys() == reference.keys()
     for name, value in reference.items():
         assert (trained[name] - value).abs().max() < 1e-5, name
+
+
+_LITEREASON_RUN = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_litereason_rl import AlternatingRewardTrainer
+from thinklean.cli import _end_distributed
+from thinklean.eval.evaluate import arith_examples
+from thinklean.models.tiny import load_pretrained
+from thinklean.train.rl import RLConfig
+base, run, settings = sys.argv[2:]
+model, tokenizer = load_pretrained(base)
+config = RLConfig(**json.loads(settings))
+AlternatingRewardTrainer(model, tokenizer, config, arith_examples(config.train_problems, "train", config.seed),
+                         run).train(show_progress=False)
+_end_distributed()
+"""
+
+
+class LatentShardReplay(AlternatingRewardTrainer):
+    """:class:`ShardReplay` for LiteReason's latent rollouts."""
+
+    def rollout(self, examples, step, round_=0):
+        n = len(examples)
+        shares = [examples[n * p // PROCESSES : n * (p + 1) // PROCESSES] for p in range(PROCESSES)]
+        batches = []
+        for p, share in enumerate(shares):
+            prompts, prefixes = self.build_prompts(share)
+            generator = torch.Generator().manual_seed(self.rollout_seed(step, round_, process_index=p))
+            batches.append(generate_latent(self.model, self.tokenizer, self.projector, prompts,
+                                           self.config.samples_per_prompt, self.sampling_config(step), generator,
+                                           prefixes))
+        joined = concat_rollouts(batches, [len(s) for s in shares])
+        return LatentRolloutBatch(**vars(joined), latent_steps=torch.cat([b.latent_steps for b in batches]),
+                                  latent_segments=[s for b in batches for s in b.latent_segments],
+                                  latent_inputs=[v for b in batches for v in b.latent_inputs])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:LiteReason. no trained projector")
+def test_two_process_fsdp_litereason_matches_one_process(tmp_path, tiny_tokenizer):
+    # every rollout opens with a forced latent segment: latent steps feed projector outputs as
+    # input embeddings (the embeddings are called outside the model's forward)
+    # lr 1e-5: at 1e-4, Adam's amplified float noise in near-zero-gradient entries after step 1
+    # moves step 2's gradient norm by 1.5e-4 (relative), more than the tolerance
+    _save_base_model(tiny_tokenizer, tmp_path / "base")
+    config = RLConfig(method="litereason", steps=2, prompts_per_step=4, samples_per_prompt=2, max_new_tokens=10,
+                      train_problems=16, save_every=0, lr=1e-5, rollout_batch_size=3, micro_batch_tokens=60,
+                      method_kwargs={"refresh_fraction": 0.0, "probe_every": 0})
+    script = tmp_path / "run.py"
+    script.write_text(_LITEREASON_RUN)
+    done = subprocess.run([*_launch(FSDP_CONFIG), str(script), str(Path(__file__).parent), str(tmp_path / "base"),
+                           str(tmp_path / "fsdp"), json.dumps(asdict(config))],
+                          env=ENV, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model, tokenizer = load_pretrained(tmp_path / "base")
+    examples = arith_examples(config.train_problems, "train", config.seed)
+    LatentShardReplay(model, tokenizer, config, examples, tmp_path / "one").train(show_progress=False)
+    sharded, one = read_metrics(tmp_path / "fsdp" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert len(sharded) == len(one) == 2
+    for a, b in zip(sharded, one):
+        for key in ("reward", "length_mean", "latent_steps_mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+        for key in ("loss", "entropy", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+    assert all(m["grad_norm"] > 0 and m["latent_steps_mean"] > 0 for m in sharded)
+    trained = load_file(tmp_path / "fsdp" / "model" / "model.safetensors")
+    for name, value in model.state_dict().items():
+        if name in trained:
+            diff = (trained[name] - value).abs()
+            assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < config.lr, name

@@ -17,7 +17,8 @@ padding calls until every process has.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,40 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
         fully_shard(layer, reshard_after_forward=True, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def keep_root_gathered(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Keep the root unit of a :func:`shard_model` model (embeddings, final norm, head) gathered,
+    also between forward calls: LiteReason embeds its inputs and BuPO applies the head outside
+    the model's forward. Gathered now, and again after every step of ``optimizer``, whose
+    updates reach the shards only (a collective, as all processes take the same steps).
+    Costs the root unit's whole size in memory on every process."""
+    model.set_reshard_after_backward(False, recurse=False)
+    model.unshard()
+    optimizer.register_step_post_hook(lambda *_: _regather(model))
+
+
+# models inside _root_sharded: a state-dict call may take a (no-op) optimizer step to create
+# the optimizer state, after which the root must stay sharded
+_STATE_DICT_IN_PROGRESS: set[int] = set()
+
+
+def _regather(model: torch.nn.Module) -> None:
+    if id(model) not in _STATE_DICT_IN_PROGRESS:
+        model.reshard()
+        model.unshard()
+
+
+@contextmanager
+def _root_sharded(model: torch.nn.Module) -> Iterator[None]:
+    """The root unit's sharded parameters registered (for state dicts), gathered again afterwards."""
+    model.reshard()
+    _STATE_DICT_IN_PROGRESS.add(id(model))
+    try:
+        yield
+    finally:
+        _STATE_DICT_IN_PROGRESS.discard(id(model))
+        model.unshard()
 
 
 def full_value(value: torch.Tensor) -> torch.Tensor:
@@ -112,7 +147,8 @@ class Lockstep:
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's weights on the CPU, on the main process (empty elsewhere); a collective.
     A tied parameter (e.g. the head sharing the embeddings) appears once, under its first name."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    with _root_sharded(model):
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     names: dict[int, list[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(parameter), []).append(name)
@@ -123,13 +159,15 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_sharded(target: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Write the model's and optimizer's shards into the directory ``target`` (a collective: every
     process writes its own shards)."""
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(target))
+    with _root_sharded(model):
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(target))
 
 
 def load_sharded(target: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Load what :func:`save_sharded` wrote into the sharded ``model`` and its ``optimizer``."""
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=str(target))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    with _root_sharded(model):
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+        dcp.load(state, checkpoint_id=str(target))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])

@@ -58,7 +58,8 @@ from thinklean.rollout.engine import pad_token_id, position_ids_from_mask
 from thinklean.rollout.vllm_engine import VLLMRollout, vllm_problem
 from thinklean.train.checkpoint import (find_checkpoint, restore_sharded_state, restore_training_state, save_checkpoint,
                                          save_sharded_checkpoint)
-from thinklean.train.fsdp import Lockstep, fsdp_requested, full_state_dict, full_value, shard_model
+from thinklean.train.fsdp import (Lockstep, fsdp_requested, full_state_dict, full_value, keep_root_gathered,
+                                   shard_model)
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
 from thinklean.train.settings import ConfigError, build_settings
 from thinklean.train.shared_prompt import SharedPromptForward, shared_prompt_forward
@@ -227,6 +228,8 @@ class RLTrainer:
             [p for p in model.parameters() if p.requires_grad], lr=config.lr,
             weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2),
         )
+        if self.fsdp:
+            keep_root_gathered(model, self.optimizer)
         self.scheduler = LambdaLR(self.optimizer, self._lr_factor)
         self.model = model
         self.step_index = 0
@@ -555,7 +558,9 @@ class RLTrainer:
                 if shared is not None:
                     shared[0].backward()
                 self._sync_calls(backward=True)
-                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+                # the optimizer's parameters: under FSDP the model's own may be the gathered root's copies
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                grad_norm = self.accelerator.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
                 check_finite(self.step_index + 1, loss=totals["loss"], grad_norm=float(grad_norm))
                 totals["grad_norm"] += float(full_value(grad_norm))
                 self.optimizer.step()

@@ -28,7 +28,7 @@ from thinklean.models.card import CardInfo, started_from
 from thinklean.models.tiny import save_pretrained
 from thinklean.train.checkpoint import (find_checkpoint, restore_sharded_state, restore_training_state, save_checkpoint,
                                          save_sharded_checkpoint)
-from thinklean.train.fsdp import fsdp_requested, full_state_dict, full_value, shard_model
+from thinklean.train.fsdp import fsdp_requested, full_state_dict, full_value, keep_root_gathered, shard_model
 from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
 from thinklean.train.trackers import accelerator_kwargs
 
@@ -186,6 +186,8 @@ def train_sft(
         shard_model(model, accelerator.device)
     params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    if fsdp:
+        keep_root_gathered(model, optimizer)
     scheduler = LambdaLR(optimizer, warmup_cosine(config.steps, config.warmup_ratio, config.min_lr_ratio))
     torch.manual_seed(config.seed)
     random.seed(config.seed)
