@@ -23,6 +23,9 @@ median, GRPO's mean/std) always see whole groups. The update scales each process
 share of the global token (or sequence) count, so the data-parallel gradient is the one a single
 process would compute on all the rollouts; logged metrics are computed over all processes
 (method extras: their mean over processes) and only the main process writes logs and checkpoints.
+Under FSDP (``configs/accelerate/fsdp.yaml``, :mod:`thinklean.train.fsdp`) the model is sharded,
+forward calls run in lockstep (``_sync_calls`` after each phase) and every process writes its
+shards of each checkpoint.
 """
 
 from __future__ import annotations
@@ -247,8 +250,8 @@ class RLTrainer:
             self.accelerator.backward(logits.float().sum() * 0.0)
 
     def _sync_calls(self, backward: bool = False) -> None:
-        """Under FSDP, pad this process's forward calls since the last sync up to the busiest
-        process's (``backward``: each with a backward, as in the update); no-op otherwise."""
+        """Under FSDP, make padding calls until every process has finished its calls of this phase
+        (``backward``: each with a backward, as in the update); no-op otherwise."""
         if self._lockstep is not None:
             self._lockstep.sync(backward)
 
