@@ -1,5 +1,6 @@
-"""GPU throughput of thinklean's RL step: rollout tokens/s with the HF engine and with vLLM, update
-tokens/s and MFU, for a Qwen2.5-0.5B-shaped model built from a config (random weights).
+"""GPU throughput of thinklean's RL step: rollout tokens/s with the HF engine (dynamic cache, and
+static cache + torch.compile/CUDA graphs) and with vLLM, update tokens/s and MFU, for a
+Qwen2.5-0.5B-shaped model built from a config (random weights).
 
     python benchmarks/gpu.py                                       # CUDA machine: 0.5B shape, bf16
     python benchmarks/gpu.py --size tiny --device cpu --no-vllm    # smoke run anywhere (seconds)
@@ -9,6 +10,9 @@ on the embedded arithmetic prompts; the timed steps are averaged. Random weights
 write EOS, so every response runs to ``--max-new-tokens``: the rollout figure is steady-state
 decoding of ``prompts x samples`` rows.
 
+- backends: ``hf`` (``SamplingConfig.decode="dynamic"``), ``hf-static`` (``decode="static"``: its
+  first, compiling step is the warm-up; ``compile_s`` = that step's rollout time minus the timed
+  mean), ``vllm``.
 - rollout tokens/s: response tokens / ``rollout_time`` (sampling + grading).
 - update tokens/s: prompt + response tokens / ``update_time`` (log-probs, loss, backward, AdamW),
   with ``share_prompt_forward`` off so every row's prompt is computed (the FLOP count below).
@@ -53,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed steps per backend")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--no-vllm", action="store_true", help="HF engine only")
+    p.add_argument("--no-static", action="store_true", help="skip the hf-static backend (torch.compile)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.3, help="vLLM engine's share of the GPU")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak dense FLOP/s (TFLOP/s) for MFU")
     p.add_argument("--out", default="benchmarks/results/gpu.json")
@@ -103,10 +108,17 @@ def peak_flops(args: argparse.Namespace) -> tuple[float | None, str]:
 
 
 def run_backend(backend: str, args: argparse.Namespace, model, tokenizer, examples, workdir) -> dict[str, float]:
+    import dataclasses
+
     from thinklean.train.rl import RLConfig, RLTrainer
 
+    decode = "static" if backend == "hf-static" else "dynamic"
+
     class CountingTrainer(RLTrainer):
-        """Records the real (unpadded) sequence lengths each update processes."""
+        """Records the real (unpadded) sequence lengths each update processes; decodes with ``decode``."""
+
+        def sampling_config(self, step):
+            return dataclasses.replace(super().sampling_config(step), decode=decode)
 
         def update(self, batch):
             r = batch.rollout
@@ -117,7 +129,8 @@ def run_backend(backend: str, args: argparse.Namespace, model, tokenizer, exampl
     config = RLConfig(
         steps=args.warmup + args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples,
         max_new_tokens=args.max_new_tokens, micro_batch_tokens=args.micro_batch_tokens, micro_batch_size=rows,
-        rollout_batch_size=rows, share_prompt_forward=False, save_every=0, lr=1e-6, rollout_backend=backend,
+        rollout_batch_size=rows, share_prompt_forward=False, save_every=0, lr=1e-6,
+        rollout_backend="vllm" if backend == "vllm" else "hf",
         vllm_gpu_memory_utilization=args.gpu_memory_utilization,
     )
     trainer = CountingTrainer(model, tokenizer, config, examples, workdir / backend)
@@ -139,7 +152,9 @@ def run_backend(backend: str, args: argparse.Namespace, model, tokenizer, exampl
         print(f"  {backend} step {i + 1}/{config.steps}{' (warmup)' if i < args.warmup else ''}: rollout "
               f"{metrics['rollout_time']:.2f}s, update {metrics['update_time']:.2f}s", flush=True)
     timed = records[args.warmup:]
-    return {key: statistics.mean(r[key] for r in timed) for key in timed[0]}
+    summary = {key: statistics.mean(r[key] for r in timed) for key in timed[0]}
+    summary["compile_s"] = max(0.0, records[0]["rollout_time"] - summary["rollout_time"]) if args.warmup else None
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     peak, device_name = peak_flops(args)
     examples = arith_examples(max(256, args.prompts), "train", 0)
-    backends = ["hf"]
+    backends = ["hf"] + ([] if args.no_static else ["hf-static"])
     vllm_note = "skipped (--no-vllm)" if args.no_vllm else vllm_problem()
     if vllm_note is None:
         backends.append("vllm")
@@ -178,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         "backends": results,
     }
     print(f"\n{args.size} ({n_params / 1e6:.1f}M parameters, {args.dtype}) on {device_name}")
-    print(f"{'backend':8} {'rollout tok/s':>14} {'update tok/s':>13} {'update TFLOP/s':>15} {'MFU':>6}")
+    print(f"{'backend':10} {'rollout tok/s':>14} {'update tok/s':>13} {'update TFLOP/s':>15} {'MFU':>6} {'compile s':>10}")
     for backend, r in results.items():
         mfu = f"{100 * r['update_mfu']:.1f}%" if r["update_mfu"] is not None else "-"
-        print(f"{backend:8} {r['rollout_tokens_per_s']:14.0f} {r['update_tokens_per_s']:13.0f} "
-              f"{r['update_flops_per_s'] / 1e12:15.3f} {mfu:>6}")
+        compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
+        print(f"{backend:10} {r['rollout_tokens_per_s']:14.0f} {r['update_tokens_per_s']:13.0f} "
+              f"{r['update_flops_per_s'] / 1e12:15.3f} {mfu:>6} {compile_s:>10}")
     if "vllm" not in results:
         print(f"vLLM: {vllm_note}")
     write_result(result, args.out)

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     from thinklean.eval.evaluate import arith_examples
     from thinklean.methods.lhrm import HGPOTrainer
     from thinklean.models.tiny import load_pretrained
-    from thinklean.train.config import load_config
+    from thinklean.methods.config import load_config
 
     model, tokenizer = load_pretrained(args.model)
     probes = [tokenizer(format_prompt(e.prompt, tokenizer)).input_ids for e in arith_examples(args.prompts, "test", args.seed)]

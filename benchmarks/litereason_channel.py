@@ -22,6 +22,11 @@ come from what the latent steps carry or from the LM's own single pass:
   error over the oracle vectors' squared norm, i.e. 2 (1 - cosine), weight ``--distil-weight``);
   evaluated like (a)-(c), on its own chained latents.
 
+``--oracle-code digits`` changes what (e) and (f) put at the latent steps: one latent step per digit
+of the result written with 4 digits (K = 4), each the embedding of that digit, so the latents
+name the value with its digit order (the mean code names only the digits); (f) then learns to
+write a number one continuous digit at a time.
+
 Evaluation: held-out problems of the same difficulties, the reasoning forced as in training up
 to ``\\boxed{`` and the answer decoded greedily. Reported per arm: accuracy (overall and per
 difficulty), discrete tokens, latent steps, the median latent input norm (and the token-embedding
@@ -55,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="base", help="'base' (shipped) or a local model directory")
     p.add_argument("--arms", default="abcdef", help="which arms to run (letters of a-f)")
+    p.add_argument("--oracle-code", choices=["mean", "digits"], default="mean",
+                   help="arms (e), (f): mean = K copies of the mean embedding of a result's digits; digits = "
+                        "one latent step per digit of the result written with 4 digits (K = 4)")
     p.add_argument("--distil-weight", type=float, default=1.0, help="arm (f): weight of the latent distillation loss")
     p.add_argument("--train", type=int, default=4000, help="training problems (2 and 3 operations in equal shares)")
     p.add_argument("--eval", type=int, default=300, help="held-out problems per difficulty")
@@ -93,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     _, tokenizer = load_pretrained(args.model)
-    k = args.latent_steps
+    digits = args.oracle_code == "digits"
+    k = 4 if digits else args.latent_steps
     train = generate_problems(args.train, "train", args.seed + 7, difficulties=DIFFICULTIES, distinct=False)
     held_out = generate_problems(args.eval * len(DIFFICULTIES), "test", args.seed, difficulties=DIFFICULTIES)
 
@@ -114,14 +123,20 @@ def main(argv: list[str] | None = None) -> dict:
         return tuple(tokenizer(format_prompt(litereason_prompt(question), tokenizer), add_special_tokens=False).input_ids)
 
     def oracle_ids(problem) -> list[list[int]]:
-        """Token ids of each intermediate value (the result of every operation)."""
-        return [tokenizer(str(v), add_special_tokens=False).input_ids for v in problem.values()[1:]]
+        """Token ids of each intermediate value (the result of every operation); with the digits
+        code, written with 4 digits (one token each)."""
+        return [tokenizer(f"{v:04d}" if digits else str(v), add_special_tokens=False).input_ids
+                for v in problem.values()[1:]]
 
     oracle_by_prompt = {prompt_ids(p.question): oracle_ids(p) for p in [*train, *held_out]}
 
     def oracle_vectors(model, ids: Sequence[Sequence[int]], segments: int) -> torch.Tensor:
-        """``[segments * K, d]``: K copies of the mean embedding of each of the first results."""
+        """``[segments * K, d]``: K copies of the mean embedding of each of the first results (digits
+        code: the embeddings of its 4 digits, in order)."""
         embed = model.get_input_embeddings()
+        if digits:
+            rows = [embed(torch.tensor(value, device=embed.weight.device)) for value in ids[:segments]]
+            return torch.cat(rows) if rows else embed.weight[:0]
         means = [embed(torch.tensor(value, device=embed.weight.device)).mean(0) for value in ids[:segments]]
         return torch.stack([m for m in means for _ in range(k)]) if means else embed.weight[:0]
 
@@ -235,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
             cosines = [torch.nn.functional.cosine_similarity(v.float(), oracle_vectors(model, oracle_ids(p), len(p.ops)).float(), dim=-1)
                        for v, p in zip(vectors, held_out) if v.shape[0]]
         oracle_cosine = float(torch.cat(cosines).mean()) if cosines else None
+        decoded_values = value_readout(model, vectors) if arm not in ("empty", "oracle") else None
         teacher = None  # (f): the same LM given the scaled oracle latents: what a perfect projector would reach
         if arm == "distil":
             with torch.no_grad():
@@ -249,10 +265,48 @@ def main(argv: list[str] | None = None) -> dict:
                 "latent_steps": sum(v.shape[0] for v in vectors) / len(vectors),
                 "latent_norm": float(norms.median()) if norms.numel() else None,
                 "embedding_norm": embedding_norm(model), "oracle_cosine": oracle_cosine,
-                "accuracy_with_oracle_latents": teacher, "swap_kl": swap,
+                "accuracy_with_oracle_latents": teacher, "value_readout": decoded_values, "swap_kl": swap,
                 "example": prefixes[0] + decoded[0][0]}
 
     find_segments = segment_finder(tokenizer, k)
+
+    def value_readout(model, vectors: Sequence[torch.Tensor]) -> dict[str, float]:
+        """Share of latent segments whose first latent is nearest (cosine) to the oracle vector of
+        the right intermediate value among all values 0-9999: does the projector write the value?
+        Per operation position (``op1``, ``op2``, ...) and overall. The tokenizer writes numbers
+        digit by digit, so an oracle vector (a mean) names a value's digits, not their order:
+        a guess counts when its digits are the value's in some order."""
+        if digits:
+            return digit_readout(model, vectors)
+        with torch.no_grad():
+            embed = model.get_input_embeddings()
+            candidates = torch.stack([embed(torch.tensor(tokenizer(str(v), add_special_tokens=False).input_ids)).mean(0)
+                                      for v in range(10_000)]).float()
+            candidates = torch.nn.functional.normalize(candidates, dim=-1)
+            hits: dict[int, list[bool]] = {}
+            for v, p in zip(vectors, held_out):
+                firsts = torch.nn.functional.normalize(v[::k].float(), dim=-1)
+                guesses = (firsts @ candidates.T).argmax(-1).tolist()
+                for j, (guess, value) in enumerate(zip(guesses, p.values()[1:])):
+                    hits.setdefault(j + 1, []).append(sorted(str(guess)) == sorted(str(value)))
+        return shares(hits)
+
+    def digit_readout(model, vectors: Sequence[torch.Tensor]) -> dict[str, float]:
+        """Digits code: share of latent segments whose 4 latents, each read as its nearest digit
+        embedding, spell the right intermediate value."""
+        with torch.no_grad():
+            table = model.get_input_embeddings()(torch.tensor(
+                [tokenizer(str(d), add_special_tokens=False).input_ids[0] for d in range(10)])).float()
+            hits: dict[int, list[bool]] = {}
+            for v, p in zip(vectors, held_out):
+                read = (torch.nn.functional.normalize(v.float(), dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T).argmax(-1)
+                for j, value in enumerate(p.values()[1:]):
+                    hits.setdefault(j + 1, []).append("".join(map(str, read[j * k:(j + 1) * k].tolist())) == f"{value:04d}")
+        return shares(hits)
+
+    def shares(hits: dict[int, list[bool]]) -> dict[str, float]:
+        everything = [h for row in hits.values() for h in row]
+        return {"all": sum(everything) / len(everything), **{f"op{j}": sum(h) / len(h) for j, h in sorted(hits.items())}}
 
     def greedy(model, prompt: str, prefix: str, vectors: torch.Tensor, max_new_tokens: int = 8):
         """Decode the answer after ``prompt + prefix`` with ``vectors`` (``[latent steps, d]``) in the
@@ -288,7 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
             latent_ops = (lambda p, s=stage: min(s, len(p.ops))) if curriculum else (lambda p: len(p.ops))
             steps = args.steps // stages + (args.steps % stages if stage == stages else 0)
             fit(arm, model, source, rows(latent_ops, empty=arm == "empty"), steps, args.seed + stage)
-        record = {"arm": f"({letter}) {arm}" + (" + curriculum" if curriculum else ""), **evaluate(arm, model, source),
+        code = f" [{args.oracle_code} code]" if arm in ("oracle", "distil") else ""
+        record = {"arm": f"({letter}) {arm}{code}" + (" + curriculum" if curriculum else ""), **evaluate(arm, model, source),
                   "seconds": round(time.perf_counter() - start, 1)}
         print(f"{record['arm']}: accuracy {100 * record['accuracy']:.1f}%"
               + ("" if record["accuracy_with_oracle_latents"] is None else
@@ -317,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{r['seconds']:.0f}")
     Console(width=160).print(table)
     result = {"model": args.model, "train": len(train), "eval_per_difficulty": args.eval, "steps": args.steps,
-              "batch_size": args.batch_size, "lr": args.lr, "distil_weight": args.distil_weight, "latent_steps": k, "seed": args.seed, "quick": args.quick,
+              "batch_size": args.batch_size, "lr": args.lr, "distil_weight": args.distil_weight, "oracle_code": args.oracle_code, "latent_steps": k, "seed": args.seed, "quick": args.quick,
               "records": records}
     write_result(result, args.out)
     return result

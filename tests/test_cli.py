@@ -1,5 +1,6 @@
 import json
 import math
+import subprocess
 import sys
 
 import pytest
@@ -15,6 +16,11 @@ def test_every_command_has_help_with_defaults(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--seed" in out and "--output" in out and "default" in out
+
+
+def test_help_without_a_method_list_does_not_import_torch():
+    code = "import sys; from thinklean.cli import build_parser; build_parser('eval'); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_data_arith_writes_jsonl(tmp_path):

@@ -17,7 +17,7 @@ from thinklean.eval.evaluate import arith_examples
 from thinklean.methods.lhrm import HGPOTrainer
 from thinklean.models.tiny import build_model, load_pretrained, save_pretrained
 from thinklean.rollout import generate
-from thinklean.train.monitor import read_metrics
+from thinklean.runlog import read_metrics
 from thinklean.train.rl import RLConfig, RLTrainer, concat_rollouts
 
 DDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp.yaml"

@@ -4,8 +4,11 @@ one process on the same rollouts, for every method family; sharded checkpoints r
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from thinklean.eval.evaluate import arith_examples
 from thinklean.methods.iapo import IAPOTrainer
 from thinklean.models.tiny import load_pretrained
 from thinklean.rollout.latent import LatentRolloutBatch, generate_latent
-from thinklean.train.monitor import read_metrics
+from thinklean.runlog import read_metrics
 from thinklean.train.rl import RLConfig, concat_rollouts
 
 FSDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
@@ -74,6 +77,7 @@ def test_two_process_fsdp_iapo_matches_one_process(tmp_path, tiny_tokenizer):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:BuPO. s_inter")
 def test_two_process_fsdp_bupo_matches_one_process(tmp_path, tiny_tokenizer):
     # step 1 optimises the internal policy of layer 1 (of 2), whose loss leaves layer 2 without a
     # gradient; step 2 the whole model
@@ -83,30 +87,43 @@ def test_two_process_fsdp_bupo_matches_one_process(tmp_path, tiny_tokenizer):
 
 
 @pytest.mark.slow
-def test_fsdp_resume_from_a_sharded_checkpoint_continues_the_run(tmp_path, tiny_tokenizer):
-    # checkpoints every step hold the shards of the model and of Adam's moments; resuming from
-    # step 1 must repeat steps 2 and 3 of the uninterrupted run (same number of processes)
+def test_fsdp_killed_run_resumes_from_a_sharded_checkpoint(tmp_path, tiny_tokenizer):
+    # checkpoints every step hold the shards of the model and of Adam's moments: a run killed
+    # after its first checkpoint and resumed (same number of processes) repeats the uninterrupted
+    # run's next steps
     _save_base_model(tiny_tokenizer, tmp_path / "base")
-    run = tmp_path / "run"
-    command = [*_launch(FSDP_CONFIG), "-m", "thinklean.cli", "train", "--model", str(tmp_path / "base"), "--method",
-               "grpo", "--reward", "kimi", *UNEVEN, "--steps", "3", "--prompts-per-step", "4", "--samples-per-prompt",
-               "4", "--max-new-tokens", "12", "--set", "train_problems=16", "--set", "save_every=1", "--set",
-               "keep_last=3", "--set", "lr=1e-3", "--output", str(run)]
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=240, check=False)
+
+    def command(run: Path) -> list[str]:
+        return [*_launch(FSDP_CONFIG), "-m", "thinklean.cli", "train", "--model", str(tmp_path / "base"), "--method",
+                "grpo", "--reward", "kimi", *UNEVEN, "--steps", "4", "--prompts-per-step", "4", "--samples-per-prompt",
+                "4", "--max-new-tokens", "12", "--set", "train_problems=16", "--set", "save_every=1", "--set",
+                "keep_last=4", "--set", "lr=1e-3", "--output", str(run)]
+
+    done = subprocess.run(command(tmp_path / "full"), env=ENV, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    full = read_metrics(run / "metrics.jsonl")
-    step1 = run / "checkpoints" / "step-00000001"
+    full = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    step1 = tmp_path / "full" / "checkpoints" / "step-00000001"
     assert (step1 / "sharded").is_dir() and not (step1 / "model").exists()
-    final = load_file(run / "model" / "model.safetensors")  # consolidated
+    final = load_file(tmp_path / "full" / "model" / "model.safetensors")  # consolidated
     assert final.keys() == load_file(tmp_path / "base" / "model.safetensors").keys()
 
-    (run / "checkpoints" / "latest").write_text("step-00000001")  # as if killed after step 1
-    done = subprocess.run([*command, "--resume"], env=ENV, capture_output=True, text=True, timeout=240, check=False)
+    run = tmp_path / "killed"
+    process = subprocess.Popen(command(run), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 200
+    while not (run / "checkpoints" / "latest").is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = int((run / "checkpoints" / "latest").read_text().removeprefix("step-"))
+    assert killed_at < 4
+    done = subprocess.run([*command(run), "--resume"], env=ENV, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = read_metrics(run / "metrics.jsonl")
-    assert [m["step"] for m in resumed] == [1, 2, 3]
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     for key in ("loss", "reward", "length_mean", "grad_norm"):
-        assert [m[key] for m in resumed[1:]] == pytest.approx([m[key] for m in full[1:]], rel=1e-6), key
+        assert [m[key] for m in resumed] == pytest.approx([m[key] for m in full], rel=1e-6), key
     again = load_file(run / "model" / "model.safetensors")
     for name, value in final.items():
         assert torch.allclose(again[name], value, atol=1e-6), name

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thinklean.cli import main
-from thinklean.train.config import AT_LEAST_ONE, NOT_NEGATIVE
+from thinklean.methods.config import AT_LEAST_ONE, NOT_NEGATIVE
 from thinklean.train.rl import RLConfig
 
 EXAMPLES = 150  # per test; four tests -> 600 bad inputs

@@ -42,7 +42,10 @@ def test_matmul_parameters_count_the_tied_unembedding_once(gpu_benchmark):
     assert gpu_benchmark.matmul_parameters(model) == expected
 
 
-def test_cpu_smoke_run_writes_the_table_json(gpu_benchmark, tmp_path, capsys):
+def test_cpu_smoke_run_writes_the_table_json(gpu_benchmark, tmp_path, capsys, monkeypatch):
+    from thinklean.rollout import engine
+
+    monkeypatch.setattr(engine, "_compiled", lambda model: model)  # hf-static uncompiled: seconds, not a minute
     out = tmp_path / "gpu.json"
     assert gpu_benchmark.main(["--size", "tiny", "--device", "cpu", "--prompts", "2", "--samples", "2",
                                "--max-new-tokens", "6", "--steps", "1", "--warmup", "0", "--no-vllm",
@@ -52,4 +55,6 @@ def test_cpu_smoke_run_writes_the_table_json(gpu_benchmark, tmp_path, capsys):
     hf = result["backends"]["hf"]
     assert hf["rollout_tokens_per_s"] > 0 and hf["update_tokens_per_s"] > 0 and hf["update_mfu"] is None
     assert 0 < hf["response_tokens"] <= 2 * 2 * 6
+    static = result["backends"]["hf-static"]
+    assert static["rollout_tokens_per_s"] > 0 and static["response_tokens"] == hf["response_tokens"]
     assert "rollout tok/s" in capsys.readouterr().out

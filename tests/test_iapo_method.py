@@ -60,7 +60,7 @@ def test_keep_shortest_keeps_k_shortest_per_group(tmp_path, tiny_model, tiny_tok
 
 
 def test_iapo_answer_entropy_reaches_the_metrics_log(tmp_path, tiny_model, tiny_tokenizer):
-    from thinklean.train.monitor import read_metrics
+    from thinklean.runlog import read_metrics
 
     config = RLConfig(method="iapo", advantage="iapo", prompts_per_step=2, samples_per_prompt=2, max_new_tokens=5,
                       save_every=0, steps=1)

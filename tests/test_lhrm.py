@@ -7,21 +7,21 @@ import torch
 
 from thinklean.core.advantages import hgpo_advantages
 from thinklean.data.formats import NO_THINK, THINK
-from thinklean.data.hft import (
-    DIRECT_ANSWER_PREFIX,
-    format_mix_stats,
-    hft_from_jsonl,
-    hft_records,
-    measured_no_think,
-    mix_stats,
-    upsample_mode,
-)
+from thinklean.data.hft import DIRECT_ANSWER_PREFIX, format_mix_stats, hft_from_jsonl, hft_records, mix_stats, upsample_mode
 from thinklean.data.jsonl import DataError, Example
 from thinklean.eval.hybrid import hybrid_accuracy
-from thinklean.methods.lhrm import HGPOTrainer, forced_mode_prefixes, mode_stats, mode_token_mask, rft_records, rollout_modes
+from thinklean.methods.lhrm import (
+    HGPOTrainer,
+    forced_mode_prefixes,
+    measured_no_think,
+    mode_stats,
+    mode_token_mask,
+    rft_records,
+    rollout_modes,
+)
 from thinklean.rollout import RolloutBatch
-from thinklean.train.config import ConfigError
-from thinklean.train.monitor import read_metrics
+from thinklean.runlog import read_metrics
+from thinklean.methods.config import ConfigError
 from thinklean.train.rl import RLConfig
 
 PROMPTS = [Example(prompt=f"Start with {i}. Add 3. What is the result?", answer=str(i + 3), difficulty=1) for i in range(1, 5)]
@@ -316,7 +316,7 @@ def test_measured_no_think_keeps_problems_answered_directly(monkeypatch, tiny_mo
         assert config.temperature == 0 and forced_prefixes == [DIRECT_ANSWER_PREFIX] * 3
         return fake_batch([f"{DIRECT_ANSWER_PREFIX}1}}", f"{DIRECT_ANSWER_PREFIX}2}} </no_think>", f"{DIRECT_ANSWER_PREFIX}9}}"], [3, 4, 3], 1)
 
-    monkeypatch.setattr("thinklean.data.hft.generate", fake_generate)
+    monkeypatch.setattr("thinklean.methods.lhrm.generate", fake_generate)
     assert measured_no_think(tiny_model, tiny_tokenizer, problems) == {"a", "b"}
 
 

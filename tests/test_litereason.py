@@ -20,15 +20,14 @@ from thinklean.data.litereason import (
     latent_prefix_variant,
     latent_variant,
     litereason_prompt,
-    litereason_records,
     split_sentences,
     variant_rows,
 )
-from thinklean.methods.litereason import projector_sft_config, projector_sft_loss, train_projector
+from thinklean.methods.litereason import litereason_records, projector_sft_config, projector_sft_loss, train_projector
 from thinklean.eval.latent_probe import PROBE_KEYS
 from thinklean.models.projector import ReasoningProjector, embedding_norm
 from thinklean.models.tiny import build_model
-from thinklean.train.monitor import read_metrics
+from thinklean.runlog import read_metrics
 from thinklean.train.sft import collate, encode_rows
 
 SEGMENT = re.compile(rf"{LATENT}(\d+){LATENT_END}")
@@ -143,7 +142,7 @@ def test_records_keep_only_correct_traces_and_are_deterministic(monkeypatch, tin
         texts = {0: [right[0], wrong, right[0]], 1: [wrong] * 3, 2: [wrong, right[2], wrong]}
         return SimpleNamespace(texts=[t for i in range(len(prompts)) for t in texts[i]])
 
-    monkeypatch.setattr("thinklean.data.litereason.generate", fake_generate)
+    monkeypatch.setattr("thinklean.methods.litereason.generate", fake_generate)
     rows = litereason_records(tiny_model, tiny_tokenizer, examples, k=3, seed=1, show_progress=False)
     assert calls == [(3, 3, 0.7, 0.8)]
     # problem 1 has no correct trace; problem 0's duplicate trace counts once
@@ -246,7 +245,7 @@ def test_data_and_sft_commands_write_rows_and_a_model_with_its_projector(monkeyp
 
     problems = generate_problems(2, "train", 0)
     traces = [solution_text(p, "full", random.Random(i)) for i, p in enumerate(problems)]
-    monkeypatch.setattr("thinklean.data.litereason.generate",
+    monkeypatch.setattr("thinklean.methods.litereason.generate",
                         lambda model, tokenizer, prompts, k, sampling, generator=None:
                         SimpleNamespace(texts=[traces[i] for i in range(len(prompts)) for _ in range(k)]))
     data = tmp_path / "lr.jsonl"

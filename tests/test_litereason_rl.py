@@ -21,8 +21,8 @@ from thinklean.methods.litereason import LiteReasonTrainer
 from thinklean.models.projector import ReasoningProjector
 from thinklean.models.tiny import build_model
 from thinklean.rollout import RolloutBatch
-from thinklean.train.config import ConfigError, load_config
-from thinklean.train.monitor import read_metrics
+from thinklean.runlog import read_metrics
+from thinklean.methods.config import ConfigError, load_config
 from thinklean.train.rl import RLConfig, RLTrainer
 
 PROBLEMS = generate_problems(4, "train", 0)

@@ -13,10 +13,11 @@ import thinklean.demo
 from thinklean.cli import main
 from thinklean.core import grpo_advantages
 from thinklean.data.jsonl import Example
-from thinklean.methods import DEMO_ROWS, METHODS, MethodSpec, get_trainer_class, load_plugin, register_method
+from thinklean.methods import (DEMO_ROWS, METHODS, DataTask, MethodSpec, get_trainer_class, load_plugin,
+                               register_method)
 from thinklean.methods.iapo import IAPOTrainer
-from thinklean.train.config import load_config, parse_overrides
-from thinklean.train.rl import RLConfig, RLTrainer
+from thinklean.methods.config import load_config, parse_overrides
+from thinklean.train.rl import TRAINER_HOOKS, RLConfig, RLTrainer
 from thinklean.train.settings import ConfigError
 
 PLUGIN = Path(__file__).resolve().parents[1] / "docs" / "examples" / "my_method.py"
@@ -45,12 +46,24 @@ def test_every_builtin_method_is_registered_with_its_trainer_and_config():
         get_trainer_class("nope")
 
 
+def test_builtin_trainers_override_only_the_documented_hooks():
+    documented = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    assert all(f"`{hook}(" in documented for hook in TRAINER_HOOKS)
+    for name, spec in METHODS.items():
+        for cls in spec.trainer.__mro__[: spec.trainer.__mro__.index(RLTrainer)]:
+            overridden = {attr for attr in vars(cls) if hasattr(RLTrainer, attr) and attr not in ("__init__", "__doc__",
+                                                                                                     "__module__")}
+            assert overridden <= {*TRAINER_HOOKS, "Settings", "policy_logprobs_shares_prompts"}, (name, overridden)
+
+
 def test_a_taken_method_name_or_demo_row_is_refused():
     with pytest.raises(ValueError, match="'grpo' is already registered"):
         register_method(MethodSpec("grpo", RLTrainer, "again"))
     with pytest.raises(ValueError, match="demo row.* kimi already exist"):
         register_method(MethodSpec("kimi_again", RLTrainer, "again", demo_rows={"kimi": {}}))
-    assert "kimi_again" not in METHODS
+    with pytest.raises(ValueError, match="data task 'litereason' already exists .of litereason"):
+        register_method(MethodSpec("traces", RLTrainer, "again", data=DataTask("litereason", "", list, str)))
+    assert "kimi_again" not in METHODS and "traces" not in METHODS
 
 
 # ------------------------------------------------------------------- call convention at load
@@ -145,6 +158,34 @@ def test_the_quick_demo_trains_a_plugin_method_next_to_grpo(tmp_path, capsys):
     assert list(saved["methods"]) == ["base", "grpo", "my_method"]
     assert "training my_method" in capsys.readouterr().out
     assert thinklean.demo.method_config("my_method", thinklean.demo.QUICK, seed=0).reward == "correct_minus_length"
+
+
+@pytest.fixture()
+def restore_registry():
+    """The method registry as it was before the test (a test plugin's method leaves it afterwards)."""
+    methods, rows = dict(METHODS), dict(DEMO_ROWS)
+    yield
+    METHODS.clear()
+    METHODS.update(methods)
+    DEMO_ROWS.clear()
+    DEMO_ROWS.update(rows)
+
+
+def test_a_plugin_adds_a_data_task_with_its_own_flag(tmp_path, tiny_model_dir, restore_registry):
+    plugin = tmp_path / "echo.py"
+    plugin.write_text(
+        "from thinklean.methods import DataTask, MethodFlag, MethodSpec, register_method\n"
+        "from thinklean.train.rl import RLTrainer\n"
+        "def build(model, tokenizer, examples, seed=0, times=1):\n"
+        "    return [{'prompt': e.prompt, 'answer': e.answer, 'seed': seed} for e in examples for _ in range(times)]\n"
+        "register_method(MethodSpec('echo_method', RLTrainer, 'echo', config={},\n"
+        "    data=DataTask('echo', 'each problem TIMES times', build, lambda rows: f'{len(rows)} echoed',\n"
+        "                  flags=(MethodFlag('--times', 'times', 'copies per problem', int, at_least=1),))))\n")
+    out = tmp_path / "data"
+    assert main(["data", "echo", "--plugin", str(plugin), "--model", str(tiny_model_dir), "--n", "2", "--times", "3",
+                 "--seed", "4", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "echo.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {row["seed"] for row in rows} == {4}
 
 
 def test_a_plugin_is_imported_once_per_file(tmp_path):

@@ -4,8 +4,8 @@ import torch
 
 from thinklean.data.jsonl import Example
 from thinklean.methods.hmpo import budget_stats
-from thinklean.train.config import ConfigError, load_config, parse_overrides
-from thinklean.train.monitor import read_metrics
+from thinklean.runlog import read_metrics
+from thinklean.methods.config import ConfigError, load_config, parse_overrides
 from thinklean.train.rl import RLConfig
 
 PROMPTS = [Example(prompt=f"Start with {i}. Add 1. What is the result?", answer=str(i + 1), difficulty=1) for i in range(1, 9)]

@@ -290,3 +290,46 @@ def test_no_gradients_are_recorded(model, tokenizer):
     batch = generate(model, tokenizer, PROMPTS[:1], config=SamplingConfig(max_new_tokens=3))
     assert not batch.logprobs.requires_grad
     assert math.isfinite(float(batch.logprobs.sum()))
+
+
+@pytest.mark.parametrize("temperature, eos_bias", [(0.0, 1.1), (1.0, 3.0)])
+def test_static_cache_decoding_samples_the_same_tokens_as_the_dynamic_cache(model, tokenizer, monkeypatch, temperature,
+                                                                             eos_bias):
+    # The fixed-shape path without torch.compile (compiling takes a minute on a CPU; the compiled
+    # path's identity on the shipped model is in docs/scaling.md). EOS is made likely so rows
+    # finish at different steps: slots idle, then the cache shrinks to fewer slots.
+    from thinklean.rollout import engine
+
+    monkeypatch.setattr(engine, "_compiled", lambda model: model)
+    shrinks = []
+    select = engine._StaticDecode._select_slots
+    monkeypatch.setattr(engine._StaticDecode, "_select_slots", lambda self, index: (shrinks.append(index.numel()),
+                                                                                   select(self, index)))
+    handle = _bias_eos(model, tokenizer, eos_bias)
+    try:
+        def run(decode):
+            config = SamplingConfig(max_new_tokens=24, temperature=temperature, decode=decode)
+            return generate(model, tokenizer, PROMPTS, num_samples=3, config=config,
+                            forced_prefixes=["<think>", "", ""] * 3, generator=torch.Generator().manual_seed(3))
+
+        dynamic, static = run("dynamic"), run("static")
+    finally:
+        handle.remove()
+    assert shrinks[0] == 9 and any(n < 9 for n in shrinks[1:])  # prefill of 4 distinct contexts spread to 9 slots
+    assert len(set(dynamic.lengths.tolist())) > 1
+    assert torch.equal(static.response_ids, dynamic.response_ids) and static.texts == dynamic.texts
+    assert torch.equal(static.finished, dynamic.finished)
+    assert torch.allclose(static.logprobs, dynamic.logprobs, atol=1e-5)
+
+
+def test_static_decoding_falls_back_to_the_dynamic_cache_for_an_undeclared_model(model, tokenizer, monkeypatch):
+    from thinklean.rollout import engine
+
+    monkeypatch.setattr(type(model), "_can_compile_fullgraph", False)
+    assert "does not declare" in engine.static_decode_problem(model)
+    monkeypatch.setattr(engine, "_StaticDecode", None)  # would fail if it were used
+    config = SamplingConfig(max_new_tokens=5, temperature=0, decode="static")
+    assert generate(model, tokenizer, PROMPTS, config=config).texts == generate(
+        model, tokenizer, PROMPTS, config=SamplingConfig(max_new_tokens=5, temperature=0)).texts
+    with pytest.raises(ValueError, match="decode must be 'dynamic' or 'static'"):
+        generate(model, tokenizer, PROMPTS, config=SamplingConfig(decode="compiled"))

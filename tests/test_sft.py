@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from thinklean.data.arith import sft_records
+from thinklean.runlog import read_metrics
 from thinklean.train.checkpoint import latest_checkpoint
-from thinklean.train.monitor import NonFiniteLossError, read_metrics
+from thinklean.train.monitor import NonFiniteLossError
 from thinklean.train.sft import IGNORE_INDEX, EncodedExample, SFTConfig, collate, encode_rows, train_sft, warmup_cosine
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from thinklean.cli import main
-from thinklean.train.monitor import read_metrics
+from thinklean.runlog import read_metrics
 from thinklean.train.trackers import TrackerError, flat_params, installed, resolve_report_to
 
 TRAIN = ["train", "--steps", "2", "--prompts-per-step", "2", "--samples-per-prompt", "2", "--max-new-tokens", "8",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import inspect
 import json
 import math
 import sys
@@ -128,12 +129,12 @@ def _flag_dest(flag: str) -> str:
 
 
 def _load_plugins(argv: Sequence[str]) -> None:
-    """Import each ``--plugin FILE`` of a ``train`` or ``demo`` command line, before the parser is
-    built, so that its methods are ``--method`` choices and its flags exist."""
+    """Import each ``--plugin FILE`` of a ``train``, ``demo`` or ``data`` command line, before the
+    parser is built, so that its methods are ``--method`` choices and its flags and data tasks exist."""
+    if not argv or argv[0] not in ("train", "demo", "data"):
+        return
     from thinklean.methods import load_plugin
 
-    if not argv or argv[0] not in ("train", "demo"):
-        return
     paths = [value for flag, value in zip(argv, argv[1:]) if flag == "--plugin"]
     paths += [arg.partition("=")[2] for arg in argv if arg.startswith("--plugin=")]
     for path in paths:
@@ -281,12 +282,13 @@ def cmd_data(args: argparse.Namespace) -> None:
     from thinklean.data.arith import generate_problems, problem_record, sft_records
     from thinklean.data.jsonl import write_jsonl
 
+    tasks = _data_tasks()
     if args.task == "hft":
         return _data_hft(args)
-    if args.task == "litereason":
-        return _data_litereason(args)
+    if args.task in tasks:
+        return _data_from_model(args, tasks[args.task])
     if args.task != "arith":
-        raise UsageError(f"unknown data task {args.task!r} (available: arith, hft, litereason)")
+        raise UsageError(f"unknown data task {args.task!r} (available: arith, hft, {', '.join(tasks)})")
     if args.split == "train" and args.solutions:
         rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate)
     else:
@@ -309,9 +311,10 @@ def _style_weights(style: str) -> dict[str, float]:
 def _data_hft(args: argparse.Namespace) -> None:
     """Hybrid SFT mixture (lhrm.md): the embedded task by rule or measurement, or a JSONL naming each row's mode."""
     from thinklean.data.arith import generate_problems
-    from thinklean.data.hft import (format_mix_stats, hft_from_jsonl, hft_records, measured_no_think, mix_stats,
-                                    parse_no_think_rule, upsample_mode)
+    from thinklean.data.hft import (format_mix_stats, hft_from_jsonl, hft_records, mix_stats, parse_no_think_rule,
+                                    upsample_mode)
     from thinklean.data.jsonl import load_jsonl, write_jsonl
+    from thinklean.methods.lhrm import measured_no_think
 
     rule = args.no_think_rule or ("difficulty<=2" if args.data == "arith" else None)
     try:
@@ -339,18 +342,24 @@ def _data_hft(args: argparse.Namespace) -> None:
     print(f"wrote {len(rows)} rows to {out}")
 
 
-def _data_litereason(args: argparse.Namespace) -> None:
-    """LiteReason SFT rows (litereason.md): rejection-sampled correct traces with sentences made latent."""
+def _data_tasks() -> dict[str, Any]:
+    """The methods' ``thinklean data`` tasks (:class:`~thinklean.methods.registry.DataTask`) by name."""
+    from thinklean.methods import METHODS
+
+    return {spec.data.name: spec.data for spec in METHODS.values() if spec.data is not None}
+
+
+def _data_from_model(args: argparse.Namespace, task: Any) -> None:
+    """A method's dataset (:class:`~thinklean.methods.registry.DataTask`) sampled from ``--model``."""
     from thinklean.data.jsonl import write_jsonl
-    from thinklean.data.litereason import litereason_records, records_summary
 
     model, tokenizer = _load(args.model or "base", args.trust_remote_code, args.device)
     examples = _load_examples(args.data, args.n, "train", args.seed)
-    rows = litereason_records(model, tokenizer, examples, k=args.k, seed=args.seed, variants=args.variants,
-                              max_new_tokens=args.max_new_tokens)
-    out = args.output if args.output.suffix == ".jsonl" else args.output / "litereason.jsonl"
+    rows = task.build(model, tokenizer, examples, seed=args.seed,
+                      **{flag.key: getattr(args, _flag_dest(flag.flag)) for flag in task.flags})
+    out = args.output if args.output.suffix == ".jsonl" else args.output / f"{task.name}.jsonl"
     write_jsonl(out, rows)
-    print(records_summary(rows))
+    print(task.summary(rows))
     print(f"wrote {len(rows)} rows to {out}")
 
 
@@ -423,7 +432,7 @@ def _method_kwargs_from_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from thinklean.methods import get_trainer_class
-    from thinklean.train.config import ConfigError, load_config, parse_overrides
+    from thinklean.methods.config import ConfigError, load_config, parse_overrides
 
     method_kwargs = _method_kwargs_from_flags(args)
     _prepare_run_dir(args)
@@ -539,7 +548,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_explain_tokens(args: argparse.Namespace) -> None:
-    from thinklean.eval.explain import explain_tokens, write_explanation
+    from thinklean.eval.explain import write_explanation
+    from thinklean.methods.iapo import explain_tokens
 
     model, tokenizer = _load(args.model, args.trust_remote_code, args.device)
     examples = _load_examples(args.data, args.n, "test", args.seed, prompt_field=args.prompt_field,
@@ -580,25 +590,27 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="thinklean",
-        description="Train language models to reason with fewer thinking tokens.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_method_flags(p: argparse.ArgumentParser, flags: Sequence[Any], where: str,
+                      defaults: Callable[..., Any] | None = None) -> None:
+    """A method's own flags (``MethodFlag``s), which apply to ``where`` only (e.g. ``--method bupo``);
+    each defaults to None, or with ``defaults`` to that function's default for the flag's key."""
+    parameters = inspect.signature(defaults).parameters if defaults is not None else {}
+    for flag in flags:
+        kind = _number(flag.type, flag.at_least) if flag.type in (int, float) else flag.type
+        default = parameters[flag.key].default if flag.key in parameters else None
+        try:
+            p.add_argument(flag.flag, dest=_flag_dest(flag.flag), type=kind, default=default, metavar=flag.key.upper(),
+                           help=f"{where} only: {flag.help}")
+        except argparse.ArgumentError as e:
+            raise UsageError(f"{where}: its flag {flag.flag} clashes with another ({e})") from e
 
-    from thinklean.core import list_rewards
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    """``thinklean demo``'s arguments: the demo rows of every registered method."""
     from thinklean.methods import DEMO_ROWS, METHODS
 
     starts = [f"{name} first builds {spec.start.description}, the '{spec.start.row}' row"
               for name, spec in METHODS.items() if spec.start is not None and name in DEMO_ROWS]
-    p = sub.add_parser("demo", formatter_class=DEFAULTS, help="base model -> RL methods -> held-out comparison",
-                       description="Train each method from the shipped base model (or from a start model built from it) with "
-                       "the same budget and seed, "
-                       "evaluate all on the same held-out problems (also every 20 steps during training), print the "
-                       "comparison and write OUTPUT/results.json and OUTPUT/report/. Finished methods are not re-run "
-                       "when their budget, seed and base model (weights hash) are this run's; OUTPUT holding them from "
-                       "another is refused unless --overwrite.")
     p.add_argument("--methods", default="grpo,hmpo",
                    help=f"comma-separated: {', '.join(DEMO_ROWS)}, or 'all' (every one of these, in this order; "
                    f"l1 is evaluated without its length target; {'; '.join(starts)})")
@@ -615,19 +627,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, "demo-out")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("data", formatter_class=DEFAULTS, help="generate datasets as JSONL",
-                       description="Write embedded-task problems (optionally with mixed-style solutions) as JSONL.")
-    p.add_argument("task", choices=["arith", "hft", "litereason"],
-                   help="dataset to build (hft: think/no-think SFT mixture; litereason: traces with latent segments)")
-    p.add_argument("--n", type=AT_LEAST_1, default=1000, help="number of rows (litereason: problems to sample)")
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    """``thinklean data``'s arguments, with the methods' data tasks and their flags."""
+    tasks = _data_tasks()
+    p.add_argument("task", choices=["arith", "hft", *tasks],
+                   help="dataset to build (hft: think/no-think SFT mixture"
+                   + "".join(f"; {task.name}: {task.help}" for task in tasks.values()) + ")")
+    p.add_argument("--n", type=AT_LEAST_1, default=1000, help="number of rows (a method's task: problems to sample)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="problem split (disjoint by hash)")
     p.add_argument("--solutions", action="store_true", help="include think-mode solutions (SFT data) in --style")
     _add_style(p)
     _add_model_and_data(p, model=None, model_help="hft: send to no-think the problems this model answers right "
-                        "when forced to '<no_think> \\boxed{' (replaces the rule); litereason: the model whose "
-                        "traces are sampled ('base' when not given)",
-                        data_help="hft: 'arith' or a JSONL file whose rows name their mode; litereason: 'arith' or "
-                        "a JSONL file with prompt, answer")
+                        "when forced to '<no_think> \\boxed{' (replaces the rule); a method's task: the model whose "
+                        "responses are sampled ('base' when not given)",
+                        data_help="hft: 'arith' or a JSONL file whose rows name their mode; a method's task: 'arith' "
+                        "or a JSONL file with prompt, answer")
     _add_device(p)
     p.add_argument("--mode-field", dest="mode_field", default="mode", help="hft JSONL: field holding think / no_think")
     p.add_argument("--no-think-rule", dest="no_think_rule", default=None,
@@ -637,11 +652,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-think-upsample", dest="no_think_upsample", type=FINITE, default=None,
                    help="hft: repeat the no-think rows until they are this share of all rows (e.g. 0.75; a small "
                         "model needs many passes over direct answers)")
-    p.add_argument("--k", type=AT_LEAST_1, default=5, help="litereason: traces sampled per problem (temperature 0.7, top-p 0.8)")
-    p.add_argument("--variants", type=AT_LEAST_0, default=2, help="litereason: random variants per kept trace and ratio (0.10, 0.25)")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=AT_LEAST_1, default=320, help="litereason: response cap when sampling")
+    for task in tasks.values():
+        _add_method_flags(p, task.flags, f"`thinklean data {task.name}`", defaults=task.build)
+    _add_plugin(p)
     _add_common(p, "data")
     p.set_defaults(func=cmd_data)
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    """``thinklean train``'s arguments, with every registered method and its flags."""
+    from thinklean.core import list_rewards
+    from thinklean.methods import METHODS
+
+    p.add_argument("--method", default="grpo", choices=list(METHODS), metavar="METHOD",
+                   help=f"registered method: {' | '.join(METHODS)}")
+    _add_plugin(p)
+    _add_model_and_data(p)
+    p.add_argument("--config", type=Path, default=None, help="YAML file overriding the method's defaults")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
+    p.add_argument("--steps", type=AT_LEAST_1, default=None, help="rollout steps (config default: 100)")
+    p.add_argument("--lr", type=ABOVE_0, default=None, help="learning rate")
+    p.add_argument("--reward", default=None, help=f"registered reward: {', '.join(list_rewards())}")
+    p.add_argument("--prompts-per-step", dest="prompts_per_step", type=AT_LEAST_1, default=None, help="prompts per rollout step")
+    p.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=AT_LEAST_1, default=None, help="G, samples per prompt")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=AT_LEAST_1, default=None, help="response cap")
+    p.add_argument("--eval-every", dest="eval_every", type=AT_LEAST_0, default=None, help="evaluate on held-out problems every N steps")
+    for spec in METHODS.values():
+        _add_method_flags(p, spec.flags, f"--method {spec.name}")
+    p.add_argument("--rollout", choices=["hf", "vllm"], default=None,
+                   help="rollout engine: hf (thinklean's decode loop, CPU or GPU) or vllm (colocated vLLM engine "
+                        "on the training GPU, weights synced after each update; pip install 'thinklean[gpu]'); "
+                        "config default: hf")
+    _add_run_dir_flags(p)
+    _add_fields(p)
+    _add_report_to(p, default=None)
+    _add_common(p, "runs/train")
+    p.set_defaults(func=cmd_train)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``thinklean`` parser. ``command``: the only subcommand that gets its arguments (the
+    others get their help line), so that ``thinklean --help`` or ``thinklean eval`` does not import
+    the method registry, and with it torch, for the method lists of demo, data and train; ``None``:
+    every subcommand in full."""
+    parser = _Parser(
+        prog="thinklean",
+        description="Train language models to reason with fewer thinking tokens.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", formatter_class=DEFAULTS, help="base model -> RL methods -> held-out comparison",
+                       description="Train each method from the shipped base model (or from a start model built from it) with "
+                       "the same budget and seed, "
+                       "evaluate all on the same held-out problems (also every 20 steps during training), print the "
+                       "comparison and write OUTPUT/results.json and OUTPUT/report/. Finished methods are not re-run "
+                       "when their budget, seed and base model (weights hash) are this run's; OUTPUT holding them from "
+                       "another is refused unless --overwrite.")
+    if command in (None, "demo"):
+        _demo_arguments(p)
+
+    p = sub.add_parser("data", formatter_class=DEFAULTS, help="generate datasets as JSONL",
+                       description="Write embedded-task problems (optionally with mixed-style solutions) as JSONL.")
+    if command in (None, "data"):
+        _data_arguments(p)
 
     p = sub.add_parser("sft", formatter_class=DEFAULTS, help="supervised fine-tuning on prompt/solution pairs",
                        description="SFT with loss on response tokens only; checkpoints in OUTPUT/checkpoints, final model in OUTPUT/model.")
@@ -695,36 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", formatter_class=DEFAULTS, help="RL training (GRPO, Dr.GRPO, DAPO, RLOO, HMPO, ...)",
                        description="Policy-gradient training from a base model. Settings come from "
                        "thinklean/configs/METHOD.yaml, then --config, then flags and --set KEY=VALUE.")
-    p.add_argument("--method", default="grpo", choices=list(METHODS), metavar="METHOD",
-                   help=f"registered method: {' | '.join(METHODS)}")
-    _add_plugin(p)
-    _add_model_and_data(p)
-    p.add_argument("--config", type=Path, default=None, help="YAML file overriding the method's defaults")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
-    p.add_argument("--steps", type=AT_LEAST_1, default=None, help="rollout steps (config default: 100)")
-    p.add_argument("--lr", type=ABOVE_0, default=None, help="learning rate")
-    p.add_argument("--reward", default=None, help=f"registered reward: {', '.join(list_rewards())}")
-    p.add_argument("--prompts-per-step", dest="prompts_per_step", type=AT_LEAST_1, default=None, help="prompts per rollout step")
-    p.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=AT_LEAST_1, default=None, help="G, samples per prompt")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=AT_LEAST_1, default=None, help="response cap")
-    p.add_argument("--eval-every", dest="eval_every", type=AT_LEAST_0, default=None, help="evaluate on held-out problems every N steps")
-    for spec in METHODS.values():
-        for flag in spec.flags:
-            kind = _number(flag.type, flag.at_least) if flag.type in (int, float) else flag.type
-            try:
-                p.add_argument(flag.flag, dest=_flag_dest(flag.flag), type=kind, default=None, metavar=flag.key.upper(),
-                               help=f"--method {spec.name} only: {flag.help}")
-            except argparse.ArgumentError as e:
-                raise UsageError(f"method {spec.name}: its flag {flag.flag} clashes with train's own ({e})") from e
-    p.add_argument("--rollout", choices=["hf", "vllm"], default=None,
-                   help="rollout engine: hf (thinklean's decode loop, CPU or GPU) or vllm (colocated vLLM engine "
-                        "on the training GPU, weights synced after each update; pip install 'thinklean[gpu]'); "
-                        "config default: hf")
-    _add_run_dir_flags(p)
-    _add_fields(p)
-    _add_report_to(p, default=None)
-    _add_common(p, "runs/train")
-    p.set_defaults(func=cmd_train)
+    if command in (None, "train"):
+        _train_arguments(p)
 
     p = sub.add_parser("analyze", formatter_class=DEFAULTS, help="BuPO per-layer entropy diagnostics of a model",
                        description="Sample responses and measure, per layer, the entropy of the internal layer policy "
@@ -818,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         _load_plugins(argv)
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv[0] if argv else None).parse_args(argv)
         _check_output(args)
         args.func(args)
     except (UsageError, DataError) as e:

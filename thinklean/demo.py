@@ -174,7 +174,7 @@ def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int =
     """The :class:`~thinklean.train.rl.RLConfig` the demo trains ``name`` with: the method's YAML,
     then the budget, then the row's overrides in :data:`DEMO_METHODS` and the spec's
     ``demo_settings`` for the budget's steps (and ``report_to``)."""
-    from thinklean.train.config import load_config
+    from thinklean.methods.config import load_config
 
     method, method_overrides = DEMO_ROWS[name]
     spec = METHODS[method]
@@ -228,7 +228,7 @@ def run_demo(
     from thinklean.eval.report import write_report
     from thinklean.eval.tables import print_comparison, print_eval
     from thinklean.models.tiny import BASE_MODEL_DIR, load_pretrained
-    from thinklean.train.monitor import progress_bar
+    from thinklean.runlog import progress_bar
 
     base_model = Path(base_model or BASE_MODEL_DIR)
     console = Console()

@@ -12,7 +12,7 @@ import torch
 
 from thinklean.eval.evaluate import arith_examples
 from thinklean.models.tiny import build_model, load_pretrained
-from thinklean.train.monitor import read_metrics
+from thinklean.runlog import read_metrics
 from thinklean.train.rl import RLConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

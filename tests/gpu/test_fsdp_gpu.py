@@ -29,7 +29,7 @@ def test_fsdp_litereason_on_two_gpus_matches_one_gpu(tmp_path, tiny_tokenizer):
 
 
 def test_fsdp_resume_on_two_gpus(tmp_path, tiny_tokenizer):
-    test_fsdp.test_fsdp_resume_from_a_sharded_checkpoint_continues_the_run(tmp_path, tiny_tokenizer)
+    test_fsdp.test_fsdp_killed_run_resumes_from_a_sharded_checkpoint(tmp_path, tiny_tokenizer)
 
 
 def test_fsdp_sft_on_two_gpus_matches_one_gpu(tmp_path, tiny_tokenizer):

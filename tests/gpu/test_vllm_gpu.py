@@ -16,7 +16,7 @@ from thinklean.models.tiny import load_pretrained
 from thinklean.rollout import SamplingConfig, generate
 from thinklean.rollout.engine import position_ids_from_mask
 from thinklean.rollout.vllm_engine import VLLMRollout, vllm_installed
-from thinklean.train.monitor import read_metrics
+from thinklean.runlog import read_metrics
 from thinklean.train.rl import RLConfig, RLTrainer
 
 pytestmark = [

@@ -9,8 +9,9 @@ picks a mode itself (its first token) when not forced. Every row carries ``mode`
 ``difficulty``.
 
 Which problems get no-think rows is a rule: ``"difficulty<=2"`` (the default on the embedded
-task), any function ``row -> bool``, or a measured set (:func:`measured_no_think`: problems a
-model already answers right without reasoning)::
+task), any function ``row -> bool``, or a measured set
+(:func:`thinklean.methods.lhrm.measured_no_think`: problems a model already answers right
+without reasoning)::
 
     problems = generate_problems(n, "train", seed, distinct=False)   # what hft_records draws
     direct = measured_no_think(model, tokenizer, problems)
@@ -28,8 +29,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import torch
-
 from thinklean.data.arith import (
     BASE_STYLE_WEIGHTS,
     ArithProblem,
@@ -39,10 +38,8 @@ from thinklean.data.arith import (
     sample_style,
     solution_text,
 )
-from thinklean.data.formats import NO_THINK, THINK, boxed, format_prompt, no_think_response, think_response
-from thinklean.data.grading import grade
+from thinklean.data.formats import NO_THINK, THINK, boxed, no_think_response, think_response
 from thinklean.data.jsonl import DataError, Example, _decode_line, example_from_dict, example_to_dict
-from thinklean.rollout import SamplingConfig, generate
 
 MODES = ("think", "no_think")
 NoThinkRule = str | Callable[[Mapping[str, Any]], bool]
@@ -222,24 +219,3 @@ def as_example(problem: ArithProblem | Example) -> Example:
     if isinstance(problem, Example):
         return problem
     return Example(prompt=problem.question, answer=str(problem.answer), difficulty=problem.difficulty)
-
-
-@torch.no_grad()
-def measured_no_think(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    problems: Sequence[ArithProblem | Example],
-    forced_prefix: str = DIRECT_ANSWER_PREFIX,
-    max_new_tokens: int = 16,
-    batch_size: int = 128,
-) -> set[str]:
-    """Prompts whose greedy answer, forced to start with ``forced_prefix``, is right.
-
-    The default prefix ``<no_think> \\boxed{`` asks for the number straight away, so a base
-    model trained on think rows only can be measured too.
-    """
-    examples = [as_example(p) for p in problems]
-    prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
-    batch = generate(model, tokenizer, prompts, 1, sampling, [forced_prefix] * len(prompts))
-    return {e.prompt for e, text in zip(examples, batch.texts) if grade(text, e.answer)}

@@ -1,7 +1,7 @@
 """LiteReason SFT data (litereason.md): correct sampled traces with sentences made latent.
 
 For each problem, ``k`` traces are sampled from the model (temperature 0.7, top-p 0.8, as the
-authors) and the correct ones kept. A trace's reasoning is split into sentences and, for each
+authors) and the correct ones kept (:func:`thinklean.methods.litereason.litereason_records`). A trace's reasoning is split into sentences and, for each
 replacement ratio (0.10 and 0.25), a few random variants replace ``max(1, round(ratio * S))``
 of its ``S`` replaceable sentences by a latent segment::
 
@@ -19,13 +19,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-
-from thinklean.data.formats import LATENT, LATENT_END, THINK, THINK_END, format_prompt
-from thinklean.data.grading import grade
+from thinklean.data.formats import LATENT, LATENT_END, THINK, THINK_END
 from thinklean.data.jsonl import Example
-from thinklean.rollout import SamplingConfig, generate
-from thinklean.train.monitor import progress_bar
 
 RATIOS = (0.10, 0.25)
 MAX_LATENT_STEPS = 5
@@ -129,51 +124,6 @@ def variant_rows(example: Example, trace: str, tokenizer: Any, rng: random.Rando
             if example.difficulty is not None:
                 row["difficulty"] = example.difficulty
             rows.append(row)
-    return rows
-
-
-@torch.no_grad()
-def correct_traces(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5, seed: int = 0,
-                   max_new_tokens: int = 320, temperature: float = 0.7, top_p: float = 0.8,
-                   batch_size: int = 128, show_progress: bool = True) -> list[list[str]]:
-    """Rejection sampling: per example, its distinct correct traces among ``k`` samples (in sample order).
-
-    Prompts are the plain questions (the model writes its usual reasoning). Problems are decoded
-    in chunks of ``batch_size // k``; chunk ``c`` samples with seed ``(seed, c)``.
-    """
-    device = next(model.parameters()).device
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              batch_size=batch_size)
-    per_chunk = max(1, batch_size // k)
-    out: list[list[str]] = []
-    with progress_bar(disable=not show_progress) as bar:
-        task = bar.add_task("rejection sampling", total=len(examples), info="")
-        for chunk, first in enumerate(range(0, len(examples), per_chunk)):
-            block = examples[first: first + per_chunk]
-            generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + chunk)
-            batch = generate(model, tokenizer, [format_prompt(e.prompt, tokenizer) for e in block], k, sampling,
-                             generator=generator)
-            for j, example in enumerate(block):
-                texts = [t.strip() for t in batch.texts[j * k: (j + 1) * k]]
-                out.append(list(dict.fromkeys(t for t in texts if grade(t, example.answer))))
-            kept = sum(len(traces) for traces in out)
-            bar.update(task, advance=len(block), info=f"{kept} correct traces")
-    return out
-
-
-def litereason_records(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5,
-                       seed: int = 0, variants: int = 2, ratios: Sequence[float] = RATIOS,
-                       max_new_tokens: int = 320, batch_size: int = 128, show_progress: bool = True) -> list[dict]:
-    """LiteReason SFT rows: rejection-sampled correct traces (:func:`correct_traces`), each
-    turned into variants at every ratio (:func:`variant_rows`); problems with no correct trace
-    give no rows."""
-    traces = correct_traces(model, tokenizer, examples, k, seed, max_new_tokens, batch_size=batch_size,
-                            show_progress=show_progress)
-    rows = []
-    for index, (example, kept) in enumerate(zip(examples, traces)):
-        for j, trace in enumerate(kept):
-            rows += variant_rows(example, trace, tokenizer, random.Random(f"litereason-{seed}-{index}-{j}"),
-                                 ratios, variants)
     return rows
 
 

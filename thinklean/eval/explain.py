@@ -2,8 +2,9 @@
 
 For a few sampled responses, the early-exit probe gives the answer entropy before every token;
 its smoothed drop ``s_t`` is centred and L2-normalised per response (``s̃``, exactly the token
-term IAPO adds to the advantage). Green tokens reduced the model's uncertainty about the
-answer; red ones raised it; pale ones carried little. The page is self-contained HTML.
+term IAPO adds to the advantage; :func:`thinklean.methods.iapo.explain_tokens` computes them).
+Green tokens reduced the model's uncertainty about the answer; red ones raised it; pale ones
+carried little. The page is self-contained HTML.
 """
 
 from __future__ import annotations
@@ -11,39 +12,6 @@ from __future__ import annotations
 import html
 from pathlib import Path
 from typing import Any
-
-import torch
-
-from thinklean.core.advantages import sequence_l2_normalise
-from thinklean.data.formats import format_prompt
-from thinklean.data.jsonl import Example
-from thinklean.methods.iapo import DEFAULT_EXIT
-from thinklean.methods.iapo_probe import answer_entropies, information_gain
-from thinklean.rollout import SamplingConfig, generate
-
-
-def explain_tokens(model: Any, tokenizer: Any, examples: list[Example], max_new_tokens: int = 200,
-                   temperature: float = 0.0, seed: int = 0, exit_string: str = DEFAULT_EXIT) -> list[dict[str, Any]]:
-    """Per response: ``prompt``, ``tokens`` (strings), ``answer_entropy``, ``gain`` and ``score`` (s̃) lists."""
-    prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
-    batch = generate(model, tokenizer, prompts, 1, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
-                     generator=torch.Generator().manual_seed(seed))
-    exit_ids = tokenizer(exit_string, add_special_tokens=False).input_ids
-    entropy = answer_entropies(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask, exit_ids)
-    gain = information_gain(entropy, batch.response_mask)
-    score = sequence_l2_normalise(gain, batch.response_mask)
-    out = []
-    for i, example in enumerate(examples):
-        n = int(batch.lengths[i])
-        ids = batch.response_ids[i, :n].tolist()
-        out.append({
-            "prompt": example.prompt,
-            "tokens": [tokenizer.decode([t]) for t in ids],
-            "answer_entropy": entropy[i, :n].tolist(),
-            "gain": gain[i, :n].tolist(),
-            "score": score[i, :n].tolist(),
-        })
-    return out
 
 
 def _colour(score: float, scale: float) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from thinklean.eval.metrics import compression, iso_accuracy_compression
-from thinklean.train.monitor import read_metrics
+from thinklean.runlog import read_metrics
 
 
 def _eval_summary(path: Path) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ import torch
 
 from thinklean.methods.registry import DemoStage, MethodFlag, MethodSpec, register_method
 from thinklean.models.internal import layer_policy_logits
-from thinklean.train.rl import RLTrainer
+from thinklean.train.rl import RLTrainer, StepBatch
 
 IPA_SHARE = 0.1  # the demo's IPA phase: this share of its steps, at least 1 (bupo.md: about 10%)
 ANALYZE_PROMPTS = 32  # held-out prompts for the demo report's entropy plots, as `thinklean analyze --n 32`
@@ -64,10 +64,9 @@ class BuPOTrainer(RLTrainer):
         return layer_policy_logits(inner, input_ids, attention_mask, position_ids, self.schedule.layer,
                                    self.schedule.apply_final_norm, logits_to_keep=T + 1, whole_model=self.fsdp)[:, :-1]
 
-    def step(self) -> dict[str, float]:
-        metrics = super().step()
-        metrics["ipa_phase"] = float(self.step_index - 1 < self.schedule.s_inter)
-        return metrics
+    def on_rollout(self, step: int, step_batch: StepBatch) -> None:
+        """Logs ``ipa_phase``: 1 while the step's update is on the internal layer policy."""
+        step_batch.info["ipa_phase"] = float(step < self.schedule.s_inter)
 
 
 def entropy_comparison(stage: DemoStage, names: list[str]) -> list[Path]:

@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
-from thinklean.data.formats import THINK_END, boxed
+from thinklean.core.advantages import sequence_l2_normalise
+from thinklean.data.formats import THINK_END, boxed, format_prompt
 from thinklean.data.grading import format_ok
 from thinklean.data.jsonl import Example
 from thinklean.methods.iapo_probe import answer_entropies, information_gain
 from thinklean.methods.registry import MethodSpec, register_method
-from thinklean.rollout import RolloutBatch
+from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.train.rl import RLTrainer, StepBatch
 
 DEFAULT_EXIT = f" {THINK_END} {boxed('')[:-1]}"  # " </think> \boxed{"
@@ -87,6 +88,30 @@ class IAPOTrainer(RLTrainer):
                 "token_entropy": entropy_token,
                 "token_mask": self._reasoning_mask(rollout) if settings.reasoning_only else None,
                 "w_s": settings.w_s, "w_c": settings.w_c}
+
+
+def explain_tokens(model: Any, tokenizer: Any, examples: list[Example], max_new_tokens: int = 200,
+                   temperature: float = 0.0, seed: int = 0, exit_string: str = DEFAULT_EXIT) -> list[dict[str, Any]]:
+    """Per response: ``prompt``, ``tokens`` (strings), ``answer_entropy``, ``gain`` and ``score`` (s̃) lists."""
+    prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
+    batch = generate(model, tokenizer, prompts, 1, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
+                     generator=torch.Generator().manual_seed(seed))
+    exit_ids = tokenizer(exit_string, add_special_tokens=False).input_ids
+    entropy = answer_entropies(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask, exit_ids)
+    gain = information_gain(entropy, batch.response_mask)
+    score = sequence_l2_normalise(gain, batch.response_mask)
+    out = []
+    for i, example in enumerate(examples):
+        n = int(batch.lengths[i])
+        ids = batch.response_ids[i, :n].tolist()
+        out.append({
+            "prompt": example.prompt,
+            "tokens": [tokenizer.decode([t]) for t in ids],
+            "answer_entropy": entropy[i, :n].tolist(),
+            "gain": gain[i, :n].tolist(),
+            "score": score[i, :n].tolist(),
+        })
+    return out
 
 
 register_method(MethodSpec("iapo", IAPOTrainer, "IAPO: token advantages from information gain about the answer",

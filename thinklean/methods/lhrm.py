@@ -37,7 +37,7 @@ import torch
 from thinklean.data.arith import ArithProblem
 from thinklean.data.formats import NO_THINK, THINK, format_prompt, response_mode
 from thinklean.data.grading import format_ok, grade
-from thinklean.data.hft import as_example, hft_records, upsample_mode
+from thinklean.data.hft import DIRECT_ANSWER_PREFIX, as_example, hft_records, upsample_mode
 from thinklean.data.jsonl import Example
 from thinklean.methods.registry import DemoStage, MethodSpec, StartModel, register_method
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
@@ -199,6 +199,27 @@ def rft_records(
             row["difficulty"] = e.difficulty
         rows.append(row)
     return rows
+
+
+@torch.no_grad()
+def measured_no_think(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    problems: Sequence[ArithProblem | Example],
+    forced_prefix: str = DIRECT_ANSWER_PREFIX,
+    max_new_tokens: int = 16,
+    batch_size: int = 128,
+) -> set[str]:
+    """Prompts whose greedy answer, forced to start with ``forced_prefix``, is right.
+
+    The default prefix ``<no_think> \\boxed{`` asks for the number straight away, so a base
+    model trained on think rows only can be measured too.
+    """
+    examples = [as_example(p) for p in problems]
+    prompts = [format_prompt(e.prompt, tokenizer) for e in examples]
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
+    batch = generate(model, tokenizer, prompts, 1, sampling, [forced_prefix] * len(prompts))
+    return {e.prompt for e, text in zip(examples, batch.texts) if grade(text, e.answer)}
 
 
 @dataclass(frozen=True)

@@ -43,15 +43,16 @@ import torch.nn.functional as F
 
 from thinklean.core import entropy_from_logits
 from thinklean.data.formats import format_prompt
+from thinklean.data.grading import grade
 from thinklean.data.jsonl import Example, example_to_dict, load_jsonl, write_jsonl
-from thinklean.data.litereason import RATIOS, litereason_prompt, litereason_records, variant_rows
+from thinklean.data.litereason import RATIOS, litereason_prompt, records_summary, variant_rows
 from thinklean.eval.evaluate import arith_examples, grade_rollout
 from thinklean.eval.latent_probe import PROBE_EVERY, PROBE_STEPS, LatentProbe
 from thinklean.eval.metrics import summarize, summarize_by_difficulty
-from thinklean.methods.registry import DemoStage, MethodFlag, MethodSpec, StartModel, register_method
+from thinklean.methods.registry import DataTask, DemoStage, MethodFlag, MethodSpec, StartModel, register_method
 from thinklean.models.projector import CONFIG_NAME, ReasoningProjector
 from thinklean.models.tiny import load_pretrained
-from thinklean.rollout import SamplingConfig
+from thinklean.rollout import SamplingConfig, generate
 from thinklean.rollout.latent import (
     LatentRolloutBatch,
     generate_latent,
@@ -59,6 +60,7 @@ from thinklean.rollout.latent import (
     latent_replay_inputs,
     segment_finder,
 )
+from thinklean.runlog import progress_bar
 from thinklean.train.rl import RLConfig, RLTrainer, StepBatch
 from thinklean.train.settings import ConfigError, build_settings
 from thinklean.train.sft import IGNORE_INDEX, LossFn, SFTConfig, train_sft
@@ -251,36 +253,32 @@ class LiteReasonTrainer(RLTrainer):
     def build_prompts(self, examples: Sequence[Example]) -> tuple[list[str], list[str] | None]:
         return [format_prompt(litereason_prompt(e.prompt), self.tokenizer) for e in examples], None
 
-    def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> LatentRolloutBatch:
+    def generate_rollout(self, prompts: list[str], prefixes: list[str] | None, sampling: SamplingConfig,
+                         seed: int) -> LatentRolloutBatch:
         """Samples with latent decoding (:func:`~thinklean.rollout.latent.generate_latent`): after
-        each ``</implicit_thought>`` the frozen projector writes the latent steps. Always the ``hf``
-        engine, with the process's seed of :meth:`~thinklean.train.rl.RLTrainer.rollout_seed`."""
-        cfg = self.config
-        prompts, prefixes = self.build_prompts(examples)
-        generator = torch.Generator(device=self.accelerator.device).manual_seed(self.rollout_seed(step, round_))
-        return generate_latent(self.model, self.tokenizer, self.projector, prompts, cfg.samples_per_prompt,
-                               self.sampling_config(step), generator, prefixes)
+        each ``</implicit_thought>`` the frozen projector writes the latent steps. Always the ``hf`` engine."""
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(seed)
+        return generate_latent(self.model, self.tokenizer, self.projector, prompts, self.config.samples_per_prompt,
+                               sampling, generator, prefixes)
 
-    def collect(self, step: int) -> StepBatch:
-        batch = super().collect(step)
-        r = batch.rollout
-        self.correct_rollouts += [(batch.examples[int(g)], text)
-                                  for g, text, ok in zip(r.group_ids, r.texts, batch.correct.tolist()) if ok]
+    def on_rollout(self, step: int, step_batch: StepBatch) -> None:
+        """Keeps the correct rollouts for the next refresh; logs latent statistics and, on the
+        probe's schedule, the latent probe of the policy that rolled out the batch."""
+        r = step_batch.rollout
+        self.correct_rollouts += [(step_batch.examples[int(g)], text)
+                                  for g, text, ok in zip(r.group_ids, r.texts, step_batch.correct.tolist()) if ok]
         steps = r.latent_steps.float()
-        batch.info.update(latent_steps_mean=float(steps.mean()), latent_rows=float((steps > 0).float().mean()),
-                          latent_segments_mean=sum(map(len, r.latent_segments)) / max(1, len(r.latent_segments)))
-        # the policy that rolled out this step's batch, before its update
+        step_batch.info.update(latent_steps_mean=float(steps.mean()), latent_rows=float((steps > 0).float().mean()),
+                               latent_segments_mean=sum(map(len, r.latent_segments)) / max(1, len(r.latent_segments)))
         probe = probe_schedule(self.latent_probe, self.accelerator.unwrap_model(self.model), self.projector,
                                self.settings.probe_every, self.config.steps)
-        batch.info.update(probe(step + 1))
-        return batch
+        step_batch.info.update(probe(step + 1))
 
-    def _rows(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, Any]:
-        out = super()._rows(batch, rows)
+    def row_inputs(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, Any]:
+        """Each row's ``latent_segments`` and ``latent_inputs`` (the embeddings its rollout fed)."""
         indices = rows.tolist()
-        out["latent_segments"] = [batch.rollout.latent_segments[i] for i in indices]
-        out["latent_inputs"] = [batch.rollout.latent_inputs[i] for i in indices]
-        return out
+        return {"latent_segments": [batch.rollout.latent_segments[i] for i in indices],
+                "latent_inputs": [batch.rollout.latent_inputs[i] for i in indices]}
 
     def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, Any],
                         with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -332,15 +330,15 @@ class LiteReasonTrainer(RLTrainer):
         return evaluate_latent(self.model, self.tokenizer, self.projector, self.eval_examples[: n or cfg.eval_problems],
                                sampling, cfg.seed, output)
 
-    def train(self, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-        """The generic loop; the projector of the last refresh is reloaded on ``resume`` and
-        saved next to the final model."""
+    def on_train_start(self, resume: bool) -> None:
+        """On ``resume``, the projector of the last refresh (if any) replaces the loaded one."""
         saved = self.run_dir / PROJECTOR_DIR
         if resume and (saved / CONFIG_NAME).is_file():
             self.projector = self._frozen(ReasoningProjector.load(saved))
-        result = super().train(resume=resume, show_progress=show_progress)
-        self.projector.save(result["model"])
-        return result
+
+    def on_train_end(self, model_dir: Path) -> None:
+        """The projector is saved next to the final model."""
+        self.projector.save(model_dir)
 
 
 @torch.no_grad()
@@ -361,6 +359,51 @@ def evaluate_latent(model: torch.nn.Module, tokenizer: Any, projector: Reasoning
     if output is not None:
         Path(output).write_text(json.dumps({"summary": summary}, indent=1))
     return summary
+
+
+@torch.no_grad()
+def correct_traces(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5, seed: int = 0,
+                   max_new_tokens: int = 320, temperature: float = 0.7, top_p: float = 0.8,
+                   batch_size: int = 128, show_progress: bool = True) -> list[list[str]]:
+    """Rejection sampling: per example, its distinct correct traces among ``k`` samples (in sample order).
+
+    Prompts are the plain questions (the model writes its usual reasoning). Problems are decoded
+    in chunks of ``batch_size // k``; chunk ``c`` samples with seed ``(seed, c)``.
+    """
+    device = next(model.parameters()).device
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              batch_size=batch_size)
+    per_chunk = max(1, batch_size // k)
+    out: list[list[str]] = []
+    with progress_bar(disable=not show_progress) as bar:
+        task = bar.add_task("rejection sampling", total=len(examples), info="")
+        for chunk, first in enumerate(range(0, len(examples), per_chunk)):
+            block = examples[first: first + per_chunk]
+            generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + chunk)
+            batch = generate(model, tokenizer, [format_prompt(e.prompt, tokenizer) for e in block], k, sampling,
+                             generator=generator)
+            for j, example in enumerate(block):
+                texts = [t.strip() for t in batch.texts[j * k: (j + 1) * k]]
+                out.append(list(dict.fromkeys(t for t in texts if grade(t, example.answer))))
+            kept = sum(len(traces) for traces in out)
+            bar.update(task, advance=len(block), info=f"{kept} correct traces")
+    return out
+
+
+def litereason_records(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5,
+                       seed: int = 0, variants: int = 2, ratios: Sequence[float] = RATIOS,
+                       max_new_tokens: int = 320, batch_size: int = 128, show_progress: bool = True) -> list[dict]:
+    """LiteReason SFT rows: rejection-sampled correct traces (:func:`correct_traces`), each
+    turned into variants at every ratio (:func:`~thinklean.data.litereason.variant_rows`);
+    problems with no correct trace give no rows."""
+    traces = correct_traces(model, tokenizer, examples, k, seed, max_new_tokens, batch_size=batch_size,
+                            show_progress=show_progress)
+    rows = []
+    for index, (example, kept) in enumerate(zip(examples, traces)):
+        for j, trace in enumerate(kept):
+            rows += variant_rows(example, trace, tokenizer, random.Random(f"litereason-{seed}-{index}-{j}"),
+                                 ratios, variants)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -441,6 +484,14 @@ register_method(MethodSpec(
     "litereason", LiteReasonTrainer, "LiteReason: latent reasoning steps from a Reasoning Projector",
     flags=(MethodFlag("--projector", "projector", "projector directory; none: the --model directory's, else copies "
                       "of its last MLP"),),
+    data=DataTask("litereason", "correct sampled traces with sentences made latent, for `thinklean litereason-sft`",
+                  litereason_records, records_summary,
+                  flags=(MethodFlag("--k", "k", "traces sampled per problem (temperature 0.7, top-p 0.8)", int,
+                                    at_least=1),
+                         MethodFlag("--variants", "variants", "random variants per kept trace and ratio (0.10, 0.25)",
+                                    int, at_least=0),
+                         MethodFlag("--max-new-tokens", "max_new_tokens", "response cap when sampling", int,
+                                    at_least=1))),
     start=StartModel("litereason-sft", "a model with a trained projector", build_demo_start),
     # from the litereason-sft row's model (LM + trained projector); the prompts GRPO sees (RLConfig's
     # default pool, not litereason.yaml's 400 for a projector refresh every 100 steps)

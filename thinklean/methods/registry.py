@@ -26,7 +26,7 @@ from thinklean.core.registry import UnknownNameError
 if TYPE_CHECKING:
     from thinklean.train.rl import RLTrainer
 
-__all__ = ["DemoStage", "MethodFlag", "MethodSpec", "StartModel", "METHODS", "DEMO_ROWS", "register_method",
+__all__ = ["DataTask", "DemoStage", "MethodFlag", "MethodSpec", "StartModel", "METHODS", "DEMO_ROWS", "register_method",
            "get_method", "get_trainer_class", "list_methods", "load_plugin"]
 
 
@@ -39,6 +39,22 @@ class MethodFlag:
     help: str
     type: type = str  # str, int or float
     at_least: float | None = None  # smallest accepted number
+
+
+@dataclass(frozen=True)
+class DataTask:
+    """A ``thinklean data NAME`` dataset the method builds by sampling a model.
+
+    The command loads ``--model`` (default: the shipped base model) and ``--n`` training problems
+    of ``--data``, writes ``build(model, tokenizer, examples, seed=SEED, **flags)`` to
+    ``OUTPUT/NAME.jsonl`` and prints ``summary(rows)``. Each flag passes ``build`` the keyword
+    argument ``flag.key`` (default: ``build``'s default for it)."""
+
+    name: str
+    help: str  # for --help: what the rows are
+    build: Callable[..., list[dict]]
+    summary: Callable[[list[dict]], str]
+    flags: tuple[MethodFlag, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,7 @@ class MethodSpec:
     reward_inputs: tuple[str, ...] = ()
     advantage_inputs: tuple[str, ...] = ()
     flags: tuple[MethodFlag, ...] = ()
+    data: DataTask | None = None  # `thinklean data NAME`: the dataset the method's start model trains on
     start: StartModel | None = None
     # demo rows: row name -> config overrides (default: one row named after the method)
     demo_rows: Mapping[str, Mapping[str, Any]] | None = None
@@ -123,6 +140,10 @@ def register_method(spec: MethodSpec) -> MethodSpec:
         taken.append(spec.start.row)
     if taken:
         raise ValueError(f"method {spec.name!r}: demo row(s) {', '.join(taken)} already exist; choose other names")
+    if spec.data is not None and (owner := next((m.name for m in METHODS.values()
+                                                  if m.data is not None and m.data.name == spec.data.name), None)):
+        raise ValueError(f"method {spec.name!r}: data task {spec.data.name!r} already exists (of {owner}); "
+                         "choose another name")
     flags = {flag.flag: m.name for m in METHODS.values() for flag in m.flags}
     if clash := [f"{flag.flag} (of {flags[flag.flag]})" for flag in spec.flags if flag.flag in flags]:
         raise ValueError(f"method {spec.name!r}: flag(s) {', '.join(clash)} already exist; choose other flags")

@@ -14,16 +14,16 @@ Positions are ``cumsum(attention_mask) - 1``, so a row's tokens get the same pos
 padding surrounds them. Rows that finish are dropped from the cache, so the loop only pays for
 rows still decoding, and it ends as soon as every row is done.
 
-LiteReason seam: ``_forward`` takes either ``input_ids`` or ``inputs_embeds`` and can return the
-last (post-norm) hidden state. A latent step is then: after a row writes the closing
-``</implicit_thought>`` token, feed ``projector(hidden)`` as ``inputs_embeds`` for N steps, append
-a 1 to the attention mask, write no token and no log-prob. The rows that are not in a latent
-segment would take an ordinary token step in the same forward (mixing ids and embeddings by
-embedding the ids first with ``model.get_input_embeddings()``).
+What goes into the model at each step is an :class:`InputStep`: by default the token each row
+just wrote. LiteReason's (``rollout/latent.py``) plugs into the same loop: a row that closed
+``</implicit_thought>`` feeds ``projector(hidden)`` as ``inputs_embeds`` for N steps and writes no
+token, while the other rows of the batch take ordinary token steps in the same forward.
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +42,11 @@ class SamplingConfig:
     ``stop_strings``: a row stops once its response text contains one of them (the stop string
     is kept in the response; the token that completes it may carry a few extra characters).
     ``batch_size``: most rows decoded together; ``len(prompts) * num_samples`` rows are chunked.
+    ``decode``: the forward/cache strategy of the decode loop. ``"dynamic"``: a cache of the live
+    rows only, eager (fastest on a CPU). ``"static"``: a fixed-shape ``StaticCache`` step run through
+    ``torch.compile`` (CUDA graphs on a GPU), for models that declare compile support; others,
+    LiteReason's latent steps and transformers without ``StaticCache`` use ``"dynamic"``. Both
+    give the same greedy tokens (``tests/test_rollout.py``); see docs/scaling.md for speeds.
     """
 
     max_new_tokens: int = 256
@@ -49,6 +54,7 @@ class SamplingConfig:
     top_p: float = 1.0
     stop_strings: tuple[str, ...] = ()
     batch_size: int = 64
+    decode: str = "dynamic"
 
 
 @dataclass
@@ -166,9 +172,9 @@ def generate(
         with torch.no_grad():
             for start in range(0, num_rows, config.batch_size):
                 stop = min(start + config.batch_size, num_rows)
-                chunk = _decode_chunk(
+                chunk = decode_chunk(
                     model, tokenizer, row_prompts[start:stop], prefix_tokens[start:stop],
-                    config, pad_id, eos_ids, generator,
+                    config, pad_id, eos_ids, generator, InputStep(),
                 )
                 responses.extend(chunk[0])
                 logprobs.extend(chunk[1])
@@ -221,6 +227,8 @@ def check_arguments(prompts, num_samples, config, forced_prefixes) -> None:
         raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {config.top_p}")
     if config.batch_size < 1:
         raise ValueError(f"SamplingConfig.batch_size must be >= 1, got {config.batch_size}")
+    if config.decode not in ("dynamic", "static"):
+        raise ValueError(f"SamplingConfig.decode must be 'dynamic' or 'static', got {config.decode!r}")
     if isinstance(config.stop_strings, str) or any(not s for s in config.stop_strings):
         raise ValueError("SamplingConfig.stop_strings must be a tuple of non-empty strings")
     if forced_prefixes is not None and len(forced_prefixes) != len(prompts) * num_samples:
@@ -295,22 +303,30 @@ if _DynamicLayer is not None:
             return buffer
 
         def update(self, key_states, value_states, *args, **kwargs):
-            start = self.keys.shape[-2]
+            rows, start = self.keys.shape[0], self.keys.shape[-2]
             end = start + key_states.shape[-2]
             if end > self._key_buffer.shape[-2]:
                 self.reserve(max(key_states.shape[-2], self._key_buffer.shape[-2]))
-            self._key_buffer[:, :, start:end] = key_states
-            self._value_buffer[:, :, start:end] = value_states
-            self.keys = self._key_buffer[:, :, :end]
-            self.values = self._value_buffer[:, :, :end]
+            self._key_buffer[:rows, :, start:end] = key_states
+            self._value_buffer[:rows, :, start:end] = value_states
+            self.keys = self._key_buffer[:rows, :, :end]
+            self.values = self._value_buffer[:rows, :, :end]
             return self.keys, self.values
 
         def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-            n = self.keys.shape[-2]
-            self._key_buffer = self._key_buffer.index_select(0, beam_idx.to(self._key_buffer.device))
-            self._value_buffer = self._value_buffer.index_select(0, beam_idx.to(self._value_buffer.device))
-            self.keys = self._key_buffer[:, :, :n]
-            self.values = self._value_buffer[:, :, :n]
+            # In place and over the filled positions only: dropping finished rows used to copy the
+            # whole capacity into a new buffer (7% of a CPU rollout); rows past the kept ones idle.
+            index = beam_idx.to(self._key_buffer.device)
+            rows, n = index.numel(), self.keys.shape[-2]
+            for name in ("_key_buffer", "_value_buffer"):
+                buffer = getattr(self, name)
+                selected = buffer[:, :, :n].index_select(0, index)
+                if rows > buffer.shape[0]:
+                    buffer = buffer.new_empty((rows, *buffer.shape[1:]))
+                    setattr(self, name, buffer)
+                buffer[:rows, :, :n] = selected
+            self.keys = self._key_buffer[:rows, :, :n]
+            self.values = self._value_buffer[:rows, :, :n]
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             self.reorder_cache(torch.as_tensor(indices, device=self._key_buffer.device))
@@ -328,6 +344,172 @@ def _preallocate(cache, extra: int):
             grown.reserve(extra)
             layers[i] = grown
     return cache
+
+
+def _distinct_rows(contexts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first[u], inverse[n])``: the first row of each distinct context and each row's distinct
+    index, so ``contexts[first[inverse[i]]] == contexts[i]``. A prompt's samples share one prefill."""
+    seen: dict[tuple[int, ...], int] = {}
+    first, inverse = [], []
+    for i, context in enumerate(contexts):
+        key = tuple(context)
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(i)
+        inverse.append(seen[key])
+    return torch.tensor(first, device=device), torch.tensor(inverse, device=device)
+
+
+class _DynamicDecode:
+    """The default forward/cache strategy: an HF cache holding only the live rows.
+
+    Finished rows leave the cache as soon as they finish and attention reads only the filled
+    positions, so every step costs what the live rows need; shapes change every step (no
+    compilation). Works with any HF causal LM and with ``inputs_embeds`` and hidden states.
+    """
+
+    def __init__(self, model, attention_mask: torch.Tensor, last_positions: torch.Tensor, max_new: int):
+        """attention_mask: [n, W] of the prefill; last_positions: [n]; max_new: decode steps expected
+        (room is made for more: latent steps do not count)."""
+        self.model = model
+        n, self.width = attention_mask.shape
+        self.mask = attention_mask.new_ones((n, self.width + max_new))  # one buffer: no cat per step
+        self.mask[:, : self.width] = attention_mask
+        self.last_positions = last_positions
+        self.max_new = max_new
+        self.cache = None
+
+    def prefill(self, input_ids, positions, first, inverse, keep_last: int, want_hidden: bool):
+        """Forward the distinct contexts ``input_ids[first]`` once; returns ``logits[n, keep_last, V]``
+        and the last hidden state ``[n, d]`` (or None), every row's copy of its context's."""
+        mask = self.mask[:, : self.width]
+        logits, self.cache, hidden = _forward(self.model, None, mask[first], positions[first],
+                                              input_ids=input_ids[first], keep_last=keep_last,
+                                              output_hidden_states=want_hidden)
+        if first.numel() < inverse.numel():
+            self.cache.reorder_cache(inverse)
+            logits, hidden = logits[inverse], hidden[inverse] if hidden is not None else None
+        self.cache = _preallocate(self.cache, extra=self.max_new)
+        return logits, hidden[:, -1] if hidden is not None else None
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Keep live rows ``keep`` (BoolTensor[b]), in order."""
+        self.mask, self.last_positions = self.mask[keep], self.last_positions[keep]
+        self.cache.reorder_cache(keep.nonzero().squeeze(-1))
+
+    def step(self, want_hidden: bool, inputs: dict[str, torch.Tensor]):
+        """One position for every live row; returns ``logits[b, V]`` and hidden ``[b, d]`` or None."""
+        self.width += 1
+        if self.width > self.mask.shape[1]:  # latent steps write no token: a row may outlast max_new steps
+            self.mask = torch.cat([self.mask, torch.ones_like(self.mask)], dim=1)
+        self.last_positions = self.last_positions + 1
+        logits, self.cache, hidden = _forward(self.model, self.cache, self.mask[:, : self.width],
+                                              self.last_positions[:, None], output_hidden_states=want_hidden,
+                                              **inputs)
+        return logits[:, -1], hidden[:, -1] if hidden is not None else None
+
+
+class _StaticDecode:
+    """Fixed shapes for ``torch.compile`` (CUDA graphs on a GPU): an HF ``StaticCache`` of ``S``
+    slots and ``W + max_new`` positions, every step the same ``[S, 1]`` inputs and full-width mask.
+
+    A finished row keeps its slot (fed padding, its logits ignored) until the live rows fit in
+    half the slots; then the cache shrinks to the next power of two, so a chunk compiles a few
+    batch shapes, not one per step. Attention reads all ``W + max_new`` positions every step (the
+    price of fixed shapes: on a 2-core CPU that outweighs the saved overhead, see
+    docs/scaling.md). Token inputs only, no hidden states.
+    """
+
+    def __init__(self, model, attention_mask: torch.Tensor, last_positions: torch.Tensor, max_new: int):
+        from transformers import StaticCache
+
+        self.model = model
+        n, self.width = attention_mask.shape
+        self.mask = attention_mask.new_ones((n, self.width + max_new))
+        self.mask[:, : self.width] = attention_mask
+        self.positions = last_positions[:, None].clone()
+        self.cache = StaticCache(config=model.config, max_cache_len=self.width + max_new)
+        self.slots = torch.arange(n, device=attention_mask.device)  # slot of each live row
+        self.forward = _compiled(model)
+
+    def prefill(self, input_ids, positions, first, inverse, keep_last: int, want_hidden: bool):
+        keep_name = logits_to_keep_argument(self.model)
+        # The cache counts its own filled positions (transformers 5), so no cache_position is passed.
+        out = self.model(input_ids=input_ids[first], attention_mask=self.mask[first], position_ids=positions[first],
+                         use_cache=True,
+                         **{cache_argument(self.model): self.cache, **({keep_name: keep_last} if keep_name else {})})
+        self._select_slots(inverse)
+        return out.logits[:, -keep_last:].float()[inverse], None
+
+    def _select_slots(self, index: torch.Tensor) -> None:
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+            if hasattr(layer, "batch_size"):
+                layer.batch_size = index.numel()
+            torch._dynamo.mark_static_address(layer.keys)
+            torch._dynamo.mark_static_address(layer.values)
+
+    def keep(self, keep: torch.Tensor) -> None:
+        self.slots = self.slots[keep]
+        live, size = self.slots.numel(), self.positions.shape[0]
+        if 0 < live <= size // 2:
+            target = 1 << (live - 1).bit_length()  # next power of two
+            index = torch.cat([self.slots, self.slots[:1].expand(target - live)])
+            self._select_slots(index)
+            self.mask, self.positions = self.mask[index], self.positions[index]
+            self.slots = torch.arange(live, device=index.device)
+
+    def step(self, want_hidden: bool, inputs: dict[str, torch.Tensor]):
+        input_ids = torch.zeros_like(self.positions)
+        input_ids[self.slots] = inputs["input_ids"]
+        self.positions += 1
+        keep_name = logits_to_keep_argument(self.model)
+        out = self.forward(input_ids=input_ids, attention_mask=self.mask, position_ids=self.positions, use_cache=True,
+                           **{cache_argument(self.model): self.cache, **({keep_name: 1} if keep_name else {})})
+        return out.logits[self.slots, -1].float(), None
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model):
+    """``torch.compile(model)``, once per model (CUDA graphs on a GPU); the eager model if that fails."""
+    if model not in _COMPILED:
+        mode = "reduce-overhead" if next(model.parameters()).device.type == "cuda" else None
+        _COMPILED[model] = _FallbackOnError(torch.compile(model, mode=mode), model)
+    return _COMPILED[model]
+
+
+class _FallbackOnError:
+    """Calls the compiled model; if its first call fails (no C++ compiler for inductor, an op dynamo
+    cannot trace), warns once and runs the eager model from then on."""
+
+    def __init__(self, compiled, model):
+        self.compiled, self.model, self.tested = compiled, model, False
+
+    def __call__(self, **kwargs):
+        if self.tested:
+            return self.compiled(**kwargs)
+        try:
+            out = self.compiled(**kwargs)
+        except Exception as error:  # noqa: BLE001 - any compile failure: the eager model computes the same
+            warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); static decoding runs eagerly",
+                          stacklevel=2)
+            self.compiled = self.model
+            out = self.model(**kwargs)
+        self.tested = True
+        return out
+
+
+def static_decode_problem(model) -> str | None:
+    """Why ``SamplingConfig(decode="static")`` falls back to the dynamic cache for ``model``, or None."""
+    try:
+        from transformers import StaticCache  # noqa: F401
+    except ImportError:
+        return "this transformers has no StaticCache"
+    if not getattr(model, "_can_compile_fullgraph", False):
+        return f"{type(model).__name__} does not declare static-cache/compile support (_can_compile_fullgraph)"
+    return None
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float,
@@ -351,77 +533,153 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float,
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-def _decode_chunk(model, tokenizer, prompts, prefixes, config, pad_id, eos_ids, generator):
-    """Decode one chunk of rows. Returns per-row (response token lists, log-prob tensors, finished)."""
+class InputStep:
+    """What every live row feeds the model at a decode step; this base class: the token it just wrote.
+
+    :func:`decode_chunk` owns sampling, forced prefixes, stopping and the KV cache; an input step
+    decides what goes *into* the model. LiteReason's (``rollout/latent.py``) makes a row that
+    closed ``<implicit_thought>N</implicit_thought>`` feed ``projector(hidden)`` for N steps,
+    writing no token. Live batch row ``b`` is chunk row ``rows[b]`` (``rows``: LongTensor[b]).
+    One instance serves one chunk; it may keep per-row state for the caller to read afterwards.
+    """
+
+    def start(self, prefixes: list[list[int]], max_len: int, device: torch.device) -> list[int]:
+        """How many forced tokens of each row go into the prefill (the rest are forced one per step)."""
+        return [len(p) for p in prefixes]
+
+    def wants_hidden(self, rows: torch.Tensor) -> bool:
+        """Whether the next forward must return the last hidden state ``[b, d]`` of the live rows."""
+        return False
+
+    def vector_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """BoolTensor[b]: live rows that feed a vector and write no token this step (None: no row)."""
+        return None
+
+    def observe(self, rows: torch.Tensor, columns: torch.Tensor, tokens: torch.Tensor, continuing: torch.Tensor,
+                tokens_out: torch.Tensor, hidden: torch.Tensor | None, vectors: torch.Tensor | None) -> None:
+        """Called once per step, before finished rows leave the batch.
+
+        columns: LongTensor[b], response column each row wrote (garbage where ``vectors``);
+        tokens: LongTensor[b], the token written (pad where ``vectors``); continuing: BoolTensor[b],
+        rows that wrote a token and go on; tokens_out: LongTensor[n, max_len], every row's response
+        so far; hidden: ``[b, d]`` from the forward that produced this step's logits, or None;
+        vectors: :meth:`vector_rows` of this step.
+        """
+
+    def next_inputs(self, embed: torch.nn.Module, tokens: torch.Tensor,
+                    vectors: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Keyword inputs of the next forward, ``input_ids[b, 1]`` or ``inputs_embeds[b, 1, d]``;
+        ``tokens``/``vectors`` are this step's, restricted to the rows that go on."""
+        return {"input_ids": tokens[:, None]}
+
+
+def decode_chunk(model, tokenizer, prompts: list[list[int]], prefixes: list[list[int]], config: SamplingConfig,
+                 pad_id: int, eos_ids: list[int], generator: torch.Generator | None,
+                 inputs: InputStep) -> tuple[list[list[int]], list[torch.Tensor], list[bool]]:
+    """Decode one chunk of rows (prompt and forced-prefix token ids per row); the one decode loop
+    of :func:`generate` and LiteReason's ``generate_latent``.
+
+    Returns per row: response token ids (forced prefix first), their log-probs ``FloatTensor[len]``
+    and whether it finished (EOS or a stop string). Each step feeds every live row one position
+    (``inputs`` says which); a row still inside its forced prefix is fed the next forced token and
+    scored on it, a sampled token may end the row, a forced one never does.
+    """
     device = next(model.parameters()).device
     n = len(prompts)
-    prefix_lens = torch.tensor([len(p) for p in prefixes], device=device)
-    input_ids, attention_mask, positions = left_pad([p + f for p, f in zip(prompts, prefixes)], pad_id, device)
+    max_len = config.max_new_tokens
+    scale = config.temperature if config.temperature > 0 else 1.0
+    cuts = inputs.start(prefixes, max_len, device)
+    forcing = any(c < len(p) for c, p in zip(cuts, prefixes))  # some forced tokens are fed in the loop
+    contexts = [p + f[:c] for p, f, c in zip(prompts, prefixes, cuts)]
+    input_ids, attention_mask, positions = left_pad(contexts, pad_id, device)
 
     # The buffers hold whole responses: column j of row r is its j-th response token.
-    max_len = config.max_new_tokens
     tokens_out = torch.full((n, max_len), pad_id, dtype=torch.long, device=device)
     logprobs_out = torch.zeros((n, max_len), dtype=torch.float32, device=device)
+    for i, prefix in enumerate(prefixes):
+        if prefix:
+            tokens_out[i, : len(prefix)] = torch.tensor(prefix, device=device)
+    prefix_lens = torch.tensor([len(p) for p in prefixes], device=device)
+    lengths = torch.tensor(cuts, device=device)  # response tokens written (and scored) so far
     finished = torch.zeros(n, dtype=torch.bool, device=device)
-    lengths = prefix_lens.clone()  # tokens written so far per row
 
-    max_prefix = int(prefix_lens.max())
-    logits, cache, _ = _forward(model, None, attention_mask, positions, input_ids=input_ids,
-                                keep_last=max_prefix + 1)
-    if max_prefix > 0:
-        # Forced tokens are actions too: score them with the logits of the positions before them.
-        scale = config.temperature if config.temperature > 0 else 1.0
-        for i, prefix in enumerate(prefixes):
-            k = len(prefix)
-            if k:
-                row_logprobs = torch.log_softmax(logits[i, max_prefix - k: max_prefix] / scale, dim=-1)
-                target = torch.tensor(prefix, device=device)
-                tokens_out[i, :k] = target
-                logprobs_out[i, :k] = row_logprobs.gather(-1, target[:, None]).squeeze(-1)
+    max_cut = max(cuts)
+    rows = torch.arange(n, device=device)  # chunk row of each live batch row
+    static = config.decode == "static" and type(inputs) is InputStep and static_decode_problem(model) is None
+    kv = (_StaticDecode if static else _DynamicDecode)(model, attention_mask, positions[:, -1], max_len - min(cuts))
+    first, inverse = _distinct_rows(contexts, device)
+    logits, hidden = kv.prefill(input_ids, positions, first, inverse, max_cut + 1, inputs.wants_hidden(rows))
+    for i, k in enumerate(cuts):
+        if k:  # forced tokens are actions too: score them with the logits of the positions before them
+            row_logprobs = torch.log_softmax(logits[i, max_cut - k: max_cut] / scale, dim=-1)
+            logprobs_out[i, :k] = row_logprobs.gather(-1, tokens_out[i, :k, None]).squeeze(-1)
     logits = logits[:, -1]
-    cache = _preallocate(cache, extra=max_len - int(prefix_lens.min()))
 
     eos = torch.tensor(eos_ids, device=device)
     stop_strings = tuple(config.stop_strings)
     stop_window = max((len(s) for s in stop_strings), default=0) + 2  # tokens >= 1 char, mostly
-    rows = torch.arange(n, device=device)  # original row index of each live batch row
-    last_positions = positions[:, -1]
+    embed = model.get_input_embeddings()
     live = lengths < max_len  # a prefix may already fill the budget
     if not bool(live.all()):
-        rows, logits, last_positions, attention_mask = (
-            rows[live], logits[live], last_positions[live], attention_mask[live])
-        cache.reorder_cache(live.nonzero().squeeze(-1))
+        rows, logits = rows[live], logits[live]
+        hidden = hidden[live] if hidden is not None else None
+        kv.keep(live)
 
     while rows.numel() > 0:
-        next_tokens, next_logprobs = _sample(logits, config.temperature, config.top_p, generator)
         columns = lengths[rows]
-        tokens_out[rows, columns] = next_tokens
-        logprobs_out[rows, columns] = next_logprobs
-        lengths[rows] = columns + 1
+        vectors = inputs.vector_rows(rows)
+        forced = columns < prefix_lens[rows] if forcing else None
+        if vectors is None and forced is None:  # every row samples: the common step
+            writes = sampled = None
+            step_tokens, step_logprobs = _sample(logits, config.temperature, config.top_p, generator)
+        else:
+            writes = ~vectors if vectors is not None else torch.ones_like(rows, dtype=torch.bool)
+            forced = forced & writes if forced is not None else torch.zeros_like(writes)
+            sampled = writes & ~forced
+            step_tokens = torch.full_like(rows, pad_id)
+            step_logprobs = torch.zeros(rows.numel(), dtype=torch.float32, device=device)
+            if bool(sampled.any()):
+                step_tokens[sampled], step_logprobs[sampled] = _sample(
+                    logits[sampled], config.temperature, config.top_p, generator)
+            if bool(forced.any()):
+                forced_tokens = tokens_out[rows[forced], columns[forced]]
+                forced_logprobs = torch.log_softmax(logits[forced] / scale, dim=-1)
+                step_tokens[forced] = forced_tokens
+                step_logprobs[forced] = forced_logprobs.gather(-1, forced_tokens[:, None]).squeeze(-1)
+        if writes is None:
+            tokens_out[rows, columns] = step_tokens
+            logprobs_out[rows, columns] = step_logprobs
+            lengths[rows] = columns + 1
+        else:
+            tokens_out[rows[writes], columns[writes]] = step_tokens[writes]
+            logprobs_out[rows[writes], columns[writes]] = step_logprobs[writes]
+            lengths[rows[writes]] = columns[writes] + 1
 
-        done = torch.isin(next_tokens, eos)
+        stopped = torch.isin(step_tokens, eos)
+        if sampled is not None:
+            stopped &= sampled
         if stop_strings:
-            done |= _hits_stop_string(tokenizer, tokens_out, rows, columns + 1, stop_strings,
-                                      stop_window, ~done)
-        finished[rows] = done
-        done |= columns + 1 >= max_len
+            stopped |= _hits_stop_string(tokenizer, tokens_out, rows, columns + 1, stop_strings, stop_window,
+                                         ~stopped if sampled is None else sampled & ~stopped)
+        finished[rows] = finished[rows] | stopped
+        full = columns + 1 >= max_len
+        done = stopped | (full if writes is None else writes & full)
+        inputs.observe(rows, columns, step_tokens, ~done if writes is None else writes & ~done, tokens_out,
+                       hidden, vectors)
+
         if bool(done.all()):
             break
-        if bool(done.any()):
+        if bool(done.any()):  # rows feeding vectors never finish, so they all stay
             keep = ~done
-            rows, next_tokens, last_positions, attention_mask = (
-                rows[keep], next_tokens[keep], last_positions[keep], attention_mask[keep])
-            cache.reorder_cache(keep.nonzero().squeeze(-1))
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows.numel(), 1)], dim=1)
-        last_positions = last_positions + 1
-        logits, cache, _ = _forward(model, cache, attention_mask, last_positions[:, None],
-                                    input_ids=next_tokens[:, None])
-        logits = logits[:, -1]
+            rows, step_tokens = rows[keep], step_tokens[keep]
+            vectors = vectors[keep] if vectors is not None else None
+            kv.keep(keep)
+        logits, hidden = kv.step(inputs.wants_hidden(rows), inputs.next_inputs(embed, step_tokens, vectors))
 
     lengths_list = lengths.tolist()
     tokens_cpu, logprobs_cpu = tokens_out.cpu(), logprobs_out.cpu()
-    responses = [tokens_cpu[i, :lengths_list[i]].tolist() for i in range(n)]
-    row_logprobs = [logprobs_cpu[i, :lengths_list[i]] for i in range(n)]
+    responses = [tokens_cpu[i, : lengths_list[i]].tolist() for i in range(n)]
+    row_logprobs = [logprobs_cpu[i, : lengths_list[i]] for i in range(n)]
     return responses, row_logprobs, finished.cpu().tolist()
 
 

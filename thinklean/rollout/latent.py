@@ -30,16 +30,13 @@ from thinklean.data.formats import LATENT, LATENT_END
 from thinklean.models.hf_compat import cache_argument, logits_to_keep_argument, output_cache
 from thinklean.models.projector import ReasoningProjector
 from thinklean.rollout.engine import (
+    InputStep,
     RolloutBatch,
     SamplingConfig,
-    _forward,
-    _hits_stop_string,
-    _preallocate,
-    _sample,
     assemble_batch,
     check_arguments,
+    decode_chunk,
     eos_token_ids,
-    left_pad,
     pad_token_id,
     position_ids_from_mask,
     tokenize_rows,
@@ -165,12 +162,11 @@ def generate_latent(
         with torch.no_grad():
             for start in range(0, len(row_prompts), config.batch_size):
                 stop = min(start + config.batch_size, len(row_prompts))
-                chunk = _decode_latent_chunk(
-                    model, tokenizer, projector, detector, row_prompts[start:stop],
-                    prefix_tokens[start:stop], config, pad_id, eos_ids, generator,
-                )
+                latent = _LatentInput(detector, projector, stop - start)
+                chunk = decode_chunk(model, tokenizer, row_prompts[start:stop], prefix_tokens[start:stop], config,
+                                     pad_id, eos_ids, generator, latent)
                 for collected, part in zip((responses, logprobs, finished, segments, latent_steps, latent_inputs),
-                                           chunk):
+                                           (*chunk, latent.segments, latent.steps, latent.fed_vectors(device))):
                     collected.extend(part)
     finally:
         model.train(model_was_training)
@@ -196,139 +192,72 @@ def _check_projector(model, projector: ReasoningProjector) -> None:
                          f"move it with projector.to(device)")
 
 
-def _decode_latent_chunk(model, tokenizer, projector, detector, prompts, prefixes, config, pad_id, eos_ids,
-                         generator):
-    """Decode one chunk of rows; per row: response tokens, log-probs, finished, segments, latent
-    steps, latent input embeddings ``[steps, d]``.
+class _LatentInput(InputStep):
+    """LiteReason's input step: after a row closes a segment of N, it feeds ``projector(hidden)``
+    for N steps (step k+1 takes the hidden state of latent step k) and writes no token.
 
-    Each loop step feeds every live row one position: a latent row ``projector(hidden)``, any
-    other row the embedding of its next token (forced or sampled), all in one ``inputs_embeds``.
+    After the chunk: ``segments[row]`` = ``[(position, N), ...]``, ``steps[row]`` = their total,
+    ``fed[row]`` = the latent input embeddings in order (see :class:`LatentRolloutBatch`).
     """
-    device = next(model.parameters()).device
-    embed = model.get_input_embeddings()
-    n = len(prompts)
-    max_len = config.max_new_tokens
-    scale = config.temperature if config.temperature > 0 else 1.0
 
-    # Latent steps of a segment closed inside a forced prefix must run before the rest of the
-    # prefix, so the prefill stops after that segment and the rest is forced one token per step.
-    first_segments = [detector.first_segment(prefix) for prefix in prefixes]
-    cuts = [segment[0] if segment else len(prefix) for segment, prefix in zip(first_segments, prefixes)]
-    contexts = [p + f[:c] for p, f, c in zip(prompts, prefixes, cuts)]
-    input_ids, attention_mask, positions = left_pad(contexts, pad_id, device)
+    def __init__(self, detector: _SegmentDetector, projector: ReasoningProjector, n: int):
+        self.detector = detector
+        self.projector = projector
+        self.segments: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+        self.steps = [0] * n
+        self.fed: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        self.left = torch.zeros(n, dtype=torch.long)  # latent steps still to feed, per row
+        self.vectors: torch.Tensor | None = None  # [rows feeding vectors, d], this step's latent inputs
 
-    tokens_out = torch.full((n, max_len), pad_id, dtype=torch.long, device=device)
-    logprobs_out = torch.zeros((n, max_len), dtype=torch.float32, device=device)
-    for i, prefix in enumerate(prefixes):
-        if prefix:
-            tokens_out[i, : len(prefix)] = torch.tensor(prefix, device=device)  # forced tokens, in order
-    prefix_lens = torch.tensor([len(p) for p in prefixes], device=device)
-    lengths = torch.tensor(cuts, device=device)  # response tokens written (and scored) so far
-    finished = torch.zeros(n, dtype=torch.bool, device=device)
-    latent_left = torch.zeros(n, dtype=torch.long, device=device)  # latent steps still to feed
-    latent_steps = [0] * n
-    segments: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-    fed: list[list[torch.Tensor]] = [[] for _ in range(n)]  # per row, the latent input embeddings
-    for i, segment in enumerate(first_segments):
-        if segment and segment[0] < max_len:  # a segment that ends the budget is never continued
-            latent_left[i] = segment[1]
-            latent_steps[i] += segment[1]
-            segments[i].append(segment)
+    def start(self, prefixes: list[list[int]], max_len: int, device: torch.device) -> list[int]:
+        # The latent steps of a segment closed inside a forced prefix run before the rest of the
+        # prefix, so the prefill stops after that segment and the rest is forced one token per step.
+        self.left = self.left.to(device)
+        cuts = []
+        for i, prefix in enumerate(prefixes):
+            segment = self.detector.first_segment(prefix)
+            if segment and segment[0] < max_len:  # a segment that ends the budget is never continued
+                self._open(i, segment)
+            cuts.append(segment[0] if segment else len(prefix))
+        return cuts
 
-    max_cut = max(cuts)
-    logits, cache, hidden = _forward(model, None, attention_mask, positions, input_ids=input_ids,
-                                     keep_last=max_cut + 1, output_hidden_states=bool(latent_left.any()))
-    for i, k in enumerate(cuts):
-        if k:  # forced tokens are actions: score them with the logits of the positions before them
-            row_logprobs = torch.log_softmax(logits[i, max_cut - k: max_cut] / scale, dim=-1)
-            logprobs_out[i, :k] = row_logprobs.gather(-1, tokens_out[i, :k, None]).squeeze(-1)
-    logits = logits[:, -1]
-    hidden = hidden[:, -1] if hidden is not None else None
-    cache = _preallocate(cache, extra=max_len - min(cuts))
+    def _open(self, row: int, segment: tuple[int, int]) -> None:
+        self.left[row] = segment[1]
+        self.steps[row] += segment[1]
+        self.segments[row].append(segment)
 
-    eos = torch.tensor(eos_ids, device=device)
-    stop_strings = tuple(config.stop_strings)
-    stop_window = max((len(s) for s in stop_strings), default=0) + 2
-    rows = torch.arange(n, device=device)  # original row index of each live batch row
-    last_positions = positions[:, -1]
-    live = lengths < max_len
-    if not bool(live.all()):
-        rows, logits, last_positions, attention_mask = (
-            rows[live], logits[live], last_positions[live], attention_mask[live])
-        hidden = hidden[live] if hidden is not None else None
-        cache.reorder_cache(live.nonzero().squeeze(-1))
+    def wants_hidden(self, rows: torch.Tensor) -> bool:
+        return bool((self.left[rows] > 0).any())
 
-    while rows.numel() > 0:
-        latent = latent_left[rows] > 0
-        columns = lengths[rows]
-        forced = ~latent & (columns < prefix_lens[rows])
-        sampled = ~latent & ~forced
-        step_tokens = torch.full_like(rows, pad_id)
-        step_logprobs = torch.zeros(rows.numel(), dtype=torch.float32, device=device)
-        if bool(sampled.any()):
-            step_tokens[sampled], step_logprobs[sampled] = _sample(
-                logits[sampled], config.temperature, config.top_p, generator)
-        if bool(forced.any()):
-            forced_tokens = tokens_out[rows[forced], columns[forced]]
-            forced_logprobs = torch.log_softmax(logits[forced] / scale, dim=-1)
-            step_tokens[forced] = forced_tokens
-            step_logprobs[forced] = forced_logprobs.gather(-1, forced_tokens[:, None]).squeeze(-1)
-        discrete = ~latent
-        tokens_out[rows[discrete], columns[discrete]] = step_tokens[discrete]
-        logprobs_out[rows[discrete], columns[discrete]] = step_logprobs[discrete]
-        lengths[rows[discrete]] = columns[discrete] + 1
+    def vector_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        latent = self.left[rows] > 0
+        return latent if bool(latent.any()) else None
 
-        # As in the engine, a forced token never stops a row.
-        stopped = sampled & torch.isin(step_tokens, eos)
-        if stop_strings:
-            stopped |= _hits_stop_string(tokenizer, tokens_out, rows, columns + 1, stop_strings, stop_window,
-                                         sampled & ~stopped)
-        finished[rows] = finished[rows] | stopped
-        done = stopped | (discrete & (columns + 1 >= max_len))
-
-        closing = discrete & ~done & torch.isin(step_tokens, detector.candidates)
+    def observe(self, rows, columns, tokens, continuing, tokens_out, hidden, vectors) -> None:
+        closing = continuing & torch.isin(tokens, self.detector.candidates)
+        window = self.detector.window
         for b in closing.nonzero().flatten().tolist():
             row, end = int(rows[b]), int(columns[b]) + 1
-            steps = detector.steps(tokens_out[row, max(0, end - detector.window): end].tolist())
+            steps = self.detector.steps(tokens_out[row, max(0, end - window): end].tolist())
             if steps is not None:
-                latent_left[row] = steps
-                latent_steps[row] += steps
-                segments[row].append((end, steps))
+                self._open(row, (end, steps))
+        if vectors is not None:
+            self.vectors = self.projector(hidden[vectors].to(self.projector.dtype))
+            self.left[rows[vectors]] -= 1
+            for row, vector in zip(rows[vectors].tolist(), self.vectors):
+                self.fed[row].append(vector)
 
-        if bool(latent.any()):  # latent rows never finish in this step, so this survives the drop
-            latent_inputs = projector(hidden[latent].to(projector.dtype))
-            latent_left[rows[latent]] -= 1
-            for row, vector in zip(rows[latent].tolist(), latent_inputs):
-                fed[row].append(vector)
+    def next_inputs(self, embed, tokens, vectors):
+        if vectors is None:
+            return {"input_ids": tokens[:, None]}
+        inputs_embeds = embed(tokens[:, None])  # pad ids on latent rows, overwritten below
+        inputs_embeds[vectors, 0] = self.vectors.to(inputs_embeds.dtype)
+        return {"inputs_embeds": inputs_embeds}
 
-        if bool(done.all()):
-            break
-        if bool(done.any()):
-            keep = ~done
-            rows, step_tokens, latent, last_positions, attention_mask = (
-                rows[keep], step_tokens[keep], latent[keep], last_positions[keep], attention_mask[keep])
-            cache.reorder_cache(keep.nonzero().squeeze(-1))
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows.numel(), 1)], dim=1)
-        last_positions = last_positions + 1
-        need_hidden = bool((latent_left[rows] > 0).any())
-        if bool(latent.any()):
-            inputs_embeds = embed(step_tokens[:, None])  # pad ids on latent rows, overwritten below
-            inputs_embeds[latent, 0] = latent_inputs.to(inputs_embeds.dtype)
-            step = dict(inputs_embeds=inputs_embeds)
-        else:
-            step = dict(input_ids=step_tokens[:, None])
-        logits, cache, hidden = _forward(model, cache, attention_mask, last_positions[:, None],
-                                         output_hidden_states=need_hidden, **step)
-        logits = logits[:, -1]
-        hidden = hidden[:, -1] if hidden is not None else None
-
-    lengths_list = lengths.tolist()
-    tokens_cpu, logprobs_cpu = tokens_out.cpu(), logprobs_out.cpu()
-    responses = [tokens_cpu[i, : lengths_list[i]].tolist() for i in range(n)]
-    row_logprobs = [logprobs_cpu[i, : lengths_list[i]] for i in range(n)]
-    empty = torch.empty(0, projector.hidden_size, dtype=projector.dtype, device=device)
-    vectors = [torch.stack(row) if row else empty for row in fed]
-    return responses, row_logprobs, finished.cpu().tolist(), segments, latent_steps, vectors
+    def fed_vectors(self, device: torch.device) -> list[torch.Tensor]:
+        """Per row ``FloatTensor[steps, d]``: the latent input embeddings, in order."""
+        empty = torch.empty(0, self.projector.hidden_size, dtype=self.projector.dtype, device=device)
+        return [torch.stack(row) if row else empty for row in self.fed]
 
 
 # ------------------------------------------------------------------------- training forward

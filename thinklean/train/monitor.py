@@ -1,5 +1,5 @@
-"""Per-step metrics (one JSON line each, also sent to any experiment trackers) and the rich
-progress bar shared by the trainers."""
+"""Per-step metrics (one JSON line each, also sent to any experiment trackers; read them back
+with :func:`thinklean.runlog.read_metrics`) and the stop on a non-finite loss."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from thinklean.train import trackers
 
@@ -63,22 +61,3 @@ class MetricsLog:
         if evaluation:
             self.accelerator.log(trackers.scalars(evaluation, prefix="eval/"), step=step)
         trackers.finish_run(self.accelerator)
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def progress_bar(disable: bool = False) -> Progress:
-    """A rich progress bar with step counter, elapsed time, ETA and a free-text field."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        disable=disable,
-    )

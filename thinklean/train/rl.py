@@ -9,11 +9,10 @@ Read top to bottom, one call of :meth:`RLTrainer.step` is::
     old, ref  = policy_logprobs(policy / reference)         # [B,T] under no_grad
     for ppo_epochs x mini-batches: policy_loss (+ KL) -> backward -> clip -> optimizer step
 
-Methods customise the hooks (``build_prompts``, ``reward_inputs``, ``compute_rewards``,
-``advantage_inputs``, ``compute_advantages``, ``policy_logprobs``, ``response_logits``,
-``auxiliary_loss``, ``on_step_end``, ``on_epoch_end``; docs/methods.md lists them all) in a small
-subclass instead of forking the loop; rewards, estimators and losses are called by name with
-keyword inputs (:func:`thinklean.core.registry.call_with_inputs`). Determinism: prompt choice and sampling at step ``s`` depend only on ``(seed, s)``,
+Methods customise the hooks (:data:`TRAINER_HOOKS`, from ``build_prompts`` to ``on_train_end``;
+docs/methods.md lists them all) in a small subclass instead of forking the loop: none overrides
+``step``, ``collect``, ``rollout``, ``train`` or a private method. Rewards, estimators and losses
+are called by name with keyword inputs (:func:`thinklean.core.registry.call_with_inputs`). Determinism: prompt choice and sampling at step ``s`` depend only on ``(seed, s)``,
 and checkpoints hold optimizer/scheduler/RNG states, so ``resume`` continues bit-for-bit on CPU.
 
 Several processes (``accelerate launch --config_file configs/accelerate/ddp.yaml``): every
@@ -59,11 +58,12 @@ from thinklean.models.tiny import save_pretrained
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.rollout.engine import pad_token_id, position_ids_from_mask
 from thinklean.rollout.vllm_engine import VLLMRollout, vllm_problem
+from thinklean.runlog import progress_bar
 from thinklean.train.checkpoint import (find_checkpoint, restore_sharded_state, restore_training_state, save_checkpoint,
                                          save_sharded_checkpoint)
 from thinklean.train.fsdp import (Lockstep, fsdp_requested, full_state_dict, full_value, keep_root_gathered,
                                    shard_model)
-from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
+from thinklean.train.monitor import MetricsLog, check_finite
 from thinklean.train.settings import ConfigError, build_settings
 from thinklean.train.shared_prompt import SharedPromptForward, shared_prompt_forward
 from thinklean.train.sft import warmup_cosine
@@ -71,6 +71,11 @@ from thinklean.train.trackers import accelerator_kwargs
 
 
 ROLLOUT_BACKENDS = ("hf", "vllm")
+# The methods a method's trainer may override (docs/methods.md, "Trainer hooks"), besides __init__.
+TRAINER_HOOKS = ("build_prompts", "sampling_config", "generate_rollout", "reward_inputs", "compute_rewards",
+                 "on_rollout", "advantage_inputs", "compute_advantages", "row_inputs", "policy_logprobs",
+                 "response_logits", "auxiliary_loss", "on_step_end", "on_epoch_end", "evaluate", "on_train_start",
+                 "on_train_end")
 
 
 @dataclass
@@ -267,6 +272,23 @@ class RLTrainer:
         """Prompt strings (one per example) and optional forced prefixes (one per sample)."""
         return [format_prompt(e.prompt, self.tokenizer) for e in examples], None
 
+    def sampling_config(self, step: int) -> SamplingConfig:
+        """How step ``step`` samples; override for schedules (e.g. ThinkPrune's budget)."""
+        cfg = self.config
+        return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              batch_size=cfg.rollout_batch_size)
+
+    def generate_rollout(self, prompts: list[str], prefixes: list[str] | None, sampling: SamplingConfig,
+                         seed: int) -> RolloutBatch:
+        """``samples_per_prompt`` samples of each prompt (``prefixes``: one forced prefix per
+        sample, prompt-major) with the ``config.rollout_backend`` engine, seeded with ``seed``."""
+        n = self.config.samples_per_prompt
+        if self.config.rollout_backend == "vllm":
+            return self.vllm_engine().generate(prompts, n, sampling, prefixes, seed=seed)
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(seed)
+        return generate(self.accelerator.unwrap_model(self.model), self.tokenizer, prompts, n, sampling, prefixes,
+                        generator)
+
     def reward_inputs(self, batch: RolloutBatch, examples: Sequence[Example]) -> dict[str, Any]:
         """Inputs for the reward besides ``correct``, ``lengths`` and ``group_ids`` (e.g. L1's
         ``targets``); their names are the spec's ``reward_inputs``. Default: none."""
@@ -277,6 +299,11 @@ class RLTrainer:
         inputs = {"correct": correct, "lengths": batch.lengths, "group_ids": batch.group_ids,
                   **self.reward_inputs(batch, examples)}
         return call_with_inputs(get_reward(self.config.reward), inputs, self.config.reward_kwargs), {}
+
+    def on_rollout(self, step: int, step_batch: StepBatch) -> None:
+        """Called by :meth:`collect` with step ``step``'s (0-based) scored rollout, after the
+        row filters and before advantages: add numbers to log to ``step_batch.info``, keep rows
+        for later (LiteReason's refresh pool). Default: nothing."""
 
     def advantage_inputs(self, step_batch: StepBatch) -> dict[str, Any]:
         """Inputs for the advantage estimator by name: ``rewards``, ``group_ids``,
@@ -290,6 +317,11 @@ class RLTrainer:
         """Token advantages ``[B, T]`` from the registered estimator ``config.advantage``."""
         advantage_fn = get_advantage(self.config.advantage)
         return call_with_inputs(advantage_fn, self.advantage_inputs(step_batch), self.config.advantage_kwargs)
+
+    def row_inputs(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, Any]:
+        """Method inputs of the rows ``rows`` (indices into ``batch``) for :meth:`policy_logprobs`,
+        added to the padded tensors of ``rows`` (LiteReason: each row's latent segments). Default: none."""
+        return {}
 
     def policy_logprobs(self, model: torch.nn.Module, rows: dict[str, Any], with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs ``[b, T]`` of the response tokens (temperature-scaled), and optionally entropy.
@@ -330,6 +362,22 @@ class RLTrainer:
     def on_epoch_end(self, epoch: int) -> None:
         """Called when the loop has consumed ``len(train_examples)`` prompts since the last call."""
 
+    def evaluate(self, n: int | None = None, output: Path | None = None) -> dict[str, Any]:
+        """Greedy evaluation on the first ``n`` (default ``eval_problems``) held-out examples;
+        ``output`` receives the summary and responses as JSON."""
+        examples = self.eval_examples[: n or self.config.eval_problems]
+        config = EvalConfig(max_new_tokens=self.config.max_new_tokens, temperature=self.config.eval_temperature,
+                            seed=self.config.seed)
+        return evaluate(self.model, self.tokenizer, examples, config, output=output)
+
+    def on_train_start(self, resume: bool) -> None:
+        """Called by :meth:`train` before the first step, once the checkpoint (if ``resume``
+        found one) is restored; ``self.step_index`` is the step to run first."""
+
+    def on_train_end(self, model_dir: Path) -> None:
+        """Called by :meth:`train` on the main process once the final model is saved in
+        ``model_dir``: save the method's own pieces next to it (LiteReason: its projector)."""
+
     # ------------------------------------------------------------------------------- the loop
 
     def sample_examples(self, step: int, round_: int = 0) -> list[Example]:
@@ -349,21 +397,12 @@ class RLTrainer:
         index = self.accelerator.process_index if process_index is None else process_index
         return self.config.seed * 1_000_003 + step * 101 + round_ + index * 7_919
 
-    def sampling_config(self, step: int) -> SamplingConfig:
-        """How step ``step`` samples; override for schedules (e.g. ThinkPrune's budget)."""
-        cfg = self.config
-        return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                              batch_size=cfg.rollout_batch_size)
-
     def rollout(self, examples: Sequence[Example], step: int, round_: int = 0) -> RolloutBatch:
-        cfg = self.config
+        """``samples_per_prompt`` samples of each example at ``(step, round_)``: the prompts of
+        :meth:`build_prompts`, sampled by :meth:`generate_rollout` with :meth:`sampling_config`
+        and the seed of :meth:`rollout_seed` (the one seed function of every rollout)."""
         prompts, prefixes = self.build_prompts(examples)
-        if cfg.rollout_backend == "vllm":
-            return self.vllm_engine().generate(prompts, cfg.samples_per_prompt, self.sampling_config(step), prefixes,
-                                               seed=self.rollout_seed(step, round_))
-        generator = torch.Generator(device=self.accelerator.device).manual_seed(self.rollout_seed(step, round_))
-        return generate(self.accelerator.unwrap_model(self.model), self.tokenizer, prompts, cfg.samples_per_prompt,
-                        self.sampling_config(step), prefixes, generator)
+        return self.generate_rollout(prompts, prefixes, self.sampling_config(step), self.rollout_seed(step, round_))
 
     def vllm_engine(self) -> VLLMRollout:
         """The colocated vLLM engine holding the current policy: started at the first call, and
@@ -387,13 +426,20 @@ class RLTrainer:
     def collect(self, step: int) -> StepBatch:
         """Roll out and score; with dynamic sampling keep only groups whose rewards differ,
         resampling new prompts (up to ``max_resample_rounds``) until ``prompts_per_step``
-        groups are kept (DAPO). Each process works on its :meth:`local_share` of the prompts."""
+        groups are kept (DAPO). Each process works on its :meth:`local_share` of the prompts.
+        The batch goes through :meth:`on_rollout` before it is returned."""
         examples = self.local_share(self.sample_examples(step))
         batch = self._score(self.rollout(examples, step), examples)
         if self.config.keep_shortest:
             batch = self.keep_shortest(batch, self.config.keep_shortest)
-        if not self.config.dynamic_sampling:
-            return batch
+        if self.config.dynamic_sampling:
+            batch = self._resample(step, batch)
+        self.on_rollout(step, batch)
+        return batch
+
+    def _resample(self, step: int, batch: StepBatch) -> StepBatch:
+        """Dynamic sampling: the groups of ``batch`` (step ``step``'s first round) whose rewards
+        differ, joined with those of new rounds until ``prompts_per_step`` groups are kept."""
         kept: list[StepBatch] = []
         n_groups = 0
         wanted = len(self.local_share(range(self.config.prompts_per_step)))
@@ -409,14 +455,13 @@ class RLTrainer:
             n_groups += len(informative)
             if n_groups >= wanted:
                 break
-        merged = StepBatch(
+        return StepBatch(
             concat_rollouts([k.rollout for k in kept], [len(k.examples) for k in kept]),
             [e for k in kept for e in k.examples],
             torch.cat([k.correct for k in kept]),
             torch.cat([k.rewards for k in kept]),
             info={**kept[0].info, "kept_groups": float(n_groups), "sampling_rounds": float(len(kept))},
         )
-        return merged
 
     @staticmethod
     def keep_shortest(batch: StepBatch, k: int) -> StepBatch:
@@ -436,8 +481,9 @@ class RLTrainer:
         return StepBatch(_select_rows(batch.rollout, rows), batch.examples, batch.correct[rows], batch.rewards[rows],
                          info={**batch.info, "kept_fraction": len(rows) / max(1, len(gids))})
 
-    def _rows(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Micro-batch tensors trimmed to the rows' real prompt/response widths, on device."""
+    def _rows(self, batch: StepBatch, rows: torch.Tensor) -> dict[str, Any]:
+        """Micro-batch tensors trimmed to the rows' real prompt/response widths, on device, and
+        the method's :meth:`row_inputs`."""
         r = batch.rollout
         prompt_mask = r.prompt_mask[rows]
         response_mask = r.response_mask[rows]
@@ -451,7 +497,7 @@ class RLTrainer:
             value = getattr(batch, name)
             if value is not None:
                 out[name] = value[rows, :t_end]
-        return {k: v.to(self.accelerator.device) for k, v in out.items()}
+        return {**{k: v.to(self.accelerator.device) for k, v in out.items()}, **self.row_inputs(batch, rows)}
 
     def _micro_batches(self, batch: StepBatch, rows: torch.Tensor) -> list[torch.Tensor]:
         """Split ``rows`` (in the given order) into micro-batches of at most ``micro_batch_size``
@@ -674,14 +720,6 @@ class RLTrainer:
             self._fill_logprobs(batch, self.model, "old_logprobs")
         return batch.old_logprobs
 
-    def evaluate(self, n: int | None = None, output: Path | None = None) -> dict[str, Any]:
-        """Greedy evaluation on the first ``n`` (default ``eval_problems``) held-out examples;
-        ``output`` receives the summary and responses as JSON."""
-        examples = self.eval_examples[: n or self.config.eval_problems]
-        config = EvalConfig(max_new_tokens=self.config.max_new_tokens, temperature=self.config.eval_temperature,
-                            seed=self.config.seed)
-        return evaluate(self.model, self.tokenizer, examples, config, output=output)
-
     def card(self, evaluation: dict[str, Any] | None = None) -> CardInfo:
         """What the model card of a model saved now says: method, config, steps done, start model."""
         model = self.accelerator.unwrap_model(self.model)
@@ -709,6 +747,7 @@ class RLTrainer:
         if main:
             (self.run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         self.step_index = start
+        self.on_train_start(resume)
         with warnings.catch_warnings():  # torch 2.13 renamed DDP's broadcast_buffers; accelerate passes the old name
             warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
             if not self.fsdp:  # sharded in __init__
@@ -748,6 +787,7 @@ class RLTrainer:
         if main:
             save_pretrained(self.accelerator.unwrap_model(self.model), self.tokenizer, final, card=self.card(final_eval),
                             state_dict=weights)
+            self.on_train_end(final)
             log.close(self.step_index, final_eval)
         self.accelerator.wait_for_everyone()
         return {"steps": self.step_index, "model": str(final)}

@@ -12,7 +12,7 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A bad config file, override or combination of settings, reported as
-    ``FILE:LINE: what (what is accepted)`` where it comes from a file (``thinklean.train.config``)."""
+    ``FILE:LINE: what (what is accepted)`` where it comes from a file (``thinklean.methods.config``)."""
 
 
 def accepts(annotation: Any, value: Any) -> Any:

@@ -26,10 +26,11 @@ from thinklean.data.formats import format_prompt
 from thinklean.data.jsonl import masked_spans_error
 from thinklean.models.card import CardInfo, started_from
 from thinklean.models.tiny import save_pretrained
+from thinklean.runlog import progress_bar
 from thinklean.train.checkpoint import (find_checkpoint, restore_sharded_state, restore_training_state, save_checkpoint,
                                          save_sharded_checkpoint)
 from thinklean.train.fsdp import fsdp_requested, full_state_dict, full_value, keep_root_gathered, shard_model
-from thinklean.train.monitor import MetricsLog, check_finite, progress_bar
+from thinklean.train.monitor import MetricsLog, check_finite
 from thinklean.train.trackers import accelerator_kwargs
 
 IGNORE_INDEX = -100

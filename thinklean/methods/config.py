@@ -1,4 +1,4 @@
-"""YAML configs for the RL trainer: method defaults <- user file <- CLI flags, strictly checked.
+"""A method's RL config from YAML: method defaults <- user file <- CLI flags, strictly checked.
 
 An unknown key or a value of the wrong type fails before any work with
 ``FILE:LINE: unknown key 'lrr' (valid keys: ...)`` and exit code 2; so do ``method_kwargs`` that
@@ -13,17 +13,15 @@ import math
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from thinklean.core.registry import (ADVANTAGE_INPUTS, LOSS_INPUTS, REWARD_INPUTS, UnknownNameError, get_advantage,
                                      get_loss, get_reward, signature_problems)
+from thinklean.methods.registry import METHODS, MethodSpec, get_method
 from thinklean.train.rl import RLConfig
 from thinklean.train.settings import ConfigError, accepts, build_settings, type_name
-
-if TYPE_CHECKING:
-    from thinklean.methods.registry import MethodSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -143,8 +141,6 @@ def _origins(values: dict[str, tuple[Any, int]], source: str) -> dict[str, str]:
 def load_config(method: str, user_file: str | Path | None = None, overrides: dict[str, tuple[Any, int]] | None = None) -> RLConfig:
     """The method's defaults (``configs/METHOD.yaml``, else its spec's ``config``), then
     ``user_file``, then ``overrides``, checked by :func:`check_config`."""
-    from thinklean.methods.registry import get_method
-
     try:
         spec = get_method(method)
     except UnknownNameError as e:
@@ -179,8 +175,6 @@ def check_config(config: RLConfig, spec: MethodSpec, where: Callable[[str | None
     ``method_kwargs`` fit the method's settings dataclass and the reward, advantage estimator and
     loss are registered and take the config's settings and the method's inputs
     (:mod:`thinklean.core.registry`)."""
-    from thinklean.methods.registry import METHODS
-
     build_settings(spec.settings, config.method_kwargs, config.method, where)
     for kind, getter, base, extra in (("reward", get_reward, REWARD_INPUTS, spec.reward_inputs),
                                       ("advantage", get_advantage, ADVANTAGE_INPUTS, spec.advantage_inputs)):
