@@ -32,13 +32,11 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+
 def fsdp_requested(accelerator: Accelerator) -> bool:
     """Whether this run shards its model: launched with an FSDP accelerate config and more than one process."""
     if accelerator.num_processes < 2:
         return False
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise NotImplementedError("thinklean's trainers shard with FSDP (configs/accelerate/fsdp.yaml); DeepSpeed "
-                                  "is not supported")
     return (accelerator.distributed_type == DistributedType.FSDP
             or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true")
 

@@ -731,6 +731,7 @@ class RLTrainer:
         see :func:`~thinklean.train.checkpoint.find_checkpoint`)."""
         cfg = self.config
         processes, main = self.accelerator.num_processes, self.accelerator.is_main_process
+        evaluates = main or self.fsdp  # under FSDP every process evaluates (its forward calls are collectives)
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             raise ValueError("RL training runs with DDP or FSDP (configs/accelerate/ddp.yaml, fsdp.yaml), not DeepSpeed")
         if min(cfg.prompts_per_step, len(self.train_examples)) < processes:
@@ -761,9 +762,8 @@ class RLTrainer:
             while self.step_index < cfg.steps:
                 metrics = self.step()
                 done = self.step_index
-                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps) and self.eval_examples and (main or self.fsdp):
-                    # the last one is the final model's evaluation: saved so callers need not repeat it;
-                    # under FSDP every process evaluates (its forward calls are collectives)
+                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps) and self.eval_examples and evaluates:
+                    # the last one is the final model's evaluation: saved so callers need not repeat it
                     summary = self.evaluate(output=self.run_dir / "eval.json" if done == cfg.steps and main else None)
                     self._sync_calls()
                     final_eval = summary if done == cfg.steps else None
