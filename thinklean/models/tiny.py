@@ -185,8 +185,9 @@ def save_pretrained(
     of ``model.state_dict()`` (a sharded model's consolidated weights)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    weights = model.state_dict() if state_dict is None else state_dict
-    state = state_dict if dtype is None else {k: v.detach().to(dtype) for k, v in weights.items()}
+    state = state_dict
+    if dtype is not None:
+        state = {k: v.detach().to(dtype) for k, v in (model.state_dict() if state is None else state).items()}
     model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(str(path))
     if card is not None:

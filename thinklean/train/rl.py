@@ -230,6 +230,9 @@ class RLTrainer:
         self.fsdp = fsdp_requested(self.accelerator)
         self._lockstep = None
         if self.fsdp:
+            if config.rollout_backend != "hf":
+                raise NotImplementedError(f"rollout_backend {config.rollout_backend!r} under FSDP: the engine would need "
+                                          "the whole policy on every process; use rollout_backend 'hf' (or DDP)")
             shard_model(model, self.accelerator.device)
             self._lockstep = Lockstep(model, self._lockstep_pad, self.accelerator.device)
         self.optimizer = torch.optim.AdamW(
