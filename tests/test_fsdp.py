@@ -90,14 +90,15 @@ def test_two_process_fsdp_bupo_matches_one_process(tmp_path, tiny_tokenizer):
 def test_fsdp_killed_run_resumes_from_a_sharded_checkpoint(tmp_path, tiny_tokenizer):
     # checkpoints every step hold the shards of the model and of Adam's moments: a run killed
     # after its first checkpoint and resumed (same number of processes) repeats the uninterrupted
-    # run's next steps
+    # run's next steps, evaluations included
     _save_base_model(tiny_tokenizer, tmp_path / "base")
 
     def command(run: Path) -> list[str]:
         return [*_launch(FSDP_CONFIG), "-m", "thinklean.cli", "train", "--model", str(tmp_path / "base"), "--method",
                 "grpo", "--reward", "kimi", *UNEVEN, "--steps", "4", "--prompts-per-step", "4", "--samples-per-prompt",
                 "4", "--max-new-tokens", "12", "--set", "train_problems=16", "--set", "save_every=1", "--set",
-                "keep_last=4", "--set", "lr=1e-3", "--output", str(run)]
+                "keep_last=4", "--set", "lr=1e-3", "--set", "eval_every=2", "--set", "eval_problems=2",
+                "--output", str(run)]
 
     done = subprocess.run(command(tmp_path / "full"), env=ENV, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -124,6 +125,9 @@ def test_fsdp_killed_run_resumes_from_a_sharded_checkpoint(tmp_path, tiny_tokeni
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     for key in ("loss", "reward", "length_mean", "grad_norm"):
         assert [m[key] for m in resumed] == pytest.approx([m[key] for m in full], rel=1e-6), key
+    # every process evaluates under FSDP (the forward calls are collectives); the main one logs
+    assert [m.get("eval_length_mean") for m in resumed] == [m.get("eval_length_mean") for m in full]
+    assert full[1]["eval_length_mean"] > 0 and (tmp_path / "full" / "eval.json").is_file()
     again = load_file(run / "model" / "model.safetensors")
     for name, value in final.items():
         assert torch.allclose(again[name], value, atol=1e-6), name
