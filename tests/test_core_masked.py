@@ -13,6 +13,7 @@ from thinklean.core.masked import (
     group_mean,
     group_median,
     group_min,
+    group_quantile,
     group_size,
     group_std,
     masked_mean,
@@ -144,6 +145,21 @@ def test_group_median_with_mask_uses_selected_members_and_nan_when_none():
     # group 3 selected 4,7,10 -> 7; group 9 none -> NaN; group 1: 5
     nan = float("nan")
     close(group_median(values, ids, mask=selected), [7.0, 7.0, 7.0, 7.0, nan, nan, 5.0])
+
+
+def test_group_quantile_interpolates_linearly_between_sorted_selected_values():
+    values = torch.tensor([4.0, 1.0, 7.0, 10.0, 2.0, 8.0, 5.0])
+    ids = torch.tensor([3, 3, 3, 3, 9, 9, 1])
+    # group 3 sorted 1,4,7,10: q 0.25 -> position 0.75 -> 1 + 0.75 * 3 = 3.25; group 9 sorted 2,8:
+    # position 0.25 -> 3.5; group 1: 5
+    close(group_quantile(values, ids, 0.25), [3.25, 3.25, 3.25, 3.25, 3.5, 3.5, 5.0])
+    selected = torch.tensor([True, False, True, True, False, False, True])
+    # selected 4,7,10 at q 1 -> 10; q 0.5 is the median; group 9 has none -> NaN
+    nan = float("nan")
+    close(group_quantile(values, ids, 1.0, mask=selected), [10.0, 10.0, 10.0, 10.0, nan, nan, 5.0])
+    close(group_quantile(values, ids, 0.5, mask=selected), group_median(values, ids, mask=selected).tolist())
+    with pytest.raises(ValueError, match=r"q must be in \[0, 1\]"):
+        group_quantile(values, ids, 1.5)
 
 
 def test_group_median_of_integer_lengths_returns_float():

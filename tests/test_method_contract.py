@@ -36,8 +36,9 @@ def one_error(capsys) -> str:
 
 
 def test_every_builtin_method_is_registered_with_its_trainer_and_config():
-    assert list(METHODS) == ["grpo", "drgrpo", "dapo", "rloo", "hmpo", "l1", "thinkprune", "bupo", "iapo", "hgpo",
-                             "litereason"]
+    assert list(METHODS) == ["grpo", "drgrpo", "dapo", "rloo", "hmpo", "l1", "thinkprune", "linear_passrate",
+                             "efficiency_bonus", "gr3", "lead", "opo", "quantile_penalty", "shortest_bonus", "bupo",
+                             "iapo", "hgpo", "litereason"]
     assert get_trainer_class("grpo") is RLTrainer and get_trainer_class("iapo") is IAPOTrainer
     assert DEMO_ROWS["kimi"] == ("grpo", {"reward": "kimi"})  # a demo variant: grpo with another reward
     for name in METHODS:

@@ -10,6 +10,7 @@ from thinklean.core.masked import (
     group_mean,
     group_median,
     group_min,
+    group_quantile,
     group_size,
     group_std,
     masked_mean,
@@ -57,6 +58,16 @@ from thinklean.core.advantages import (
     rloo_advantages,
     sequence_l2_normalise,
 )
+from thinklean.core.length_rules import (
+    efficiency_bonus_reward,
+    gr3_alpha,
+    gr3_reward,
+    lead_reward,
+    linear_passrate_reward,
+    opo_advantages,
+    quantile_penalty_reward,
+    shortest_bonus_reward,
+)
 from thinklean.core.losses import (
     AGG_MODES,
     aggregate_loss,
@@ -79,6 +90,7 @@ __all__ = [
     "group_min",
     "group_max",
     "group_median",
+    "group_quantile",
     # registry
     "UnknownNameError",
     "register_reward",
@@ -116,6 +128,15 @@ __all__ = [
     "sequence_l2_normalise",
     "iapo_advantages",
     "hgpo_advantages",
+    # length rules (rewards and the opo estimator)
+    "linear_passrate_reward",
+    "efficiency_bonus_reward",
+    "gr3_alpha",
+    "gr3_reward",
+    "lead_reward",
+    "quantile_penalty_reward",
+    "shortest_bonus_reward",
+    "opo_advantages",
     # losses
     "AGG_MODES",
     "aggregate_loss",

@@ -28,6 +28,7 @@ __all__ = [
     "group_min",
     "group_max",
     "group_median",
+    "group_quantile",
 ]
 
 DimArg = int | tuple[int, ...] | None
@@ -213,6 +214,23 @@ def group_max(values: Tensor, group_ids: Tensor, mask: Tensor | None = None) -> 
     return _group_extreme(values, group_ids, "amax", mask)
 
 
+def _sorted_by_group(values: Tensor, group_ids: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(sorted float64 values [B], group start [G], selected count [G], inverse [B])``: every
+    group is one contiguous block of ``sorted``, its ``count`` selected values first, ascending."""
+    _check_values(values, group_ids)
+    selected = _selection(values, mask)
+    inverse, num_groups = group_index(group_ids)
+    v64 = values.to(torch.float64)
+    # Sort by (group, unselected-last, value) with two stable sorts.
+    sort_key = torch.where(selected, v64, torch.full_like(v64, float("inf")))
+    by_value = torch.sort(sort_key, stable=True).indices
+    order = by_value[torch.sort(inverse[by_value], stable=True).indices]
+    sizes = torch.bincount(inverse, minlength=num_groups)
+    starts = torch.cumsum(sizes, 0) - sizes
+    counts = torch.bincount(inverse, weights=selected.to(torch.float64), minlength=num_groups).long()
+    return v64[order], starts, counts, inverse
+
+
 def group_median(values: Tensor, group_ids: Tensor, mask: Tensor | None = None) -> Tensor:
     """Median of the selected ``values`` of each sample's group, broadcast to ``[B]``.
 
@@ -227,21 +245,34 @@ def group_median(values: Tensor, group_ids: Tensor, mask: Tensor | None = None) 
     Returns: ``[B]`` float; **NaN** for samples whose group has no selected member (test with
         ``torch.isnan`` or count the selected members yourself).
     """
-    _check_values(values, group_ids)
-    selected = _selection(values, mask)
-    inverse, num_groups = group_index(group_ids)
-    v64 = values.to(torch.float64)
-    # Sort by (group, unselected-last, value) with two stable sorts: every group becomes one
-    # contiguous block whose first `count` entries are its selected values in ascending order.
-    sort_key = torch.where(selected, v64, torch.full_like(v64, float("inf")))
-    by_value = torch.sort(sort_key, stable=True).indices
-    order = by_value[torch.sort(inverse[by_value], stable=True).indices]
-    sorted_values = v64[order]
-    sizes = torch.bincount(inverse, minlength=num_groups)
-    starts = torch.cumsum(sizes, 0) - sizes
-    counts = torch.bincount(inverse, weights=selected.to(torch.float64), minlength=num_groups).long()
+    sorted_values, starts, counts, inverse = _sorted_by_group(values, group_ids, mask)
     low = starts + ((counts - 1).clamp(min=0) // 2)
     high = starts + counts // 2
     median = (sorted_values[low] + sorted_values[high]) / 2
     median = torch.where(counts > 0, median, torch.full_like(median, float("nan")))
     return median[inverse].to(_float_dtype(values))
+
+
+def group_quantile(values: Tensor, group_ids: Tensor, q: float, mask: Tensor | None = None) -> Tensor:
+    """The ``q``-quantile of the selected ``values`` of each sample's group, broadcast to ``[B]``.
+
+    ``numpy.quantile`` "linear" semantics: with ``n`` sorted selected values ``v``, position
+    ``p = q (n - 1)`` and the result ``v[floor p] + (p - floor p) (v[ceil p] - v[floor p])``
+    (``q = 0.5`` is :func:`group_median`).
+
+    Args:
+        values: ``[B]`` numbers; group_ids: ``[B]`` integer ids; q: in ``[0, 1]``.
+        mask: optional ``[B]`` bool / 0-1; only selected members count.
+    Returns: ``[B]`` float; NaN for samples whose group has no selected member.
+    """
+    if not 0 <= q <= 1:
+        raise ValueError(f"q must be in [0, 1], got {q!r}")
+    sorted_values, starts, counts, inverse = _sorted_by_group(values, group_ids, mask)
+    position = q * (counts - 1).clamp(min=0).to(torch.float64)
+    low = position.floor()
+    frac = position - low
+    below = sorted_values[starts + low.long()]
+    above = sorted_values[starts + position.ceil().long()]
+    quantile = below + frac * (above - below)
+    quantile = torch.where(counts > 0, quantile, torch.full_like(quantile, float("nan")))
+    return quantile[inverse].to(_float_dtype(values))

@@ -21,7 +21,7 @@ from thinklean.methods.registry import (
 )
 
 # the built-in methods register themselves, in the order of `--help` and `demo --methods all`
-from thinklean.methods import grpo, hmpo, length_baselines, bupo, iapo, lhrm, litereason  # noqa: E402,F401,I001
+from thinklean.methods import grpo, hmpo, length_baselines, length_rules, bupo, iapo, lhrm, litereason  # noqa: E402,F401,I001
 
 __all__ = ["DEMO_ROWS", "METHODS", "DataTask", "DemoStage", "MethodFlag", "MethodSpec", "StartModel", "get_method",
            "get_trainer_class", "list_methods", "load_plugin", "register_method"]
