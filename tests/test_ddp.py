@@ -56,18 +56,22 @@ def _save_base_model(tokenizer, path: Path) -> None:
     save_pretrained(model, tokenizer, path)
 
 
-def _launch() -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
+def _launch(config: Path = DDP_CONFIG) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
             "--num_processes", str(PROCESSES), "--main_process_port", str(_free_port())]
 
 
-def _ddp_against_one_process(tmp_path, tokenizer, method: str, trainer_class, args: list[str], keys: tuple[str, ...]):
-    """Train ``method`` for 2 steps with 2 DDP processes and replay the same rollouts in one process;
-    the logged numbers and the trained weights must agree."""
+def _ddp_against_one_process(tmp_path, tokenizer, method: str, trainer_class, args: list[str], keys: tuple[str, ...],
+                             config_file: Path = DDP_CONFIG, atol: float = 2e-5, outliers: float = 0.0):
+    """Train ``method`` for 2 steps with 2 processes (DDP, or what ``config_file`` sets up) and
+    replay the same rollouts in one process; the logged numbers and the trained weights must agree.
+    Weights agree within ``atol`` except for at most the fraction ``outliers`` of each tensor's
+    entries, which must still differ by less than one Adam step (``lr``). Returns the
+    multi-process run's metrics."""
     _save_base_model(tokenizer, tmp_path / "base")
     run = tmp_path / "ddp"
     command = [
-        *_launch(), "-m", "thinklean.cli", "train", "--model", str(tmp_path / "base"), "--method", method, *args,
+        *_launch(config_file), "-m", "thinklean.cli", "train", "--model", str(tmp_path / "base"), "--method", method, *args,
         "--steps", "2", "--prompts-per-step", "4", "--samples-per-prompt", "4", "--max-new-tokens", "12",
         "--set", "train_problems=16", "--set", "save_every=0", "--set", "lr=1e-4", "--set", "loss_agg=token-mean",
         "--output", str(run),
@@ -93,8 +97,11 @@ def _ddp_against_one_process(tmp_path, tokenizer, method: str, trainer_class, ar
         if name in trained:
             # Adam divides by sqrt(v): where a gradient is near zero, float-order noise between the
             # two runs moves the update by a visible fraction of one step (lr 1e-4 x 2 steps)
-            assert (trained[name] - value).abs().max() < 2e-5, (name, float((trained[name] - value).abs().max()))
+            diff = (trained[name] - value).abs()
+            assert float((diff >= atol).float().mean()) <= outliers, (name, float(diff.max()))
+            assert float(diff.max()) < config.lr, (name, float(diff.max()))
     assert not torch.equal(trained["model.norm.weight"], load_file(tmp_path / "base" / "model.safetensors")["model.norm.weight"])
+    return ddp
 
 
 @pytest.mark.slow

@@ -60,8 +60,9 @@ class BuPOTrainer(RLTrainer):
         if not self.in_ipa_phase:
             return super().response_logits(model, input_ids, attention_mask, position_ids, T)
         inner = self.accelerator.unwrap_model(model)
+        # under FSDP through the root module, whose forward gathers the sharded parameters
         return layer_policy_logits(inner, input_ids, attention_mask, position_ids, self.schedule.layer,
-                                   self.schedule.apply_final_norm, logits_to_keep=T + 1)[:, :-1]
+                                   self.schedule.apply_final_norm, logits_to_keep=T + 1, whole_model=self.fsdp)[:, :-1]
 
     def on_rollout(self, step: int, step_batch: StepBatch) -> None:
         """Logs ``ipa_phase``: 1 while the step's update is on the internal layer policy."""

@@ -62,7 +62,7 @@ from thinklean.rollout.latent import (
 )
 from thinklean.runlog import progress_bar
 from thinklean.train.rl import RLConfig, RLTrainer, StepBatch
-from thinklean.train.settings import ConfigError
+from thinklean.train.settings import ConfigError, build_settings
 from thinklean.train.sft import IGNORE_INDEX, LossFn, SFTConfig, train_sft
 
 PROJECTOR_DIR = "projector"
@@ -236,8 +236,14 @@ class LiteReasonTrainer(RLTrainer):
         if config.dynamic_sampling or config.keep_shortest:
             raise ConfigError("litereason: dynamic_sampling and keep_shortest are not supported "
                               "(their row filters drop the rollouts' latent segments)")
+        # built from the model's weights before FSDP may shard them
+        projector = load_projector(model, build_settings(self.Settings, config.method_kwargs, config.method).projector)
         super().__init__(model, tokenizer, config, train_examples, run_dir, eval_examples)
-        self.projector = self._frozen(load_projector(model, self.settings.projector))
+        if self.fsdp and self.settings.refresh_fraction > 0:
+            raise NotImplementedError("litereason under FSDP: the projector refresh (an SFT of the projector through "
+                                      "the whole LM on each process's own rollouts) is not implemented; set "
+                                      "method_kwargs.refresh_fraction=0 or train with DDP")
+        self.projector = self._frozen(projector)
         self.latent_probe = LatentProbe(tokenizer, steps=min(PROBE_STEPS, self.projector.max_steps))
         self.correct_rollouts: list[tuple[Example, str]] = []  # this pass's, for the refresh
 

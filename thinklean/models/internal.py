@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from thinklean.core.losses import logprobs_from_logits
+from thinklean.models.hf_compat import logits_to_keep_argument
 
 __all__ = [
     "NAMES",
@@ -241,6 +242,7 @@ def layer_policy_logits(
     apply_final_norm: bool = False,
     kind: str = "layer",
     logits_to_keep: int = 0,
+    whole_model: bool = False,
 ) -> Tensor:
     """Logits ``[B, T, V]`` (model dtype) of the internal policy ``pi^layer_kind`` at every position.
 
@@ -251,11 +253,21 @@ def layer_policy_logits(
     Position ``t`` scores token ``t + 1``. Only layers ``1..layer`` run, so a loss on these
     logits sends gradients to those layers, the (un)embedding and, with ``apply_final_norm``, the
     final norm; the parameters of the layers above keep ``grad=None``.
+    ``whole_model``: call ``model`` itself, all layers (its own logits of one position are
+    discarded), and read the layer off that forward: the same values, and a model sharded with
+    FSDP gathers its parameters as in every other forward call.
     """
     parts = decoder_parts(model)
     _check_layer(layer, kind, parts.num_layers)
     name = "stream" if kind == "layer" else kind
-    hidden = internal_states(model, input_ids, attention_mask, position_ids, (name,), up_to_layer=layer)[name][layer]
+    if whole_model:
+        keep = logits_to_keep_argument(model)
+        with capture_internals(model, (name,)) as store:
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask, position_ids),
+                  use_cache=False, **({keep: 1} if keep else {}))
+        hidden = store[name][layer]
+    else:
+        hidden = internal_states(model, input_ids, attention_mask, position_ids, (name,), up_to_layer=layer)[name][layer]
     if torch.is_grad_enabled() and not hidden.requires_grad and any(p.requires_grad for p in model.parameters()):
         raise RuntimeError(
             f"the captured {name} of layer {layer} carries no gradient; with gradient checkpointing use "

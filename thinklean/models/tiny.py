@@ -178,13 +178,16 @@ def load_pretrained(
 
 def save_pretrained(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: str | Path, dtype: torch.dtype | None = None,
-    card: CardInfo | None = None,
+    card: CardInfo | None = None, state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Save model (safetensors) + tokenizer as a plain HF directory, optionally cast to ``dtype``;
-    with ``card``, a model card (``README.md``) too."""
+    with ``card``, a model card (``README.md``) too. ``state_dict``: the weights to write instead
+    of ``model.state_dict()`` (a sharded model's consolidated weights)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = None if dtype is None else {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
+    state = state_dict
+    if dtype is not None:
+        state = {k: v.detach().to(dtype) for k, v in (model.state_dict() if state is None else state).items()}
     model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(str(path))
     if card is not None:

@@ -313,10 +313,17 @@ def latent_forward(
     extra = {keep_name: 1} if keep_name else {}  # logits come from the gathered hidden states below
 
     if latent_inputs is not None:
-        inputs, mask, score_columns = latent_replay_inputs(model, prompt_ids, prompt_mask, response_ids,
-                                                           response_mask, segments, latent_inputs)
-        out = model(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                    use_cache=False, output_hidden_states=True, **extra)
+        # the ids are embedded inside the model's forward, a hook writing the latent slots: under
+        # FSDP the embeddings' gradient then reaches them before the root unit reduces it
+        ids, mask, latent, vectors, score_columns = _replay_layout(prompt_ids, prompt_mask, response_ids,
+                                                                   response_mask, segments, latent_inputs)
+        embed = model.get_input_embeddings()
+        hook = embed.register_forward_hook(lambda module, args, out: out.index_put((latent,), vectors.to(out.dtype)))
+        try:
+            out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                        use_cache=False, output_hidden_states=True, **extra)
+        finally:
+            hook.remove()
         return _score(model, out.hidden_states[-1], score_columns)
 
     ids, mask, latent, score_columns = (t.to(device) for t in _latent_layout(
@@ -362,6 +369,18 @@ def latent_replay_inputs(
     ``latent_inputs``, detached), ``attention_mask[B, W]`` and ``score_columns[B, T]``: the
     column whose output scores response token t (-1: the prompt's last position, outside).
     """
+    ids, mask, latent, vectors, score_columns = _replay_layout(prompt_ids, prompt_mask, response_ids, response_mask,
+                                                               segments, latent_inputs)
+    inputs = model.get_input_embeddings()(ids)
+    if bool(latent.any()):  # the boolean mask walks row by row, segment by segment, as recorded
+        inputs = inputs.index_put((latent,), vectors.to(inputs.dtype))
+    return inputs, mask, score_columns
+
+
+def _replay_layout(prompt_ids, prompt_mask, response_ids, response_mask, segments, latent_inputs):
+    """:func:`latent_replay_inputs` before embedding: ``ids[B, W]`` (pad ids in the latent slots),
+    ``attention_mask[B, W]``, the slots ``latent[B, W]`` (bool), their ``vectors[n, d]`` (detached,
+    in the boolean mask's order) and ``score_columns[B, T]``."""
     steps = [sum(int(k) for _, k in row) for row in segments]
     counts = [int(v.shape[0]) for v in latent_inputs]
     if counts != steps:
@@ -369,11 +388,9 @@ def latent_replay_inputs(
     device = response_ids.device
     ids, mask, latent, score_columns = (t.to(device) for t in _compact_layout(
         prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments))
-    inputs = model.get_input_embeddings()(ids)
-    if bool(latent.any()):  # the boolean mask walks row by row, segment by segment, as recorded
-        vectors = torch.cat([v.detach() for v in latent_inputs]).to(device=inputs.device, dtype=inputs.dtype)
-        inputs = inputs.index_put((latent,), vectors)
-    return inputs, mask, score_columns
+    vectors = (torch.cat([v.detach() for v in latent_inputs]).to(device) if latent_inputs
+               else torch.empty(0, 0, device=device))
+    return ids, mask, latent, vectors, score_columns
 
 
 def _score(model, hidden_all: torch.Tensor, score_columns: torch.Tensor) -> LatentForwardOutput:

@@ -1,7 +1,9 @@
 """Atomic, resumable checkpoints.
 
 Layout of ``RUN_DIR/checkpoints/step-00000100/``: ``model/`` (an HF directory with safetensors
-weights and the tokenizer, loadable by ``thinklean eval --model``), ``trainer.pt`` (optimizer,
+weights and the tokenizer, loadable by ``thinklean eval --model``; under FSDP ``sharded/``
+instead, the model's and optimizer's shards as ``torch.distributed.checkpoint`` writes them,
+resumable with the same number of processes), ``trainer.pt`` (optimizer,
 scheduler and RNG states, loaded with ``weights_only=True``) and ``state.json`` (step and any
 JSON-able trainer state). A checkpoint is written into a temporary directory and renamed into
 place, and ``latest`` is replaced atomically afterwards, so a crash never leaves a half-written
@@ -31,6 +33,8 @@ import torch
 from thinklean.models.card import CardInfo
 from thinklean.models.tiny import check_safetensors, save_pretrained
 
+# a checkpoint's torch.distributed.checkpoint directory under FSDP (model and optimizer shards)
+SHARDED_DIR = "sharded"
 # what a training run writes into its directory (RL, SFT, projector SFT); --overwrite removes these
 RUN_FILES = ("checkpoints", "model", "metrics.jsonl", "config.json", "eval.json", "projector", "projector_refresh.jsonl")
 
@@ -105,6 +109,41 @@ def save_checkpoint(
         tmp / "trainer.pt",
     )
     (tmp / "state.json").write_text(json.dumps({"step": step, **(state or {})}, indent=1))
+    return _publish(root, tmp, step, keep_last)
+
+
+def save_sharded_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                            scheduler: Any, state: dict[str, Any] | None = None, keep_last: int = 2) -> Path:
+    """:func:`save_checkpoint` for a model sharded with FSDP: called by every process, each
+    writing its shards (model and optimizer) into ``sharded/``; the main process writes the
+    scheduler and RNG states and publishes the directory once all shards are written."""
+    import torch.distributed as dist
+
+    from thinklean.train.fsdp import save_sharded
+
+    root = Path(run_dir) / "checkpoints"
+    name = f"step-{step:08d}"
+    tmp = root / f".tmp-{name}"
+    main = dist.get_rank() == 0
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    dist.barrier()
+    save_sharded(tmp / SHARDED_DIR, model, optimizer)
+    final = root / name
+    if main:
+        torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **(state or {})}, indent=1))
+        _publish(root, tmp, step, keep_last)
+    dist.barrier()
+    return final
+
+
+def _publish(root: Path, tmp: Path, step: int, keep_last: int) -> Path:
+    """Rename the written ``tmp`` into place, point ``latest`` at it and prune older checkpoints."""
+    name = f"step-{step:08d}"
     final = root / name
     if final.exists():
         shutil.rmtree(final)
@@ -155,7 +194,9 @@ def _state(file: Path) -> dict[str, Any]:
 
 def _trainer(file: Path) -> dict[str, Any]:
     trainer = torch.load(file, weights_only=True)
-    if not isinstance(trainer, dict) or not {"optimizer", "scheduler", "rng"} <= trainer.keys():
+    # a sharded checkpoint keeps the optimizer state with the model's shards
+    needed = {"scheduler", "rng"} if (file.parent / SHARDED_DIR).is_dir() else {"optimizer", "scheduler", "rng"}
+    if not isinstance(trainer, dict) or not needed <= trainer.keys():
         raise ValueError("optimizer, scheduler or rng state missing")
     return trainer
 
@@ -173,6 +214,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     state = _read(path / "state.json", _state, "JSON with the checkpoint's step")
     trainer = _read(path / "trainer.pt", _trainer, "the optimizer, scheduler and RNG states")
+    if (path / SHARDED_DIR).is_dir():  # FSDP: the weights are read by restore_sharded_state
+        return Checkpoint(path=path, step=int(state["step"]), trainer=trainer, state=state, weights={})
     files = sorted((path / "model").glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{path / 'model'}: no *.safetensors weights (expected the model as save_pretrained writes it)")
@@ -249,5 +292,18 @@ def restore_training_state(ckpt: Checkpoint, model: torch.nn.Module, optimizer: 
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"{ckpt.model_dir}: weights do not match the model (missing {missing}, unexpected {unexpected})")
     optimizer.load_state_dict(ckpt.trainer["optimizer"])
+    scheduler.load_state_dict(ckpt.trainer["scheduler"])
+    set_rng_state(ckpt.trainer["rng"])
+
+
+def restore_sharded_state(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
+    """:func:`restore_training_state` for an FSDP run (every process calls it): model and optimizer
+    shards from ``ckpt``'s ``sharded/`` directory, then scheduler and RNG states."""
+    from thinklean.train.fsdp import load_sharded
+
+    if not (ckpt.path / SHARDED_DIR).is_dir():
+        raise CheckpointError(f"{ckpt.path}: no {SHARDED_DIR}/ directory (this checkpoint was not written under FSDP; "
+                              "resume it with the configuration that wrote it)")
+    load_sharded(ckpt.path / SHARDED_DIR, model, optimizer)
     scheduler.load_state_dict(ckpt.trainer["scheduler"])
     set_rng_state(ckpt.trainer["rng"])

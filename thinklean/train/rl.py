@@ -22,6 +22,9 @@ median, GRPO's mean/std) always see whole groups. The update scales each process
 share of the global token (or sequence) count, so the data-parallel gradient is the one a single
 process would compute on all the rollouts; logged metrics are computed over all processes
 (method extras: their mean over processes) and only the main process writes logs and checkpoints.
+Under FSDP (``configs/accelerate/fsdp.yaml``, :mod:`thinklean.train.fsdp`) the model is sharded,
+forward calls run in lockstep (``_sync_calls`` after each phase) and every process writes its
+shards of each checkpoint.
 """
 
 from __future__ import annotations
@@ -53,10 +56,13 @@ from thinklean.eval.evaluate import EvalConfig, evaluate
 from thinklean.models.card import CardInfo, started_from
 from thinklean.models.tiny import save_pretrained
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
-from thinklean.rollout.engine import position_ids_from_mask
+from thinklean.rollout.engine import pad_token_id, position_ids_from_mask
 from thinklean.rollout.vllm_engine import VLLMRollout, vllm_problem
 from thinklean.runlog import progress_bar
-from thinklean.train.checkpoint import find_checkpoint, restore_training_state, save_checkpoint
+from thinklean.train.checkpoint import (find_checkpoint, restore_sharded_state, restore_training_state, save_checkpoint,
+                                         save_sharded_checkpoint)
+from thinklean.train.fsdp import (Lockstep, fsdp_requested, full_state_dict, full_value, keep_root_gathered,
+                                   shard_model)
 from thinklean.train.monitor import MetricsLog, check_finite
 from thinklean.train.settings import ConfigError, build_settings
 from thinklean.train.shared_prompt import SharedPromptForward, shared_prompt_forward
@@ -219,15 +225,43 @@ class RLTrainer:
         self.reference = None
         if config.kl_coef > 0 or config.kl_in_reward > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        # FSDP (configs/accelerate/fsdp.yaml): shard before the optimizer sees the parameters;
+        # forward calls are collectives, so the processes make them in lockstep (_sync_calls)
+        self.fsdp = fsdp_requested(self.accelerator)
+        self._lockstep = None
+        if self.fsdp:
+            if config.rollout_backend != "hf":
+                raise NotImplementedError(f"rollout_backend {config.rollout_backend!r} under FSDP: the engine would need "
+                                          "the whole policy on every process; use rollout_backend 'hf' (or DDP)")
+            shard_model(model, self.accelerator.device)
+            self._lockstep = Lockstep(model, self._lockstep_pad, self.accelerator.device)
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=config.lr,
             weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2),
         )
+        if self.fsdp:
+            keep_root_gathered(model, self.optimizer)
         self.scheduler = LambdaLR(self.optimizer, self._lr_factor)
         self.model = model
         self.step_index = 0
         self._vllm: VLLMRollout | None = None
         self._vllm_step = 0  # the step whose weights the vLLM engine holds
+
+    def _lockstep_pad(self, backward: bool) -> None:
+        """One padding call for :class:`~thinklean.train.fsdp.Lockstep`: a one-token response
+        scored the way the update scores responses, with a zero backward when ``backward``."""
+        ids = torch.full((1, 2), pad_token_id(self.tokenizer), dtype=torch.long, device=self.accelerator.device)
+        mask = torch.ones_like(ids)
+        with torch.set_grad_enabled(backward):
+            logits = self.response_logits(self.model, ids, mask, position_ids_from_mask(mask), 1)
+        if backward:
+            self.accelerator.backward(logits.float().sum() * 0.0)
+
+    def _sync_calls(self, backward: bool = False) -> None:
+        """Under FSDP, make padding calls until every process has finished its calls of this phase
+        (``backward``: each with a backward, as in the update); no-op otherwise."""
+        if self._lockstep is not None:
+            self._lockstep.sync(backward)
 
     def _lr_factor(self, step: int) -> float:
         cfg = self.config
@@ -560,7 +594,7 @@ class RLTrainer:
                 mask = batch.rollout.response_mask[mini]
                 n_tokens, n_seqs = self._sum_over_processes([float(mask.sum()), float((mask.sum(1) > 0).sum())])
                 micros = self._micro_batches(batch, mini)
-                if not micros:
+                if not micros and not self.fsdp:  # under FSDP _sync_calls pads
                     self._join_gradient_sync()
                 shared = self._share_prompts(batch, mini) if micros else None
                 auxiliary = self.auxiliary_loss(batch, mini) if micros else None
@@ -575,9 +609,12 @@ class RLTrainer:
                         self._micro_step(batch, rows, n_tokens, n_seqs, world, totals, shared)
                 if shared is not None:
                     shared[0].backward()
-                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+                self._sync_calls(backward=True)
+                # the optimizer's parameters: under FSDP the model's own may be the gathered root's copies
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                grad_norm = self.accelerator.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
                 check_finite(self.step_index + 1, loss=totals["loss"], grad_norm=float(grad_norm))
-                totals["grad_norm"] += float(grad_norm)
+                totals["grad_norm"] += float(full_value(grad_norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 n_updates += 1
@@ -641,6 +678,7 @@ class RLTrainer:
         cfg = self.config
         t0 = time.time()
         batch = self.collect(self.step_index)
+        self._sync_calls()
         t_rollout = time.time() - t0
         r = batch.rollout
         rewards, correct, lengths, finished = self._all_processes(batch.rewards, batch.correct, r.lengths, r.finished)
@@ -664,6 +702,7 @@ class RLTrainer:
             if (cfg.ppo_epochs > 1 or cfg.mini_batches > 1) and batch.old_logprobs is None:
                 self._fill_logprobs(batch, self.model, "old_logprobs")  # may exist already (in-reward KL)
             batch.advantages = self.compute_advantages(batch)
+            self._sync_calls()
             metrics.update(self.update(batch))
             metrics["update_time"] = time.time() - t1
             metrics["train_tokens_per_s"] = (n_resp_tokens * cfg.ppo_epochs) / max(1e-9, metrics["update_time"])
@@ -671,6 +710,9 @@ class RLTrainer:
         metrics["rollout_time"] = t_rollout
         metrics["rollout_tokens_per_s"] = n_resp_tokens / max(1e-9, t_rollout)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
+        if self._lockstep is not None:  # padding forward calls of all processes since the last step
+            metrics["lockstep_padding"] = self._sum_over_processes([float(self._lockstep.padded)])[0]
+            self._lockstep.padded = 0
         metrics["step_time"] = time.time() - t0
         self.step_index += 1
         return metrics
@@ -692,16 +734,18 @@ class RLTrainer:
         see :func:`~thinklean.train.checkpoint.find_checkpoint`)."""
         cfg = self.config
         processes, main = self.accelerator.num_processes, self.accelerator.is_main_process
-        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            # their forward passes are collectives, but processes decode different numbers of steps
-            raise ValueError(f"RL training runs with DDP (configs/accelerate/ddp.yaml), not "
-                             f"{self.accelerator.distributed_type.value}: each process decodes its own rollouts")
+        evaluates = main or self.fsdp  # under FSDP every process evaluates (its forward calls are collectives)
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError("RL training runs with DDP or FSDP (configs/accelerate/ddp.yaml, fsdp.yaml), not DeepSpeed")
         if min(cfg.prompts_per_step, len(self.train_examples)) < processes:
             raise ValueError(f"prompts_per_step={cfg.prompts_per_step} with {len(self.train_examples)} training "
                              f"examples is fewer prompts than the {processes} processes (each rolls out whole prompts)")
         start = 0
         if resume and (ckpt := find_checkpoint(self.run_dir)) is not None:
-            restore_training_state(ckpt, self.model, self.optimizer, self.scheduler)
+            if self.fsdp:
+                restore_sharded_state(ckpt, self.model, self.optimizer, self.scheduler)
+            else:
+                restore_training_state(ckpt, self.model, self.optimizer, self.scheduler)
             start = ckpt.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if main:
@@ -710,7 +754,8 @@ class RLTrainer:
         self.on_train_start(resume)
         with warnings.catch_warnings():  # torch 2.13 renamed DDP's broadcast_buffers; accelerate passes the old name
             warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
-            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+            if not self.fsdp:  # sharded in __init__
+                self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         log = MetricsLog(self.run_dir / "metrics.jsonl", truncate_after_step=start if resume else None,
                          accelerator=self.accelerator, config=asdict(cfg)) if main else None
         prompts_per_epoch = max(1, len(self.train_examples) // cfg.prompts_per_step)
@@ -720,9 +765,10 @@ class RLTrainer:
             while self.step_index < cfg.steps:
                 metrics = self.step()
                 done = self.step_index
-                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps) and self.eval_examples and main:
+                if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps) and self.eval_examples and evaluates:
                     # the last one is the final model's evaluation: saved so callers need not repeat it
-                    summary = self.evaluate(output=self.run_dir / "eval.json" if done == cfg.steps else None)
+                    summary = self.evaluate(output=self.run_dir / "eval.json" if done == cfg.steps and main else None)
+                    self._sync_calls()
                     final_eval = summary if done == cfg.steps else None
                     metrics["eval_accuracy"] = summary["accuracy"]
                     metrics["eval_length_mean"] = summary["mean_response_tokens"]
@@ -731,14 +777,19 @@ class RLTrainer:
                 self.on_step_end(done, metrics)
                 if done % prompts_per_epoch == 0:
                     self.on_epoch_end(done // prompts_per_epoch)
-                if ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps) and main:
+                if ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps) and self.fsdp:
+                    save_sharded_checkpoint(self.run_dir, done, self.model, self.optimizer, self.scheduler,
+                                            {"config": asdict(cfg)}, cfg.keep_last)
+                elif ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps) and main:
                     save_checkpoint(self.run_dir, done, self.accelerator.unwrap_model(self.model), self.tokenizer,
                                     self.optimizer, self.scheduler, {"config": asdict(cfg)}, cfg.keep_last,
                                     card=self.card(final_eval))
                 bar.update(task, advance=1, info=f"reward {metrics['reward']:.2f} acc {metrics['accuracy']:.2f} len {metrics['length_mean']:.0f}")
         final = self.run_dir / "model"
+        weights = full_state_dict(self.model) if self.fsdp else None  # consolidated on the main process
         if main:
-            save_pretrained(self.accelerator.unwrap_model(self.model), self.tokenizer, final, card=self.card(final_eval))
+            save_pretrained(self.accelerator.unwrap_model(self.model), self.tokenizer, final, card=self.card(final_eval),
+                            state_dict=weights)
             self.on_train_end(final)
             log.close(self.step_index, final_eval)
         self.accelerator.wait_for_everyone()

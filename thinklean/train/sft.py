@@ -27,7 +27,9 @@ from thinklean.data.jsonl import masked_spans_error
 from thinklean.models.card import CardInfo, started_from
 from thinklean.models.tiny import save_pretrained
 from thinklean.runlog import progress_bar
-from thinklean.train.checkpoint import find_checkpoint, restore_training_state, save_checkpoint
+from thinklean.train.checkpoint import (find_checkpoint, restore_sharded_state, restore_training_state, save_checkpoint,
+                                         save_sharded_checkpoint)
+from thinklean.train.fsdp import fsdp_requested, full_state_dict, full_value, keep_root_gathered, shard_model
 from thinklean.train.monitor import MetricsLog, check_finite
 from thinklean.train.trackers import accelerator_kwargs
 
@@ -166,6 +168,10 @@ def train_sft(
     line in ``metrics.jsonl`` (e.g. LiteReason's latent probe). The final model is saved as an HF
     directory in ``RUN_DIR/model`` and every checkpoint under ``RUN_DIR/checkpoints``, each with a
     model card naming ``method``.
+
+    Several processes all train on the same batches; under FSDP (configs/accelerate/fsdp.yaml)
+    each holds a shard of the model and optimizer state, checkpoints are sharded and the final
+    model is consolidated.
     """
     run_dir = Path(run_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), **accelerator_kwargs(config.report_to, run_dir))
@@ -173,19 +179,32 @@ def train_sft(
     if not examples:
         raise ValueError("no training rows")
     lengths = [len(e.input_ids) for e in examples]
+    fsdp = fsdp_requested(accelerator)
+    if fsdp:  # before the optimizer takes the (then sharded) parameters
+        if parameters is not None:
+            raise NotImplementedError("SFT under FSDP optimises the whole model; training a subset (parameters=, "
+                                      "e.g. LiteReason's projector SFT) runs with DDP or one process")
+        shard_model(model, accelerator.device)
     params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    if fsdp:
+        keep_root_gathered(model, optimizer)
     scheduler = LambdaLR(optimizer, warmup_cosine(config.steps, config.warmup_ratio, config.min_lr_ratio))
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
     start_step = 0
     if resume and (ckpt := find_checkpoint(run_dir)) is not None:
-        restore_training_state(ckpt, model, optimizer, scheduler)
+        if fsdp:
+            restore_sharded_state(ckpt, model, optimizer, scheduler)
+        else:
+            restore_training_state(ckpt, model, optimizer, scheduler)
         start_step = ckpt.step
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not fsdp:  # sharded above
+        model, optimizer = accelerator.prepare(model, optimizer)
+    main = accelerator.is_main_process  # the only process that logs
     log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=start_step if resume else None,
-                     accelerator=accelerator, config=asdict(config))
+                     accelerator=accelerator, config=asdict(config)) if main else None
     start_model = started_from(accelerator.unwrap_model(model))
 
     per_epoch = math.ceil(len(examples) / config.batch_size)
@@ -212,13 +231,14 @@ def train_sft(
                 step_loss += loss.item() / micro_per_step
                 step_tokens += n_tokens
             grad_norm = accelerator.clip_grad_norm_(params, config.grad_clip) if config.grad_clip > 0 else torch.tensor(0.0)
+            grad_norm = full_value(grad_norm)
             check_finite(step + 1, loss=step_loss, grad_norm=float(grad_norm))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             last_loss = step_loss
             done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
+            if (done % config.log_every == 0 or done == config.steps) and log is not None:
                 log.write(
                     {
                         "step": done,
@@ -230,14 +250,20 @@ def train_sft(
                         **(extra_metrics(done) if extra_metrics is not None else {}),
                     }
                 )
-            if (config.save_every and done % config.save_every == 0) or done == config.steps:
+            if ((config.save_every and done % config.save_every == 0) or done == config.steps) and fsdp:
+                save_sharded_checkpoint(run_dir, done, model, optimizer, scheduler, {"config": asdict(config)},
+                                        config.keep_last)
+            elif (config.save_every and done % config.save_every == 0) or done == config.steps:
                 save_checkpoint(
                     run_dir, done, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler,
                     {"config": asdict(config)}, config.keep_last,
                     card=CardInfo(method, asdict(config), done, start_model, tags=("sft",)),
                 )
             bar.update(task, advance=1, info=f"loss {step_loss:.3f}")
-    save_pretrained(accelerator.unwrap_model(model), tokenizer, run_dir / "model",
-                    card=CardInfo(method, asdict(config), config.steps, start_model, tags=("sft",)))
-    log.close(config.steps)
+    weights = full_state_dict(model) if fsdp else None  # consolidated on the main process
+    if not fsdp or accelerator.is_main_process:
+        save_pretrained(accelerator.unwrap_model(model), tokenizer, run_dir / "model", state_dict=weights,
+                        card=CardInfo(method, asdict(config), config.steps, start_model, tags=("sft",)))
+    if log is not None:
+        log.close(config.steps)
     return {"steps": config.steps, "final_loss": last_loss, "seconds": time.time() - t0, "examples": len(examples)}

@@ -1,0 +1,223 @@
+"""`accelerate launch` with 2 CPU processes under FSDP (FSDP2 ``fully_shard`` over gloo) trains like
+one process on the same rollouts, for every method family; sharded checkpoints resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_ddp import (ENV, PROCESSES, HGPOShardReplay, ShardReplay, _ddp_against_one_process, _launch,
+                      _save_base_model)
+from test_litereason_rl import AlternatingRewardTrainer
+
+from thinklean.methods.bupo import BuPOTrainer
+from thinklean.eval.evaluate import arith_examples
+from thinklean.methods.iapo import IAPOTrainer
+from thinklean.models.tiny import load_pretrained
+from thinklean.rollout.latent import LatentRolloutBatch, generate_latent
+from thinklean.runlog import read_metrics
+from thinklean.train.rl import RLConfig, concat_rollouts
+
+FSDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
+# weights within 1e-5, but for Adam's near-zero-gradient entries (at most 0.1%; see _ddp_against_one_process)
+WEIGHTS = {"atol": 1e-5, "outliers": 1e-3}
+# small decode chunks and micro-batches: the processes make different numbers of forward calls
+UNEVEN = ["--set", "rollout_batch_size=3", "--set", "micro_batch_tokens=60"]
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_grpo_matches_one_process(tmp_path, tiny_tokenizer):
+    # rollouts of different lengths per process: the shorter one pads its forward calls
+    metrics = _ddp_against_one_process(tmp_path, tiny_tokenizer, "grpo", ShardReplay, ["--reward", "kimi", *UNEVEN], (),
+                                       config_file=FSDP_CONFIG, **WEIGHTS)
+    assert sum(m["lockstep_padding"] for m in metrics) > 0  # the comparison covered padded calls
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_with_hmpo_kl_settings_matches_one_process(tmp_path, tiny_tokenizer):
+    # HMPO's optimisation settings: KL in the loss and in the reward, so the frozen reference and
+    # the current policy score the rollouts (more forward calls to pad). HMPO's own reward needs
+    # correct answers, which the random model never gives: kimi's length reward drives the update.
+    settings = ["kl_coef=0.001", "kl_in_reward=0.001", "clip_high=0.28", "dual_clip=10.0"]
+    _ddp_against_one_process(tmp_path, tiny_tokenizer, "grpo", ShardReplay,
+                             ["--reward", "kimi", *UNEVEN, *(x for kv in settings for x in ("--set", kv))], ("kl",),
+                             config_file=FSDP_CONFIG, **WEIGHTS)
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_hgpo_matches_one_process(tmp_path, tiny_tokenizer):
+    # forced modes, and the tag-mass auxiliary loss: one more forward and backward per mini-batch
+    _ddp_against_one_process(tmp_path, tiny_tokenizer, "hgpo", HGPOShardReplay, UNEVEN, ("auxiliary_loss",),
+                             config_file=FSDP_CONFIG, **WEIGHTS)
+
+
+class IAPOShardReplay(ShardReplay, IAPOTrainer):
+    """:class:`ShardReplay` with IAPO's early-exit probe."""
+
+
+class BuPOShardReplay(ShardReplay, BuPOTrainer):
+    """:class:`ShardReplay` with BuPO's internal-layer policy."""
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_iapo_matches_one_process(tmp_path, tiny_tokenizer):
+    # the early-exit probe makes a data-dependent number of cached forward calls per process
+    _ddp_against_one_process(tmp_path, tiny_tokenizer, "iapo", IAPOShardReplay,
+                             [*UNEVEN, "--set", "method_kwargs={chunk_size: 2, max_batch_tokens: 64}"], ("answer_entropy",),
+                             config_file=FSDP_CONFIG, **WEIGHTS)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:BuPO. s_inter")
+def test_two_process_fsdp_bupo_matches_one_process(tmp_path, tiny_tokenizer):
+    # step 1 optimises the internal policy of layer 1 (of 2), whose loss leaves layer 2 without a
+    # gradient; step 2 the whole model
+    _ddp_against_one_process(tmp_path, tiny_tokenizer, "bupo", BuPOShardReplay,
+                             ["--reward", "kimi", *UNEVEN, "--set", "method_kwargs={layer: 1, s_inter: 1}"], ("ipa_phase",),
+                             config_file=FSDP_CONFIG, **WEIGHTS)
+
+
+@pytest.mark.slow
+def test_fsdp_killed_run_resumes_from_a_sharded_checkpoint(tmp_path, tiny_tokenizer):
+    # checkpoints every step hold the shards of the model and of Adam's moments: a run killed
+    # after its first checkpoint and resumed (same number of processes) repeats the uninterrupted
+    # run's next steps, evaluations included
+    _save_base_model(tiny_tokenizer, tmp_path / "base")
+
+    def command(run: Path) -> list[str]:
+        return [*_launch(FSDP_CONFIG), "-m", "thinklean.cli", "train", "--model", str(tmp_path / "base"), "--method",
+                "grpo", "--reward", "kimi", *UNEVEN, "--steps", "4", "--prompts-per-step", "4", "--samples-per-prompt",
+                "4", "--max-new-tokens", "12", "--set", "train_problems=16", "--set", "save_every=1", "--set",
+                "keep_last=4", "--set", "lr=1e-3", "--set", "eval_every=2", "--set", "eval_problems=2",
+                "--output", str(run)]
+
+    done = subprocess.run(command(tmp_path / "full"), env=ENV, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    full = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    step1 = tmp_path / "full" / "checkpoints" / "step-00000001"
+    assert (step1 / "sharded").is_dir() and not (step1 / "model").exists()
+    final = load_file(tmp_path / "full" / "model" / "model.safetensors")  # consolidated
+    assert final.keys() == load_file(tmp_path / "base" / "model.safetensors").keys()
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen(command(run), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 200
+    while not (run / "checkpoints" / "latest").is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = int((run / "checkpoints" / "latest").read_text().removeprefix("step-"))
+    assert killed_at < 4
+    done = subprocess.run([*command(run), "--resume"], env=ENV, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = read_metrics(run / "metrics.jsonl")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    for key in ("loss", "reward", "length_mean", "grad_norm"):
+        assert [m[key] for m in resumed] == pytest.approx([m[key] for m in full], rel=1e-6), key
+    # every process evaluates under FSDP (the forward calls are collectives); the main one logs
+    assert [m.get("eval_length_mean") for m in resumed] == [m.get("eval_length_mean") for m in full]
+    assert full[1]["eval_length_mean"] > 0 and (tmp_path / "full" / "eval.json").is_file()
+    again = load_file(run / "model" / "model.safetensors")
+    for name, value in final.items():
+        assert torch.allclose(again[name], value, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_sft_matches_one_process(tmp_path, tiny_tokenizer):
+    _save_base_model(tiny_tokenizer, tmp_path / "base")
+    args = ["-m", "thinklean.cli", "sft", "--model", str(tmp_path / "base"), "--data", "arith", "--n", "32", "--steps",
+            "2", "--batch-size", "4", "--grad-accum", "2", "--lr", "1e-3", "--save-every", "0", "--output"]
+    for command in ([*_launch(FSDP_CONFIG), *args, str(tmp_path / "fsdp")], [sys.executable, *args, str(tmp_path / "one")]):
+        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=240, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+    sharded, one = read_metrics(tmp_path / "fsdp" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert len(sharded) == len(one) == 1  # the last step's line, from the main process only
+    for a, b in zip(sharded, one):
+        for key in ("loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    trained, reference = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("fsdp", "one"))
+    assert trained.keys() == reference.keys()
+    for name, value in reference.items():
+        assert (trained[name] - value).abs().max() < 1e-5, name
+
+
+_LITEREASON_RUN = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_litereason_rl import AlternatingRewardTrainer
+from thinklean.cli import _end_distributed
+from thinklean.eval.evaluate import arith_examples
+from thinklean.models.tiny import load_pretrained
+from thinklean.train.rl import RLConfig
+base, run, settings = sys.argv[2:]
+model, tokenizer = load_pretrained(base)
+config = RLConfig(**json.loads(settings))
+AlternatingRewardTrainer(model, tokenizer, config, arith_examples(config.train_problems, "train", config.seed),
+                         run).train(show_progress=False)
+_end_distributed()
+"""
+
+
+class LatentShardReplay(AlternatingRewardTrainer):
+    """:class:`ShardReplay` for LiteReason's latent rollouts."""
+
+    def rollout(self, examples, step, round_=0):
+        n = len(examples)
+        shares = [examples[n * p // PROCESSES : n * (p + 1) // PROCESSES] for p in range(PROCESSES)]
+        batches = []
+        for p, share in enumerate(shares):
+            prompts, prefixes = self.build_prompts(share)
+            generator = torch.Generator().manual_seed(self.rollout_seed(step, round_, process_index=p))
+            batches.append(generate_latent(self.model, self.tokenizer, self.projector, prompts,
+                                           self.config.samples_per_prompt, self.sampling_config(step), generator,
+                                           prefixes))
+        joined = concat_rollouts(batches, [len(s) for s in shares])
+        return LatentRolloutBatch(**vars(joined), latent_steps=torch.cat([b.latent_steps for b in batches]),
+                                  latent_segments=[s for b in batches for s in b.latent_segments],
+                                  latent_inputs=[v for b in batches for v in b.latent_inputs])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:LiteReason. no trained projector")
+def test_two_process_fsdp_litereason_matches_one_process(tmp_path, tiny_tokenizer):
+    # every rollout opens with a forced latent segment: latent steps feed projector outputs as
+    # input embeddings (the embeddings are called outside the model's forward)
+    # lr 1e-5: at 1e-4, Adam's amplified float noise in near-zero-gradient entries after step 1
+    # moves step 2's gradient norm by 1.5e-4 (relative), more than the tolerance
+    _save_base_model(tiny_tokenizer, tmp_path / "base")
+    config = RLConfig(method="litereason", steps=2, prompts_per_step=4, samples_per_prompt=2, max_new_tokens=10,
+                      train_problems=16, save_every=0, lr=1e-5, rollout_batch_size=3, micro_batch_tokens=60,
+                      method_kwargs={"refresh_fraction": 0.0, "probe_every": 0})
+    script = tmp_path / "run.py"
+    script.write_text(_LITEREASON_RUN)
+    done = subprocess.run([*_launch(FSDP_CONFIG), str(script), str(Path(__file__).parent), str(tmp_path / "base"),
+                           str(tmp_path / "fsdp"), json.dumps(asdict(config))],
+                          env=ENV, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model, tokenizer = load_pretrained(tmp_path / "base")
+    examples = arith_examples(config.train_problems, "train", config.seed)
+    LatentShardReplay(model, tokenizer, config, examples, tmp_path / "one").train(show_progress=False)
+    sharded, one = read_metrics(tmp_path / "fsdp" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert len(sharded) == len(one) == 2
+    for a, b in zip(sharded, one):
+        for key in ("reward", "length_mean", "latent_steps_mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+        for key in ("loss", "entropy", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+    assert all(m["grad_norm"] > 0 and m["latent_steps_mean"] > 0 for m in sharded)
+    trained = load_file(tmp_path / "fsdp" / "model" / "model.safetensors")
+    for name, value in model.state_dict().items():
+        if name in trained:
+            diff = (trained[name] - value).abs()
+            assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < config.lr, name
