@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_ddp import (ENV, PROCESSES, HGPOShardReplay, ShardReplay, _ddp_against_one_process, _launch,
+from test_ddp import (DDP_CONFIG, ENV, PROCESSES, HGPOShardReplay, ShardReplay, _ddp_against_one_process, _launch,
                       _save_base_model)
 from test_litereason_rl import AlternatingRewardTrainer
 
@@ -190,7 +190,8 @@ class LatentShardReplay(AlternatingRewardTrainer):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:LiteReason. no trained projector")
-def test_two_process_fsdp_litereason_matches_one_process(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("launch_config", [FSDP_CONFIG, DDP_CONFIG], ids=["fsdp", "ddp"])
+def test_two_process_litereason_matches_one_process_sampling_per_process(tmp_path, tiny_tokenizer, launch_config):
     # every rollout opens with a forced latent segment: latent steps feed projector outputs as
     # input embeddings (the embeddings are called outside the model's forward)
     # lr 1e-5: at 1e-4, Adam's amplified float noise in near-zero-gradient entries after step 1
@@ -201,7 +202,7 @@ def test_two_process_fsdp_litereason_matches_one_process(tmp_path, tiny_tokenize
                       method_kwargs={"refresh_fraction": 0.0, "probe_every": 0})
     script = tmp_path / "run.py"
     script.write_text(_LITEREASON_RUN)
-    done = subprocess.run([*_launch(FSDP_CONFIG), str(script), str(Path(__file__).parent), str(tmp_path / "base"),
+    done = subprocess.run([*_launch(launch_config), str(script), str(Path(__file__).parent), str(tmp_path / "base"),
                            str(tmp_path / "fsdp"), json.dumps(asdict(config))],
                           env=ENV, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -258,8 +258,8 @@ class LiteReasonTrainer(RLTrainer):
         """Samples with latent decoding (:func:`~thinklean.rollout.latent.generate_latent`): after
         each ``</implicit_thought>`` the frozen projector writes the latent steps. Always the ``hf`` engine."""
         generator = torch.Generator(device=self.accelerator.device).manual_seed(seed)
-        return generate_latent(self.model, self.tokenizer, self.projector, prompts, self.config.samples_per_prompt,
-                               sampling, generator, prefixes)
+        return generate_latent(self.accelerator.unwrap_model(self.model), self.tokenizer, self.projector, prompts,
+                               self.config.samples_per_prompt, sampling, generator, prefixes)
 
     def on_rollout(self, step: int, step_batch: StepBatch) -> None:
         """Keeps the correct rollouts for the next refresh; logs latent statistics and, on the

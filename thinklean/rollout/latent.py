@@ -301,15 +301,16 @@ def latent_forward(
     if latent_inputs is not None and grad_through_projector:
         raise ValueError("latent_inputs are fixed embeddings: the projector cannot get a gradient through "
                          "them; pass grad_through_projector=False or no latent_inputs")
-    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5 name
+    inner = _inner(model)
+    checkpointing = getattr(inner, "is_activation_checkpointing", None)  # transformers >= 5 name
     if checkpointing is None:
-        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+        checkpointing = getattr(inner, "is_gradient_checkpointing", False)
     if model.training and checkpointing and latent_inputs is None:
         raise ValueError("latent_forward joins its chunks through the KV cache, which gradient checkpointing "
                          "switches off; call model.gradient_checkpointing_disable() first or pass latent_inputs")
-    _check_projector(model, projector)
+    _check_projector(inner, projector)
     device = response_ids.device
-    keep_name, cache_name = logits_to_keep_argument(model), cache_argument(model)
+    keep_name, cache_name = logits_to_keep_argument(inner), cache_argument(inner)
     extra = {keep_name: 1} if keep_name else {}  # logits come from the gathered hidden states below
 
     if latent_inputs is not None:
@@ -317,19 +318,19 @@ def latent_forward(
         # FSDP the embeddings' gradient then reaches them before the root unit reduces it
         ids, mask, latent, vectors, score_columns = _replay_layout(prompt_ids, prompt_mask, response_ids,
                                                                    response_mask, segments, latent_inputs)
-        embed = model.get_input_embeddings()
+        embed = inner.get_input_embeddings()
         hook = embed.register_forward_hook(lambda module, args, out: out.index_put((latent,), vectors.to(out.dtype)))
         try:
             out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                         use_cache=False, output_hidden_states=True, **extra)
         finally:
             hook.remove()
-        return _score(model, out.hidden_states[-1], score_columns)
+        return _score(inner, out.hidden_states[-1], score_columns)
 
     ids, mask, latent, score_columns = (t.to(device) for t in _latent_layout(
         prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments))
     positions = position_ids_from_mask(mask)
-    embed = model.get_input_embeddings()
+    embed = inner.get_input_embeddings()
     latent_columns = latent.any(0).nonzero().flatten().tolist()
     starts = [0] + latent_columns
     ends = latent_columns + [ids.shape[1]]
@@ -348,7 +349,7 @@ def latent_forward(
                     use_cache=True, output_hidden_states=True, **extra, **{cache_name: cache})
         cache = output_cache(out)
         hidden_chunks.append(out.hidden_states[-1])
-    return _score(model, torch.cat(hidden_chunks, dim=1), score_columns)
+    return _score(inner, torch.cat(hidden_chunks, dim=1), score_columns)
 
 
 def latent_replay_inputs(
@@ -371,7 +372,7 @@ def latent_replay_inputs(
     """
     ids, mask, latent, vectors, score_columns = _replay_layout(prompt_ids, prompt_mask, response_ids, response_mask,
                                                                segments, latent_inputs)
-    inputs = model.get_input_embeddings()(ids)
+    inputs = _inner(model).get_input_embeddings()(ids)
     if bool(latent.any()):  # the boolean mask walks row by row, segment by segment, as recorded
         inputs = inputs.index_put((latent,), vectors.to(inputs.dtype))
     return inputs, mask, score_columns
@@ -391,6 +392,12 @@ def _replay_layout(prompt_ids, prompt_mask, response_ids, response_mask, segment
     vectors = (torch.cat([v.detach() for v in latent_inputs]).to(device) if latent_inputs
                else torch.empty(0, 0, device=device))
     return ids, mask, latent, vectors, score_columns
+
+
+def _inner(model):
+    """The module under a DDP wrapper, for its attributes and embeddings; forward calls still go
+    through ``model``, so DDP synchronises the gradients."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _score(model, hidden_all: torch.Tensor, score_columns: torch.Tensor) -> LatentForwardOutput:
