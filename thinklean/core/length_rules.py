@@ -60,10 +60,12 @@ def linear_passrate_reward(
     penalty to correct responses only (a wrong one keeps 0). prime-rl divides by its sequence
     length; thinklean's response cap is ``max_new_tokens`` (the ``linear_passrate`` method's
     trainer supplies the rollout's cap). PR 2901 later divides by the group's longest response
-    instead; this is the issue's and PR 2702's fixed-denominator form.
+    instead; this is PR 2702's fixed-denominator form.
 
     Args:
-        correct, lengths, group_ids: ``[B]`` (module docstring).
+        correct: ``[B]`` bool or 0/1.
+        lengths: ``[B]`` response tokens.
+        group_ids: ``[B]`` integer group ids.
         max_new_tokens: the response cap in tokens (> 0).
         coef: penalty at pass rate 1 for a response of ``max_new_tokens`` tokens (default 0.25).
     Returns: ``float32 [B]``.

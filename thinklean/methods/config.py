@@ -125,6 +125,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, tuple[Any, int]]:
 
 
 def method_config_path(method: str) -> Path:
+    """The shipped YAML of ``method``: ``thinklean/configs/METHOD.yaml`` (it may not exist)."""
     return CONFIG_DIR / f"{method}.yaml"
 
 
