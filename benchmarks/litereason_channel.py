@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--oracle-code", choices=["mean", "digits"], default="mean",
                    help="arms (e), (f): mean = K copies of the mean embedding of a result's digits; digits = "
                         "one latent step per digit of the result written with 4 digits (K = 4)")
+    p.add_argument("--written-operands", action="store_true",
+                   help="keep each operation's operands as text ('347 * 6 = ' + latent segment + '.'): a control "
+                        "where the latents only carry a result the LM would otherwise write digit by digit")
     p.add_argument("--distil-weight", type=float, default=1.0, help="arm (f): weight of the latent distillation loss")
     p.add_argument("--train", type=int, default=4000, help="training problems (2 and 3 operations in equal shares)")
     p.add_argument("--eval", type=int, default=300, help="held-out problems per difficulty")
@@ -109,10 +112,22 @@ def main(argv: list[str] | None = None) -> dict:
     def sentences(problem) -> list[str]:
         return split_sentences(render_reasoning(problem, "terse", random.Random(0)))  # one per operation
 
+    def latent_sentence(problem, j: int) -> str:
+        """Operation ``j``'s sentence made latent: the segment alone, or (``--written-operands``)
+        after its operands, ``347 * 6 = <segment>.``"""
+        if not args.written_operands:
+            return latent_segment(k)
+        (symbol, operand), value = problem.ops[j], problem.values()[j]
+        return f"{value} {symbol} {operand} = {latent_segment(k)}."
+
+    def latent_trace(problem) -> str:
+        return " ".join(latent_sentence(problem, j) for j in range(len(problem.ops)))
+
     def solution(problem, latent_ops: int) -> str:
         """The terse trace with its first ``latent_ops`` sentences replaced by K-step segments."""
         parts = sentences(problem)
-        return think_response(" ".join([latent_segment(k)] * latent_ops + parts[latent_ops:]), problem.answer)
+        latent = [latent_sentence(problem, j) for j in range(latent_ops)]
+        return think_response(" ".join(latent + parts[latent_ops:]), problem.answer)
 
     def rows(latent_ops: Callable[[object], int], empty: bool = False) -> list[dict]:
         return [{"prompt": litereason_prompt(p.question), "answer": str(p.answer),
@@ -220,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         prompts = [format_prompt(litereason_prompt(p.question), tokenizer) for p in held_out]
         boxed = "\\boxed{"
         prefixes = [f"{THINK} {THINK_END} {boxed}" if arm == "empty" else
-                    f"{THINK} {' '.join([latent_segment(k)] * len(p.ops))} {THINK_END} {boxed}" for p in held_out]
+                    f"{THINK} {latent_trace(p)} {THINK_END} {boxed}" for p in held_out]
         with torch.no_grad():
             if arm == "empty":
                 vectors = [torch.empty(0, model.config.hidden_size) for _ in held_out]
@@ -343,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
             steps = args.steps // stages + (args.steps % stages if stage == stages else 0)
             fit(arm, model, source, rows(latent_ops, empty=arm == "empty"), steps, args.seed + stage)
         code = f" [{args.oracle_code} code]" if arm in ("oracle", "distil") else ""
+        code += " [written operands]" if args.written_operands else ""
         record = {"arm": f"({letter}) {arm}{code}" + (" + curriculum" if curriculum else ""), **evaluate(arm, model, source),
                   "seconds": round(time.perf_counter() - start, 1)}
         print(f"{record['arm']}: accuracy {100 * record['accuracy']:.1f}%"
@@ -372,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{r['seconds']:.0f}")
     Console(width=160).print(table)
     result = {"model": args.model, "train": len(train), "eval_per_difficulty": args.eval, "steps": args.steps,
-              "batch_size": args.batch_size, "lr": args.lr, "distil_weight": args.distil_weight, "oracle_code": args.oracle_code, "latent_steps": k, "seed": args.seed, "quick": args.quick,
+              "batch_size": args.batch_size, "lr": args.lr, "distil_weight": args.distil_weight, "oracle_code": args.oracle_code, "written_operands": args.written_operands, "latent_steps": k, "seed": args.seed, "quick": args.quick,
               "records": records}
     write_result(result, args.out)
     return result
