@@ -36,9 +36,15 @@ class ShardReplay(RLTrainer):
         for p, share in enumerate(shares):
             prompts, prefixes = self.build_prompts(share)
             generator = torch.Generator().manual_seed(self.rollout_seed(step, round_, process_index=p))
-            batches.append(generate(self.model, self.tokenizer, prompts, self.config.samples_per_prompt,
-                                    self.sampling_config(step), prefixes, generator))
-        return concat_rollouts(batches, [len(s) for s in shares])
+            batches.append(self.sample_share(prompts, prefixes, self.sampling_config(step), generator))
+        return self.join(batches, [len(s) for s in shares])
+
+    def sample_share(self, prompts, prefixes, sampling, generator):
+        return generate(self.model, self.tokenizer, prompts, self.config.samples_per_prompt, sampling, prefixes,
+                        generator)
+
+    def join(self, batches, group_counts):
+        return concat_rollouts(batches, group_counts)
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_ddp import (DDP_CONFIG, ENV, PROCESSES, HGPOShardReplay, ShardReplay, _ddp_against_one_process, _launch,
+from test_ddp import (DDP_CONFIG, ENV, HGPOShardReplay, ShardReplay, _ddp_against_one_process, _launch,
                       _save_base_model)
 from test_litereason_rl import AlternatingRewardTrainer
 
@@ -169,20 +169,15 @@ _end_distributed()
 """
 
 
-class LatentShardReplay(AlternatingRewardTrainer):
+class LatentShardReplay(ShardReplay, AlternatingRewardTrainer):
     """:class:`ShardReplay` for LiteReason's latent rollouts."""
 
-    def rollout(self, examples, step, round_=0):
-        n = len(examples)
-        shares = [examples[n * p // PROCESSES : n * (p + 1) // PROCESSES] for p in range(PROCESSES)]
-        batches = []
-        for p, share in enumerate(shares):
-            prompts, prefixes = self.build_prompts(share)
-            generator = torch.Generator().manual_seed(self.rollout_seed(step, round_, process_index=p))
-            batches.append(generate_latent(self.model, self.tokenizer, self.projector, prompts,
-                                           self.config.samples_per_prompt, self.sampling_config(step), generator,
-                                           prefixes))
-        joined = concat_rollouts(batches, [len(s) for s in shares])
+    def sample_share(self, prompts, prefixes, sampling, generator):
+        return generate_latent(self.model, self.tokenizer, self.projector, prompts, self.config.samples_per_prompt,
+                               sampling, generator, prefixes)
+
+    def join(self, batches, group_counts):
+        joined = concat_rollouts(batches, group_counts)
         return LatentRolloutBatch(**vars(joined), latent_steps=torch.cat([b.latent_steps for b in batches]),
                                   latent_segments=[s for b in batches for s in b.latent_segments],
                                   latent_inputs=[v for b in batches for v in b.latent_inputs])
