@@ -81,7 +81,7 @@ class ReasoningProjector(nn.Module):
             GatedMLP(hidden_size, intermediate_size, hidden_act, bias) for _ in range(num_blocks)
         )
         # Fixed, not learned: a learned scale lets projector SFT shrink latents to near-zero
-        # "pause" slots that carry nothing (measured on the embedded model, issue #25).
+        # "pause" slots that carry nothing (measured on the embedded model, docs/litereason.md).
         self.register_buffer("output_scale", torch.tensor(float(output_scale)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
