@@ -20,9 +20,12 @@ come from what the latent steps carry or from the LM's own single pass:
   the projector's output norm, teacher-forced at the latent steps) plus an auxiliary loss that
   pulls the projector's output at each latent step towards that step's oracle vector (squared
   error over the oracle vectors' squared norm, i.e. 2 (1 - cosine), weight ``--distil-weight``);
-  evaluated like (a)-(c), on its own chained latents.
+  evaluated like (a)-(c), on its own chained latents;
+- (g) ``soft``: as (f), but the latent is the LM's own next-token distribution times the
+  embedding matrix (scaled to the token-embedding norm), no projector weights: where the value is
+  what the LM would write next, this latent starts out right.
 
-``--oracle-code digits`` changes what (e) and (f) put at the latent steps: one latent step per digit
+``--oracle-code digits`` changes what (e), (f) and (g) put at the latent steps: one latent step per digit
 of the result written with 4 digits (K = 4), each the embedding of that digit, so the latents
 name the value with its digit order (the mean code names only the digits); (f) then learns to
 write a number one continuous digit at a time.
@@ -52,16 +55,16 @@ from _results import write_result
 from rich.console import Console
 from rich.table import Table
 
-ARMS = {"a": "spec", "b": "fixed", "c": "pause", "d": "empty", "e": "oracle", "f": "distil"}
+ARMS = {"a": "spec", "b": "fixed", "c": "pause", "d": "empty", "e": "oracle", "f": "distil", "g": "soft"}
 DIFFICULTIES = (2, 3)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="base", help="'base' (shipped) or a local model directory")
-    p.add_argument("--arms", default="abcdef", help="which arms to run (letters of a-f)")
+    p.add_argument("--arms", default="abcdefg", help="which arms to run (letters of a-g)")
     p.add_argument("--oracle-code", choices=["mean", "digits"], default="mean",
-                   help="arms (e), (f): mean = K copies of the mean embedding of a result's digits; digits = "
+                   help="arms (e)-(g): mean = K copies of the mean embedding of a result's digits; digits = "
                         "one latent step per digit of the result written with 4 digits (K = 4)")
     p.add_argument("--written-operands", action="store_true",
                    help="keep each operation's operands as text ('347 * 6 = ' + latent segment + '.'): a control "
@@ -73,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4, help="peak lr: 10%% warm-up, cosine to 0.1x (LM and latent source)")
     p.add_argument("--latent-steps", type=int, default=2, help="K: latent steps per operation sentence")
-    p.add_argument("--curriculum", choices=["a", "b", "c", "e", "f"], default=None,
+    p.add_argument("--curriculum", choices=["a", "b", "c", "e", "f", "g"], default=None,
                    help="also run this arm with latent sentences introduced stage by stage")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 training problems, 2 steps, 3 problems per difficulty")
     p.add_argument("--threads", type=int, default=1)
@@ -214,6 +217,21 @@ def main(argv: list[str] | None = None) -> dict:
         def forward(self, hidden: torch.Tensor) -> torch.Tensor:
             return self.pause.to(hidden.dtype).expand_as(hidden)
 
+    class SoftToken(ReasoningProjector):
+        """Arm (g): ``softmax(head(hidden)) @ E``, scaled to the token-embedding norm; the LM is
+        held in a list so its weights are not the projector's; the unused block fills the interface."""
+
+        def __init__(self, model) -> None:
+            super().__init__(model.config.hidden_size, model.config.intermediate_size, num_blocks=1,
+                             output_scale=embedding_norm(model))
+            self.lm = [model]
+
+        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+            lm = self.lm[0]
+            probs = torch.softmax(lm.get_output_embeddings()(hidden).float(), dim=-1)
+            soft = probs @ lm.get_input_embeddings().weight.float()
+            return (torch.nn.functional.normalize(soft, dim=-1) * self.output_scale).to(hidden.dtype)
+
     def fit(arm: str, model, source, stage_rows: list[dict], steps: int, seed: int) -> None:
         config = dataclasses.replace(projector_sft_config(len(stage_rows), lr=args.lr, batch_size=args.batch_size,
                                                           grad_clip=1.0, seed=seed), steps=steps)
@@ -223,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
             elif arm == "oracle":
                 train_sft(model, tokenizer, stage_rows, config, scratch, loss_fn=oracle_loss(source),
                           show_progress=False)
-            elif arm == "distil":
+            elif arm in ("distil", "soft"):
                 train_sft(model, tokenizer, stage_rows, config, scratch, loss_fn=distil_loss(source),
                           parameters=[*model.parameters(), *source.parameters()], show_progress=False)
             else:
@@ -267,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
         oracle_cosine = float(torch.cat(cosines).mean()) if cosines else None
         decoded_values = value_readout(model, vectors) if arm not in ("empty", "oracle") else None
         teacher = None  # (f): the same LM given the scaled oracle latents: what a perfect projector would reach
-        if arm == "distil":
+        if arm in ("distil", "soft"):
             with torch.no_grad():
                 scaled = [torch.nn.functional.normalize(oracle_vectors(model, oracle_ids(p), len(p.ops)), dim=-1)
                           * source.output_scale for p in held_out]
@@ -351,13 +369,13 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         model, _ = load_pretrained(args.model)
         source = {"spec": lambda: ReasoningProjector.from_model(model, output_norm="none"),
-                  "pause": lambda: Pause(model)}.get(arm, lambda: ReasoningProjector.from_model(model))()
+                  "pause": lambda: Pause(model), "soft": lambda: SoftToken(model)}.get(arm, lambda: ReasoningProjector.from_model(model))()
         stages = max(DIFFICULTIES) if curriculum else 1
         for stage in range(1, stages + 1):
             latent_ops = (lambda p, s=stage: min(s, len(p.ops))) if curriculum else (lambda p: len(p.ops))
             steps = args.steps // stages + (args.steps % stages if stage == stages else 0)
             fit(arm, model, source, rows(latent_ops, empty=arm == "empty"), steps, args.seed + stage)
-        code = f" [{args.oracle_code} code]" if arm in ("oracle", "distil") else ""
+        code = f" [{args.oracle_code} code]" if arm in ("oracle", "distil", "soft") else ""
         code += " [written operands]" if args.written_operands else ""
         record = {"arm": f"({letter}) {arm}{code}" + (" + curriculum" if curriculum else ""), **evaluate(arm, model, source),
                   "seconds": round(time.perf_counter() - start, 1)}
