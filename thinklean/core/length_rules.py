@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from thinklean.core.advantages import _broadcast, _check_batch, _group_sums
-from thinklean.core.masked import group_index, group_max, group_mean, group_min, group_quantile, group_std
+from thinklean.core.masked import group_index, group_max, group_mean, group_min, group_quantile, group_size, group_std
 from thinklean.core.registry import register_advantage, register_reward
 from thinklean.core.rewards import _check_positive, _check_sequence_inputs
 
@@ -118,8 +118,7 @@ def gr3_constraint_rate(correct: Tensor, lengths: Tensor, group_ids: Tensor, alp
     if not bool(mixed.any()):
         return float("nan")
     holds = group_max(accuracy, group_ids) / (1 + alpha) >= group_mean(rescaled, group_ids) - 1e-12
-    inverse, _ = group_index(group_ids)
-    weight = 1.0 / torch.bincount(inverse)[inverse].to(torch.float64)  # each group counts once
+    weight = 1.0 / group_size(group_ids).to(torch.float64)  # each group counts once
     return float((weight * (holds & mixed)).sum() / (weight * mixed).sum())
 
 
@@ -216,19 +215,14 @@ def quantile_penalty_reward(
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
     accuracy = is_correct.to(torch.float64)
-    successes = _group_total(accuracy, group_ids)
+    inverse, num_groups = group_index(group_ids)
+    successes = _group_sums(accuracy, inverse, num_groups)[inverse]
     reference = group_quantile(lengths64, group_ids, quantile, mask=is_correct)  # NaN without a success
     eligible = is_correct & (successes >= min_successes) & (reference > 0)
     safe_reference = torch.where(eligible, reference, 1.0)
     excess = lengths64 - (safe_reference * (1 + relative_slack) + absolute_slack)
     penalty = torch.where(eligible & (excess > 0), (beta * excess / safe_reference).clamp(max=cap), 0.0)
     return torch.maximum(accuracy.clamp(max=floor), accuracy - penalty).to(torch.float32)
-
-
-def _group_total(values64: Tensor, group_ids: Tensor) -> Tensor:
-    """float64 ``[B]``: the sum of ``values64`` over each sample's group."""
-    inverse, num_groups = group_index(group_ids)
-    return _group_sums(values64, inverse, num_groups)[inverse]
 
 
 @register_reward("shortest_bonus")
@@ -270,6 +264,5 @@ def opo_advantages(rewards: Tensor, group_ids: Tensor, response_mask: Tensor, le
     r64, n64 = rewards.to(torch.float64), lengths.to(torch.float64)
     length_sums = _group_sums(n64, inverse, num_groups)
     weighted = _group_sums(n64 * r64, inverse, num_groups) / length_sums.clamp(min=1e-12)
-    plain = _group_sums(r64, inverse, num_groups) / _group_sums(torch.ones_like(r64), inverse, num_groups)
-    baseline = torch.where(length_sums > 0, weighted, plain)
-    return _broadcast(r64 - baseline[inverse], response_mask)
+    baseline = torch.where(length_sums[inverse] > 0, weighted[inverse], group_mean(r64, group_ids))
+    return _broadcast(r64 - baseline, response_mask)
