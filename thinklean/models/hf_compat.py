@@ -15,8 +15,15 @@ from typing import Any
 import torch
 
 
+def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a wrapper holds in ``.module`` (DDP's, DataParallel's), else ``model``: for its
+    attributes and embeddings; forward calls still go through the wrapper, so DDP synchronises
+    the gradients."""
+    return getattr(model, "module", model)
+
+
 def _forward_parameters(model: torch.nn.Module) -> Any:
-    return _class_forward_parameters(type(getattr(model, "module", model)))  # DDP wraps in .module
+    return _class_forward_parameters(type(unwrap_ddp(model)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from thinklean.data.formats import LATENT, LATENT_END
-from thinklean.models.hf_compat import cache_argument, logits_to_keep_argument, output_cache
+from thinklean.models.hf_compat import cache_argument, logits_to_keep_argument, output_cache, unwrap_ddp
 from thinklean.models.projector import ReasoningProjector
 from thinklean.rollout.engine import (
     InputStep,
@@ -301,7 +301,7 @@ def latent_forward(
     if latent_inputs is not None and grad_through_projector:
         raise ValueError("latent_inputs are fixed embeddings: the projector cannot get a gradient through "
                          "them; pass grad_through_projector=False or no latent_inputs")
-    inner = _inner(model)
+    inner = unwrap_ddp(model)
     checkpointing = getattr(inner, "is_activation_checkpointing", None)  # transformers >= 5 name
     if checkpointing is None:
         checkpointing = getattr(inner, "is_gradient_checkpointing", False)
@@ -372,7 +372,7 @@ def latent_replay_inputs(
     """
     ids, mask, latent, vectors, score_columns = _replay_layout(prompt_ids, prompt_mask, response_ids, response_mask,
                                                                segments, latent_inputs)
-    inputs = _inner(model).get_input_embeddings()(ids)
+    inputs = unwrap_ddp(model).get_input_embeddings()(ids)
     if bool(latent.any()):  # the boolean mask walks row by row, segment by segment, as recorded
         inputs = inputs.index_put((latent,), vectors.to(inputs.dtype))
     return inputs, mask, score_columns
@@ -392,12 +392,6 @@ def _replay_layout(prompt_ids, prompt_mask, response_ids, response_mask, segment
     vectors = (torch.cat([v.detach() for v in latent_inputs]).to(device) if latent_inputs
                else torch.empty(0, 0, device=device))
     return ids, mask, latent, vectors, score_columns
-
-
-def _inner(model):
-    """The module under a DDP wrapper, for its attributes and embeddings; forward calls still go
-    through ``model``, so DDP synchronises the gradients."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _score(model, hidden_all: torch.Tensor, score_columns: torch.Tensor) -> LatentForwardOutput:
