@@ -214,7 +214,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     state = _read(path / "state.json", _state, "JSON with the checkpoint's step")
     trainer = _read(path / "trainer.pt", _trainer, "the optimizer, scheduler and RNG states")
-    if (path / SHARDED_DIR).is_dir():  # FSDP: the weights are read by restore_sharded_state
+    if (path / SHARDED_DIR).is_dir():  # FSDP: the shards are read by restore_training_state
         return Checkpoint(path=path, step=int(state["step"]), trainer=trainer, state=state, weights={})
     files = sorted((path / "model").glob("*.safetensors"))
     if not files:
@@ -285,25 +285,26 @@ def clear_run(run_dir: str | Path) -> None:
             path.unlink()
 
 
-def restore_training_state(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
-    """Load weights, optimizer, scheduler and RNG states from ``ckpt`` into live objects."""
-    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
-    tied = {k for k in missing if k.endswith("lm_head.weight")}
-    if set(missing) - tied or unexpected:
-        raise RuntimeError(f"{ckpt.model_dir}: weights do not match the model (missing {missing}, unexpected {unexpected})")
-    optimizer.load_state_dict(ckpt.trainer["optimizer"])
-    scheduler.load_state_dict(ckpt.trainer["scheduler"])
-    set_rng_state(ckpt.trainer["rng"])
+def restore_training_state(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any, scheduler: Any,
+                           sharded: bool = False) -> None:
+    """Load weights, optimizer, scheduler and RNG states from ``ckpt`` into live objects.
 
+    ``sharded``: an FSDP run (every process calls it), whose model and optimizer shards come from
+    ``ckpt``'s ``sharded/`` directory.
+    """
+    if sharded:
+        from thinklean.train.fsdp import load_sharded
 
-def restore_sharded_state(ckpt: Checkpoint, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
-    """:func:`restore_training_state` for an FSDP run (every process calls it): model and optimizer
-    shards from ``ckpt``'s ``sharded/`` directory, then scheduler and RNG states."""
-    from thinklean.train.fsdp import load_sharded
-
-    if not (ckpt.path / SHARDED_DIR).is_dir():
-        raise CheckpointError(f"{ckpt.path}: no {SHARDED_DIR}/ directory (this checkpoint was not written under FSDP; "
-                              "resume it with the configuration that wrote it)")
-    load_sharded(ckpt.path / SHARDED_DIR, model, optimizer)
+        if not (ckpt.path / SHARDED_DIR).is_dir():
+            raise CheckpointError(f"{ckpt.path}: no {SHARDED_DIR}/ directory (this checkpoint was not written under "
+                                  "FSDP; resume it with the configuration that wrote it)")
+        load_sharded(ckpt.path / SHARDED_DIR, model, optimizer)
+    else:
+        missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+        tied = {k for k in missing if k.endswith("lm_head.weight")}
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"{ckpt.model_dir}: weights do not match the model (missing {missing}, "
+                               f"unexpected {unexpected})")
+        optimizer.load_state_dict(ckpt.trainer["optimizer"])
     scheduler.load_state_dict(ckpt.trainer["scheduler"])
     set_rng_state(ckpt.trainer["rng"])

@@ -59,8 +59,7 @@ from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.rollout.engine import pad_token_id, position_ids_from_mask
 from thinklean.rollout.vllm_engine import VLLMRollout, vllm_problem
 from thinklean.runlog import progress_bar
-from thinklean.train.checkpoint import (find_checkpoint, restore_sharded_state, restore_training_state, save_checkpoint,
-                                         save_sharded_checkpoint)
+from thinklean.train.checkpoint import find_checkpoint, restore_training_state, save_checkpoint, save_sharded_checkpoint
 from thinklean.train.fsdp import (Lockstep, fsdp_requested, full_state_dict, full_value, keep_root_gathered,
                                    shard_model)
 from thinklean.train.monitor import MetricsLog, check_finite
@@ -742,10 +741,7 @@ class RLTrainer:
                              f"examples is fewer prompts than the {processes} processes (each rolls out whole prompts)")
         start = 0
         if resume and (ckpt := find_checkpoint(self.run_dir)) is not None:
-            if self.fsdp:
-                restore_sharded_state(ckpt, self.model, self.optimizer, self.scheduler)
-            else:
-                restore_training_state(ckpt, self.model, self.optimizer, self.scheduler)
+            restore_training_state(ckpt, self.model, self.optimizer, self.scheduler, sharded=self.fsdp)
             start = ckpt.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if main:
@@ -777,10 +773,11 @@ class RLTrainer:
                 self.on_step_end(done, metrics)
                 if done % prompts_per_epoch == 0:
                     self.on_epoch_end(done // prompts_per_epoch)
-                if ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps) and self.fsdp:
+                saving = (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps
+                if saving and self.fsdp:
                     save_sharded_checkpoint(self.run_dir, done, self.model, self.optimizer, self.scheduler,
                                             {"config": asdict(cfg)}, cfg.keep_last)
-                elif ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps) and main:
+                elif saving and main:
                     save_checkpoint(self.run_dir, done, self.accelerator.unwrap_model(self.model), self.tokenizer,
                                     self.optimizer, self.scheduler, {"config": asdict(cfg)}, cfg.keep_last,
                                     card=self.card(final_eval))

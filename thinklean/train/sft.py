@@ -27,8 +27,7 @@ from thinklean.data.jsonl import masked_spans_error
 from thinklean.models.card import CardInfo, started_from
 from thinklean.models.tiny import save_pretrained
 from thinklean.runlog import progress_bar
-from thinklean.train.checkpoint import (find_checkpoint, restore_sharded_state, restore_training_state, save_checkpoint,
-                                         save_sharded_checkpoint)
+from thinklean.train.checkpoint import find_checkpoint, restore_training_state, save_checkpoint, save_sharded_checkpoint
 from thinklean.train.fsdp import fsdp_requested, full_state_dict, full_value, keep_root_gathered, shard_model
 from thinklean.train.monitor import MetricsLog, check_finite
 from thinklean.train.trackers import accelerator_kwargs
@@ -195,10 +194,7 @@ def train_sft(
 
     start_step = 0
     if resume and (ckpt := find_checkpoint(run_dir)) is not None:
-        if fsdp:
-            restore_sharded_state(ckpt, model, optimizer, scheduler)
-        else:
-            restore_training_state(ckpt, model, optimizer, scheduler)
+        restore_training_state(ckpt, model, optimizer, scheduler, sharded=fsdp)
         start_step = ckpt.step
     if not fsdp:  # sharded above
         model, optimizer = accelerator.prepare(model, optimizer)
@@ -250,10 +246,11 @@ def train_sft(
                         **(extra_metrics(done) if extra_metrics is not None else {}),
                     }
                 )
-            if ((config.save_every and done % config.save_every == 0) or done == config.steps) and fsdp:
+            saving = (config.save_every and done % config.save_every == 0) or done == config.steps
+            if saving and fsdp:
                 save_sharded_checkpoint(run_dir, done, model, optimizer, scheduler, {"config": asdict(config)},
                                         config.keep_last)
-            elif (config.save_every and done % config.save_every == 0) or done == config.steps:
+            elif saving:
                 save_checkpoint(
                     run_dir, done, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler,
                     {"config": asdict(config)}, config.keep_last,
