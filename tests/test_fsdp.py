@@ -17,11 +17,17 @@ import torch
 from safetensors.torch import load_file
 from test_ddp import (DDP_CONFIG, ENV, HGPOShardReplay, ShardReplay, _ddp_against_one_process, _launch,
                       _save_base_model)
-from test_litereason_rl import AlternatingRewardTrainer
+from test_litereason_rl import AlternatingRewardTrainer, RefreshPoolTrainer
 
 from thinklean.methods.bupo import BuPOTrainer
 from thinklean.eval.evaluate import arith_examples
 from thinklean.methods.iapo import IAPOTrainer
+from thinklean.data.arith import generate_problems
+from thinklean.data.formats import LATENT, LATENT_END
+from thinklean.data.jsonl import write_jsonl
+from thinklean.data.litereason import litereason_prompt
+from thinklean.eval.latent_probe import PROBE_KEYS
+from thinklean.models.projector import ReasoningProjector
 from thinklean.models.tiny import load_pretrained
 from thinklean.rollout.latent import LatentRolloutBatch, generate_latent
 from thinklean.runlog import read_metrics
@@ -152,21 +158,67 @@ def test_two_process_fsdp_sft_matches_one_process(tmp_path, tiny_tokenizer):
         assert (trained[name] - value).abs().max() < 1e-5, name
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:LiteReason. no trained projector")
+def test_two_process_fsdp_litereason_sft_with_the_probe_matches_one_process(tmp_path, tiny_tokenizer):
+    # projector SFT through the sharded, frozen LM (the projector replicated), with the latent
+    # probe's forward calls at every step on every process
+    _save_base_model(tiny_tokenizer, tmp_path / "base")
+    rows = [{"prompt": litereason_prompt(p.question), "answer": str(p.answer),
+             "solution": f"<think> {LATENT}2{LATENT_END} </think> \\boxed{{{p.answer}}}"}
+            for p in generate_problems(8, "train", 0)]
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    args = ["-m", "thinklean.cli", "litereason-sft", "--model", str(tmp_path / "base"), "--data",
+            str(tmp_path / "rows.jsonl"), "--epochs", "2", "--batch-size", "4", "--lr", "1e-2", "--probe-every", "1",
+            "--output"]
+    for command in ([*_launch(FSDP_CONFIG), *args, str(tmp_path / "fsdp")], [sys.executable, *args, str(tmp_path / "one")]):
+        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=240, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+    sharded, one = read_metrics(tmp_path / "fsdp" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert len(sharded) == len(one) == 4
+    for a, b in zip(sharded, one):
+        for key in ("loss", "grad_norm", *PROBE_KEYS):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    trained, reference = (ReasoningProjector.load(tmp_path / run / "model").state_dict() for run in ("fsdp", "one"))
+    assert any((trained[k] - v).abs().max() > 1e-3 for k, v in
+               ReasoningProjector.from_model(load_pretrained(tmp_path / "base")[0]).state_dict().items())
+    for name, value in reference.items():
+        diff = (trained[name] - value).abs()  # Adam near-zero-gradient noise as above, at most 0.1% of entries
+        assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < 1e-2, name
+    base, lm = (load_file(tmp_path / run / "model.safetensors") for run in ("base", "fsdp/model"))
+    assert all(torch.equal(lm[k], v) for k, v in base.items() if k in lm)  # the LM stayed frozen
+
+
 _LITEREASON_RUN = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from test_litereason_rl import AlternatingRewardTrainer
+import test_litereason_rl
 from thinklean.cli import _end_distributed
 from thinklean.eval.evaluate import arith_examples
 from thinklean.models.tiny import load_pretrained
 from thinklean.train.rl import RLConfig
-base, run, settings = sys.argv[2:]
+trainer_class, base, run, settings = sys.argv[2:]
 model, tokenizer = load_pretrained(base)
 config = RLConfig(**json.loads(settings))
-AlternatingRewardTrainer(model, tokenizer, config, arith_examples(config.train_problems, "train", config.seed),
-                         run).train(show_progress=False)
+getattr(test_litereason_rl, trainer_class)(model, tokenizer, config,
+                                           arith_examples(config.train_problems, "train", config.seed),
+                                           run).train(show_progress=False)
 _end_distributed()
 """
+
+
+def _launch_litereason(tmp_path: Path, tokenizer, launch_config: Path, trainer_class: str, config: RLConfig) -> Path:
+    """Run ``test_litereason_rl.<trainer_class>`` with 2 processes under ``launch_config`` from a
+    fresh tiny base model saved in ``tmp_path/base``; returns the run directory."""
+    _save_base_model(tokenizer, tmp_path / "base")
+    script = tmp_path / "run.py"
+    script.write_text(_LITEREASON_RUN)
+    run = tmp_path / "multi"
+    done = subprocess.run([*_launch(launch_config), str(script), str(Path(__file__).parent), trainer_class,
+                           str(tmp_path / "base"), str(run), json.dumps(asdict(config))],
+                          env=ENV, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
 
 
 class LatentShardReplay(ShardReplay, AlternatingRewardTrainer):
@@ -191,20 +243,14 @@ def test_two_process_litereason_matches_one_process_sampling_per_process(tmp_pat
     # input embeddings (the embeddings are called outside the model's forward)
     # lr 1e-5: at 1e-4, Adam's amplified float noise in near-zero-gradient entries after step 1
     # moves step 2's gradient norm by 1.5e-4 (relative), more than the tolerance
-    _save_base_model(tiny_tokenizer, tmp_path / "base")
     config = RLConfig(method="litereason", steps=2, prompts_per_step=4, samples_per_prompt=2, max_new_tokens=10,
                       train_problems=16, save_every=0, lr=1e-5, rollout_batch_size=3, micro_batch_tokens=60,
                       method_kwargs={"refresh_fraction": 0.0, "probe_every": 0})
-    script = tmp_path / "run.py"
-    script.write_text(_LITEREASON_RUN)
-    done = subprocess.run([*_launch(launch_config), str(script), str(Path(__file__).parent), str(tmp_path / "base"),
-                           str(tmp_path / "fsdp"), json.dumps(asdict(config))],
-                          env=ENV, capture_output=True, text=True, timeout=240, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run = _launch_litereason(tmp_path, tiny_tokenizer, launch_config, "AlternatingRewardTrainer", config)
     model, tokenizer = load_pretrained(tmp_path / "base")
     examples = arith_examples(config.train_problems, "train", config.seed)
     LatentShardReplay(model, tokenizer, config, examples, tmp_path / "one").train(show_progress=False)
-    sharded, one = read_metrics(tmp_path / "fsdp" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
+    sharded, one = read_metrics(run / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
     assert len(sharded) == len(one) == 2
     for a, b in zip(sharded, one):
         for key in ("reward", "length_mean", "latent_steps_mean"):
@@ -212,8 +258,45 @@ def test_two_process_litereason_matches_one_process_sampling_per_process(tmp_pat
         for key in ("loss", "entropy", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
     assert all(m["grad_norm"] > 0 and m["latent_steps_mean"] > 0 for m in sharded)
-    trained = load_file(tmp_path / "fsdp" / "model" / "model.safetensors")
+    trained = load_file(run / "model" / "model.safetensors")
     for name, value in model.state_dict().items():
         if name in trained:
             diff = (trained[name] - value).abs()
             assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < config.lr, name
+
+
+class RefreshShardReplay(LatentShardReplay, RefreshPoolTrainer):
+    """:class:`LatentShardReplay` whose passes end with a pool for the projector refresh."""
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:LiteReason. no trained projector")
+@pytest.mark.parametrize("launch_config", [FSDP_CONFIG, DDP_CONFIG], ids=["fsdp", "ddp"])
+def test_two_process_litereason_projector_refresh_matches_one_process(tmp_path, tiny_tokenizer, launch_config):
+    # a pass of 2 steps, then the refresh on the correct rollouts of both processes, then a step
+    # that rolls out with the refreshed projector; both processes must refresh it identically
+    config = RLConfig(method="litereason", steps=3, prompts_per_step=4, samples_per_prompt=2, max_new_tokens=10,
+                      train_problems=8, save_every=0, lr=1e-5, rollout_batch_size=3, micro_batch_tokens=60,
+                      method_kwargs={"refresh_fraction": 0.5, "refresh_lr": 1e-3, "probe_every": 0})
+    run = _launch_litereason(tmp_path, tiny_tokenizer, launch_config, "RefreshPoolTrainer", config)
+    model, tokenizer = load_pretrained(tmp_path / "base")
+    one = RefreshShardReplay(model, tokenizer, config, arith_examples(config.train_problems, "train", config.seed),
+                             tmp_path / "one")
+    start = {k: v.clone() for k, v in one.projector.state_dict().items()}
+    one.train(show_progress=False)
+
+    multi_record, one_record = (json.loads((r / "projector_refresh.jsonl").read_text()) for r in (run, tmp_path / "one"))
+    # 2 steps x 8 rollouts, half correct: 8 in the pool, half of them converted at both ratios
+    assert (multi_record["correct_rollouts"], multi_record["rows"]) == (one_record["correct_rollouts"], one_record["rows"]) == (8, 8)
+    assert multi_record["loss"] == pytest.approx(one_record["loss"], rel=1e-5)
+    refreshed = ReasoningProjector.load(run / "projector").state_dict()
+    assert any((refreshed[k] - v).abs().max() > 1e-4 for k, v in start.items())  # the refresh moved it
+    for name, value in one.projector.state_dict().items():
+        # the refresh's one Adam step moves every entry by about refresh_lr * sign(gradient): where
+        # a gradient is near Adam's epsilon, the LMs' float-order differences show (<= 0.1% of entries)
+        diff = (refreshed[name] - value).abs()
+        assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < 1e-3, name
+    multi, single = read_metrics(run / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert multi[-1]["latent_steps_mean"] > 0  # the last step rolled out with the refreshed projector
+    for key in ("reward", "length_mean", "latent_steps_mean", "loss"):
+        assert multi[-1][key] == pytest.approx(single[-1][key], rel=1e-4, abs=1e-7), key

@@ -47,6 +47,18 @@ class AlternatingRewardTrainer(ForcedSegmentTrainer):
         return torch.arange(len(batch.lengths)).remainder(2).float(), {}
 
 
+class RefreshPoolTrainer(AlternatingRewardTrainer):
+    """Every other rollout counts as correct and its text becomes a real worked solution, so a
+    pass ends with a pool the projector refresh can convert (a random model never solves one)."""
+
+    TRACE = solution_text(PROBLEMS[0], "full", random.Random(0))
+
+    def on_rollout(self, step: int, step_batch) -> None:
+        step_batch.correct = torch.arange(len(step_batch.correct)).remainder(2) == 0
+        step_batch.rollout.texts[:] = [self.TRACE] * len(step_batch.rollout.texts)
+        super().on_rollout(step, step_batch)
+
+
 def config(**kw) -> RLConfig:
     base = dict(method="litereason", prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8, steps=1,
                 save_every=0, lr=1e-3)
@@ -194,7 +206,7 @@ def test_the_refresh_trains_the_projector_on_a_tenth_of_the_passs_correct_rollou
     trainer = LiteReasonTrainer(tiny_model, tiny_tokenizer, config(), EXAMPLES, tmp_path)
     randomise(trainer.projector)
     problems = generate_problems(20, "train", 1)
-    trainer.correct_rollouts = [(Example(prompt=p.question, answer=str(p.answer)),
+    trainer.correct_rollouts = [(0, Example(prompt=p.question, answer=str(p.answer)),
                                  solution_text(p, "full", random.Random(i))) for i, p in enumerate(problems)]
     lm_before, projector_before = snapshot(tiny_model), snapshot(trainer.projector)
     trainer.on_epoch_end(1)

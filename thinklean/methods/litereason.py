@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from thinklean.core import entropy_from_logits
 from thinklean.data.formats import format_prompt
@@ -146,17 +148,19 @@ def probe_schedule(probe: LatentProbe, model: torch.nn.Module, projector: Reason
 
 def train_projector(model: torch.nn.Module, tokenizer: Any, projector: ReasoningProjector, rows: Sequence[dict],
                     run_dir: str | Path, config: SFTConfig, with_lm: bool = False,
-                    show_progress: bool = True, probe_every: int = PROBE_EVERY) -> dict[str, Any]:
+                    show_progress: bool = True, probe_every: int = PROBE_EVERY, save: bool = True) -> dict[str, Any]:
     """Projector SFT on LiteReason rows (``prompt``, ``solution`` with latent segments).
 
     Only the projector is optimised (``with_lm``: the LM too, loss on every response token);
     the LM's ``requires_grad`` flags are restored afterwards. ``RUN_DIR/model`` receives the LM
-    (as ``train_sft`` writes it) with the projector saved next to it. Every ``probe_every``
+    (as ``train_sft`` writes it) with the projector saved next to it (``save=False``: nothing
+    but ``metrics.jsonl`` is written). Every ``probe_every``
     steps (and at the first and last; 0: never) the :class:`~thinklean.eval.latent_probe.LatentProbe`
     numbers join ``metrics.jsonl``. Returns ``train_sft``'s summary.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where train_sft's Accelerator trains
-    model.to(device)
+    if next(model.parameters()).device != device:  # (.to() would reshard an FSDP model's gathered root)
+        model.to(device)
     projector.to(device)
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(with_lm)
@@ -168,12 +172,13 @@ def train_projector(model: torch.nn.Module, tokenizer: Any, projector: Reasoning
         summary = train_sft(model, tokenizer, rows, config, run_dir,
                             loss_fn=projector_sft_loss(projector, tokenizer, all_response_tokens=with_lm),
                             parameters=parameters, show_progress=show_progress, method="litereason-sft",
-                            extra_metrics=probe)
+                            extra_metrics=probe, save=save)
     finally:
         for parameter, flag in zip(model.parameters(), flags):
             parameter.requires_grad_(flag)
         projector.requires_grad_(False)
-    projector.save(Path(run_dir) / "model")
+    if save and PartialState().is_main_process:
+        projector.save(Path(run_dir) / "model")
     return summary
 
 
@@ -239,13 +244,9 @@ class LiteReasonTrainer(RLTrainer):
         # built from the model's weights before FSDP may shard them
         projector = load_projector(model, build_settings(self.Settings, config.method_kwargs, config.method).projector)
         super().__init__(model, tokenizer, config, train_examples, run_dir, eval_examples)
-        if self.fsdp and self.settings.refresh_fraction > 0:
-            raise NotImplementedError("litereason under FSDP: the projector refresh (an SFT of the projector through "
-                                      "the whole LM on each process's own rollouts) is not implemented; set "
-                                      "method_kwargs.refresh_fraction=0 or train with DDP")
         self.projector = self._frozen(projector)
         self.latent_probe = LatentProbe(tokenizer, steps=min(PROBE_STEPS, self.projector.max_steps))
-        self.correct_rollouts: list[tuple[Example, str]] = []  # this pass's, for the refresh
+        self.correct_rollouts: list[tuple[int, Example, str]] = []  # (step, example, response) of this pass
 
     def _frozen(self, projector: ReasoningProjector) -> ReasoningProjector:
         return projector.to(self.accelerator.device).requires_grad_(False).eval()
@@ -262,10 +263,10 @@ class LiteReasonTrainer(RLTrainer):
                                self.config.samples_per_prompt, sampling, generator, prefixes)
 
     def on_rollout(self, step: int, step_batch: StepBatch) -> None:
-        """Keeps the correct rollouts for the next refresh; logs latent statistics and, on the
-        probe's schedule, the latent probe of the policy that rolled out the batch."""
+        """Keeps this process's correct rollouts for the next refresh; logs latent statistics and,
+        on the probe's schedule, the latent probe of the policy that rolled out the batch."""
         r = step_batch.rollout
-        self.correct_rollouts += [(step_batch.examples[int(g)], text)
+        self.correct_rollouts += [(step, step_batch.examples[int(g)], text)
                                   for g, text, ok in zip(r.group_ids, r.texts, step_batch.correct.tolist()) if ok]
         steps = r.latent_steps.float()
         step_batch.info.update(latent_steps_mean=float(steps.mean()), latent_rows=float((steps > 0).float().mean()),
@@ -303,19 +304,27 @@ class LiteReasonTrainer(RLTrainer):
         return logprobs, entropy_from_logits(logits.detach()) if with_entropy else None
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Projector refresh on a sample of the pass's correct rollouts (LM untouched)."""
-        pool, self.correct_rollouts = self.correct_rollouts, []
+        """Projector refresh on a sample of the pass's correct rollouts (LM untouched). Every
+        process runs the same refresh on the same rows (the projector is replicated; under FSDP
+        the sharded LM's forward and backward calls then line up); the main process writes it."""
+        mine, self.correct_rollouts = self.correct_rollouts, []
         if self.settings.refresh_fraction == 0:
             return
+        shares = gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
+        # step by step, each step's rollouts in process order: the order one process would have
+        pool = [(e, text) for _, e, text in sorted((x for share in shares for x in share), key=lambda x: x[0])]
         rows = refresh_rows(pool, self.tokenizer, self.settings.refresh_fraction,
                             random.Random(f"litereason-refresh-{self.config.seed}-{epoch}"))
         if not rows:
             return
         config = projector_sft_config(len(rows), lr=self.settings.refresh_lr, constant_lr=True, seed=self.config.seed + epoch)
-        with tempfile.TemporaryDirectory() as scratch:  # train_sft's LM copy and checkpoint are not kept
+        with tempfile.TemporaryDirectory() as scratch:  # for train_sft's metrics.jsonl, not kept
             summary = train_projector(self.accelerator.unwrap_model(self.model), self.tokenizer, self.projector, rows,
-                                      scratch, config, show_progress=False, probe_every=0)
-        self._frozen(self.projector).save(self.run_dir / PROJECTOR_DIR)
+                                      scratch, config, show_progress=False, probe_every=0, save=False)
+        self._frozen(self.projector)
+        if not self.accelerator.is_main_process:
+            return
+        self.projector.save(self.run_dir / PROJECTOR_DIR)
         record = {"epoch": epoch, "step": self.step_index, "correct_rollouts": len(pool), "rows": len(rows),
                   "steps": config.steps, "loss": summary["final_loss"]}
         with (self.run_dir / "projector_refresh.jsonl").open("a") as f:

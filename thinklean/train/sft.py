@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from torch.distributed.fsdp import FSDPModule
 from torch.optim.lr_scheduler import LambdaLR
 
 from thinklean.data.formats import format_prompt
@@ -158,19 +159,23 @@ def train_sft(
     show_progress: bool = True,
     method: str = "sft",
     extra_metrics: Callable[[int], Mapping[str, float]] | None = None,
+    save: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` on ``rows`` for ``config.steps`` optimiser steps; returns a summary.
 
     ``parameters`` restricts what is optimised (e.g. the LiteReason projector with the LM
     frozen); ``loss_fn`` replaces the plain response-token cross-entropy. ``extra_metrics`` is
-    called at every logged step with the step number (1-based) and its items join that step's
-    line in ``metrics.jsonl`` (e.g. LiteReason's latent probe). The final model is saved as an HF
+    called on every process at every logged step with the step number (1-based) and its items
+    join that step's line in ``metrics.jsonl`` (e.g. LiteReason's latent probe). The final model is saved as an HF
     directory in ``RUN_DIR/model`` and every checkpoint under ``RUN_DIR/checkpoints``, each with a
-    model card naming ``method``.
+    model card naming ``method`` (``save=False``: neither, only ``metrics.jsonl``; no checkpoints
+    when ``parameters`` holds any outside the model).
 
     Several processes all train on the same batches; under FSDP (configs/accelerate/fsdp.yaml)
     each holds a shard of the model and optimizer state, checkpoints are sharded and the final
-    model is consolidated.
+    model is consolidated (a model sharded already, e.g. an RL policy, is used as it is).
+    Parameters outside the model (a projector) are replicated: every process computes the same
+    update from the same batches, so they need no communication.
     """
     run_dir = Path(run_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), **accelerator_kwargs(config.report_to, run_dir))
@@ -179,12 +184,14 @@ def train_sft(
         raise ValueError("no training rows")
     lengths = [len(e.input_ids) for e in examples]
     fsdp = fsdp_requested(accelerator)
-    if fsdp:  # before the optimizer takes the (then sharded) parameters
-        if parameters is not None:
-            raise NotImplementedError("SFT under FSDP optimises the whole model; training a subset (parameters=, "
-                                      "e.g. LiteReason's projector SFT) runs with DDP or one process")
+    if fsdp and not isinstance(model, FSDPModule):  # before the optimizer takes the (then sharded) parameters
         shard_model(model, accelerator.device)
     params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
+    own = {id(p) for p in model.parameters()}
+    trains_model = any(id(p) in own for p in params)
+    # a checkpoint holds the model and its optimizer state: with parameters outside the model it
+    # could not resume them, so such a run writes only its final model
+    checkpoints = save and all(id(p) in own for p in params)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     if fsdp:
         keep_root_gathered(model, optimizer)
@@ -196,7 +203,9 @@ def train_sft(
     if resume and (ckpt := find_checkpoint(run_dir)) is not None:
         restore_training_state(ckpt, model, optimizer, scheduler, sharded=fsdp)
         start_step = ckpt.step
-    if not fsdp:  # sharded above
+    if fsdp or not trains_model:  # sharded above, or replicated (DDP refuses a model without trained parameters)
+        optimizer = accelerator.prepare(optimizer)
+    else:
         model, optimizer = accelerator.prepare(model, optimizer)
     main = accelerator.is_main_process  # the only process that logs
     log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=start_step if resume else None,
@@ -234,19 +243,14 @@ def train_sft(
             optimizer.zero_grad(set_to_none=True)
             last_loss = step_loss
             done = step + 1
-            if (done % config.log_every == 0 or done == config.steps) and log is not None:
-                log.write(
-                    {
-                        "step": done,
-                        "loss": step_loss,
-                        "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm),
-                        "tokens": step_tokens,
-                        "step_time": time.time() - t_step,
-                        **(extra_metrics(done) if extra_metrics is not None else {}),
-                    }
-                )
-            saving = (config.save_every and done % config.save_every == 0) or done == config.steps
+            if done % config.log_every == 0 or done == config.steps:
+                # on every process: the extras may run the (sharded) model
+                extras = extra_metrics(done) if extra_metrics is not None else {}
+                if log is not None:
+                    log.write({"step": done, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                               "grad_norm": float(grad_norm), "tokens": step_tokens,
+                               "step_time": time.time() - t_step, **extras})
+            saving = checkpoints and ((config.save_every and done % config.save_every == 0) or done == config.steps)
             if saving and fsdp:
                 save_sharded_checkpoint(run_dir, done, model, optimizer, scheduler, {"config": asdict(config)},
                                         config.keep_last)
@@ -257,8 +261,8 @@ def train_sft(
                     card=CardInfo(method, asdict(config), done, start_model, tags=("sft",)),
                 )
             bar.update(task, advance=1, info=f"loss {step_loss:.3f}")
-    weights = full_state_dict(model) if fsdp else None  # consolidated on the main process
-    if not fsdp or accelerator.is_main_process:
+    weights = full_state_dict(model) if fsdp and save else None  # consolidated on the main process
+    if save and (not fsdp or accelerator.is_main_process):
         save_pretrained(accelerator.unwrap_model(model), tokenizer, run_dir / "model", state_dict=weights,
                         card=CardInfo(method, asdict(config), config.steps, start_model, tags=("sft",)))
     if log is not None:
