@@ -16,6 +16,7 @@ from thinklean.core.masked import (
     group_quantile,
     group_size,
     group_std,
+    group_sum,
     masked_mean,
     masked_sum,
     masked_var,
@@ -112,6 +113,13 @@ def test_group_std_is_bessel_corrected_and_zero_for_a_group_of_one():
 
 def test_group_size_counts_members_of_each_samples_group():
     assert group_size(IDS).tolist() == [2, 2, 2, 2, 1]
+
+
+def test_group_sum_sums_each_group_in_the_values_dtype():
+    inverse, num_groups = group_index(torch.tensor([7, 3, 7, 9]))  # dense indices in sorted id order: 3, 7, 9
+    sums = group_sum(torch.tensor([1.0, 2.0, 4.0, 8.0], dtype=torch.float64), inverse, num_groups)
+    assert sums.dtype == torch.float64 and sums.tolist() == [2.0, 5.0, 8.0]
+    assert group_sum(torch.tensor([1, 1, 1, 1]), inverse, num_groups).tolist() == [1, 2, 1]
 
 
 def test_group_min_and_max():

@@ -13,6 +13,7 @@ from thinklean.core.masked import (
     group_quantile,
     group_size,
     group_std,
+    group_sum,
     masked_mean,
     masked_sum,
     masked_var,
@@ -91,6 +92,7 @@ __all__ = [
     "group_max",
     "group_median",
     "group_quantile",
+    "group_sum",
     # registry
     "UnknownNameError",
     "register_reward",

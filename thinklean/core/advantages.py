@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from thinklean.core.masked import group_index
+from thinklean.core.masked import group_index, group_sum
 from thinklean.core.registry import register_advantage
 
 __all__ = [
@@ -42,11 +42,6 @@ def _broadcast(scores: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.bool(), expanded, torch.zeros((), dtype=torch.float32, device=scores.device))
 
 
-def _group_sums(values64: Tensor, inverse: Tensor, num_groups: int) -> Tensor:
-    """Per-group sums ``[G]`` of a float64 ``[B]`` tensor."""
-    return torch.zeros(num_groups, dtype=torch.float64, device=values64.device).scatter_add(0, inverse, values64)
-
-
 def group_normalised_scores(values: Tensor, group_ids: Tensor, norm_by_std: bool = True, eps: float = 1e-6) -> Tensor:
     """GRPO score per sample: ``(v - group mean) / (group std + eps)``, float64 ``[B]``.
 
@@ -55,11 +50,11 @@ def group_normalised_scores(values: Tensor, group_ids: Tensor, norm_by_std: bool
     """
     inverse, num_groups = group_index(group_ids)
     v64 = values.to(torch.float64)
-    counts = _group_sums(torch.ones_like(v64), inverse, num_groups)
-    means = _group_sums(v64, inverse, num_groups) / counts
+    counts = group_sum(torch.ones_like(v64), inverse, num_groups)
+    means = group_sum(v64, inverse, num_groups) / counts
     centred = v64 - means[inverse]
     if norm_by_std:
-        squares = _group_sums(centred**2, inverse, num_groups)
+        squares = group_sum(centred**2, inverse, num_groups)
         std = (squares / (counts - 1).clamp(min=1)).sqrt()
         centred = centred / (std[inverse] + eps)
     lowest = torch.full_like(counts, float("inf")).scatter_reduce(0, inverse, v64, reduce="amin")
@@ -101,8 +96,8 @@ def rloo_advantages(rewards: Tensor, group_ids: Tensor, response_mask: Tensor) -
     _check_batch(rewards, group_ids, response_mask)
     inverse, num_groups = group_index(group_ids)
     r64 = rewards.to(torch.float64)
-    counts = _group_sums(torch.ones_like(r64), inverse, num_groups)
-    sums = _group_sums(r64, inverse, num_groups)
+    counts = group_sum(torch.ones_like(r64), inverse, num_groups)
+    sums = group_sum(r64, inverse, num_groups)
     n = counts[inverse]
     others_mean = (sums[inverse] - r64) / (n - 1).clamp(min=1)
     scores = torch.where(n > 1, r64 - others_mean, torch.zeros_like(r64))
@@ -228,10 +223,10 @@ def hgpo_advantages(
     r64 = rewards.to(torch.float64)
     is_think = modes == 1
 
-    think_count = _group_sums(is_think.to(torch.float64), inverse, num_groups)
-    no_count = _group_sums((~is_think).to(torch.float64), inverse, num_groups)
-    think_mean = _group_sums(torch.where(is_think, r64, 0.0), inverse, num_groups) / think_count.clamp(min=1)
-    no_mean = _group_sums(torch.where(is_think, 0.0, r64), inverse, num_groups) / no_count.clamp(min=1)
+    think_count = group_sum(is_think.to(torch.float64), inverse, num_groups)
+    no_count = group_sum((~is_think).to(torch.float64), inverse, num_groups)
+    think_mean = group_sum(torch.where(is_think, r64, 0.0), inverse, num_groups) / think_count.clamp(min=1)
+    no_mean = group_sum(torch.where(is_think, 0.0, r64), inverse, num_groups) / no_count.clamp(min=1)
     both_modes = (think_count > 0) & (no_count > 0)
     think_wins = (think_mean > no_mean + delta)[inverse]
     in_winner = torch.where(think_wins, is_think, ~is_think)

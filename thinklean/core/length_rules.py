@@ -26,8 +26,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from thinklean.core.advantages import _broadcast, _check_batch, _group_sums
-from thinklean.core.masked import group_index, group_max, group_mean, group_min, group_quantile, group_size, group_std
+from thinklean.core.advantages import _broadcast, _check_batch
+from thinklean.core.masked import (group_index, group_max, group_mean, group_min, group_quantile, group_size, group_std,
+                                   group_sum)
 from thinklean.core.registry import register_advantage, register_reward
 from thinklean.core.rewards import _check_positive, _check_sequence_inputs
 
@@ -216,7 +217,7 @@ def quantile_penalty_reward(
             raise ValueError(f"{name} must be >= 0, got {value!r}")
     accuracy = is_correct.to(torch.float64)
     inverse, num_groups = group_index(group_ids)
-    successes = _group_sums(accuracy, inverse, num_groups)[inverse]
+    successes = group_sum(accuracy, inverse, num_groups)[inverse]
     reference = group_quantile(lengths64, group_ids, quantile, mask=is_correct)  # NaN without a success
     eligible = is_correct & (successes >= min_successes) & (reference > 0)
     safe_reference = torch.where(eligible, reference, 1.0)
@@ -262,7 +263,7 @@ def opo_advantages(rewards: Tensor, group_ids: Tensor, response_mask: Tensor, le
         raise ValueError("lengths must be >= 0 (token counts)")
     inverse, num_groups = group_index(group_ids)
     r64, n64 = rewards.to(torch.float64), lengths.to(torch.float64)
-    length_sums = _group_sums(n64, inverse, num_groups)
-    weighted = _group_sums(n64 * r64, inverse, num_groups) / length_sums.clamp(min=1e-12)
+    length_sums = group_sum(n64, inverse, num_groups)
+    weighted = group_sum(n64 * r64, inverse, num_groups) / length_sums.clamp(min=1e-12)
     baseline = torch.where(length_sums[inverse] > 0, weighted[inverse], group_mean(r64, group_ids))
     return _broadcast(r64 - baseline, response_mask)

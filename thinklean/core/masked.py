@@ -22,6 +22,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "group_index",
+    "group_sum",
     "group_size",
     "group_mean",
     "group_std",
@@ -118,8 +119,9 @@ def _check_values(values: Tensor, group_ids: Tensor) -> None:
         )
 
 
-def _group_sum(values: Tensor, inverse: Tensor, num_groups: int) -> Tensor:
-    """Per-group sum, ``[G]``, in ``values``' dtype."""
+def group_sum(values: Tensor, inverse: Tensor, num_groups: int) -> Tensor:
+    """Per-group sum ``[G]`` of a ``[B]`` tensor, in its dtype; ``inverse, num_groups`` as
+    :func:`group_index` returns them."""
     out = torch.zeros(num_groups, dtype=values.dtype, device=values.device)
     return out.scatter_add(0, inverse, values)
 
@@ -157,8 +159,8 @@ def group_mean(values: Tensor, group_ids: Tensor, mask: Tensor | None = None) ->
     selected = _selection(values, mask)
     inverse, num_groups = group_index(group_ids)
     v64 = torch.where(selected, values.to(torch.float64), torch.zeros((), dtype=torch.float64, device=values.device))
-    sums = _group_sum(v64, inverse, num_groups)
-    counts = _group_sum(selected.to(torch.float64), inverse, num_groups)
+    sums = group_sum(v64, inverse, num_groups)
+    counts = group_sum(selected.to(torch.float64), inverse, num_groups)
     means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
     return means[inverse].to(_float_dtype(values))
 
@@ -176,10 +178,10 @@ def group_std(values: Tensor, group_ids: Tensor, unbiased: bool = True, mask: Te
     inverse, num_groups = group_index(group_ids)
     zero = torch.zeros((), dtype=torch.float64, device=values.device)
     v64 = torch.where(selected, values.to(torch.float64), zero)
-    counts = _group_sum(selected.to(torch.float64), inverse, num_groups)
-    means = _group_sum(v64, inverse, num_groups) / counts.clamp(min=1)
+    counts = group_sum(selected.to(torch.float64), inverse, num_groups)
+    means = group_sum(v64, inverse, num_groups) / counts.clamp(min=1)
     centred = torch.where(selected, v64 - means[inverse], zero)
-    squares = _group_sum(centred**2, inverse, num_groups)
+    squares = group_sum(centred**2, inverse, num_groups)
     denominator = counts - 1 if unbiased else counts
     var = torch.where(denominator > 0, squares / denominator.clamp(min=1), torch.zeros_like(squares))
     return var.sqrt()[inverse].to(_float_dtype(values))
