@@ -360,6 +360,15 @@ def _distinct_rows(contexts: list[list[int]], device: torch.device) -> tuple[tor
     return torch.tensor(first, device=device), torch.tensor(inverse, device=device)
 
 
+def _mask_buffer(attention_mask: torch.Tensor, max_new: int) -> tuple[int, torch.Tensor]:
+    """The prefill's width ``W`` and a ``[n, W + max_new]`` mask holding the prefill's ``[n, W]``
+    mask followed by ones: one buffer that decode steps slice, instead of a cat per step."""
+    n, width = attention_mask.shape
+    mask = attention_mask.new_ones((n, width + max_new))
+    mask[:, :width] = attention_mask
+    return width, mask
+
+
 class _DynamicDecode:
     """The default forward/cache strategy: an HF cache holding only the live rows.
 
@@ -372,9 +381,7 @@ class _DynamicDecode:
         """attention_mask: [n, W] of the prefill; last_positions: [n]; max_new: decode steps expected
         (room is made for more: latent steps do not count)."""
         self.model = model
-        n, self.width = attention_mask.shape
-        self.mask = attention_mask.new_ones((n, self.width + max_new))  # one buffer: no cat per step
-        self.mask[:, : self.width] = attention_mask
+        self.width, self.mask = _mask_buffer(attention_mask, max_new)
         self.last_positions = last_positions
         self.max_new = max_new
         self.cache = None
@@ -424,12 +431,10 @@ class _StaticDecode:
         from transformers import StaticCache
 
         self.model = model
-        n, self.width = attention_mask.shape
-        self.mask = attention_mask.new_ones((n, self.width + max_new))
-        self.mask[:, : self.width] = attention_mask
+        self.width, self.mask = _mask_buffer(attention_mask, max_new)
         self.positions = last_positions[:, None].clone()
         self.cache = StaticCache(config=model.config, max_cache_len=self.width + max_new)
-        self.slots = torch.arange(n, device=attention_mask.device)  # slot of each live row
+        self.slots = torch.arange(len(attention_mask), device=attention_mask.device)  # slot of each live row
         self.forward = _compiled(model)
 
     def prefill(self, input_ids, positions, first, inverse, keep_last: int, want_hidden: bool):
