@@ -40,6 +40,26 @@ WEIGHTS = {"atol": 1e-5, "outliers": 1e-3}
 UNEVEN = ["--set", "rollout_batch_size=3", "--set", "micro_batch_tokens=60"]
 
 
+def _latent_config(**overrides) -> RLConfig:
+    """LiteReason settings of the 2-process tests: small, uneven decode chunks and micro-batches.
+    lr 1e-5: at 1e-4, Adam's amplified float noise in near-zero-gradient entries after step 1
+    moves step 2's gradient norm by 1.5e-4 (relative), more than the tolerance."""
+    settings = dict(method="litereason", steps=2, prompts_per_step=4, samples_per_prompt=2, max_new_tokens=10,
+                    train_problems=16, save_every=0, lr=1e-5, rollout_batch_size=3, micro_batch_tokens=60,
+                    method_kwargs={"refresh_fraction": 0.0, "probe_every": 0})
+    return RLConfig(**{**settings, **overrides})
+
+
+def _assert_adam_close(trained: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], step: float) -> None:
+    """Every tensor of ``reference`` within 1e-5 of ``trained``'s, but for at most 0.1% of its
+    entries, each within one Adam ``step``: where a gradient is near Adam's epsilon, the update
+    (about ``step * sign(gradient)``) shows float-order differences between the runs."""
+    for name, value in reference.items():
+        if name in trained:
+            diff = (trained[name] - value).abs()
+            assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < step, name
+
+
 @pytest.mark.slow
 def test_two_process_fsdp_grpo_matches_one_process(tmp_path, tiny_tokenizer):
     # rollouts of different lengths per process: the shorter one pads its forward calls
@@ -182,9 +202,7 @@ def test_two_process_fsdp_litereason_sft_with_the_probe_matches_one_process(tmp_
     trained, reference = (ReasoningProjector.load(tmp_path / run / "model").state_dict() for run in ("fsdp", "one"))
     assert any((trained[k] - v).abs().max() > 1e-3 for k, v in
                ReasoningProjector.from_model(load_pretrained(tmp_path / "base")[0]).state_dict().items())
-    for name, value in reference.items():
-        diff = (trained[name] - value).abs()  # Adam near-zero-gradient noise as above, at most 0.1% of entries
-        assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < 1e-2, name
+    _assert_adam_close(trained, reference, step=1e-2)
     base, lm = (load_file(tmp_path / run / "model.safetensors") for run in ("base", "fsdp/model"))
     assert all(torch.equal(lm[k], v) for k, v in base.items() if k in lm)  # the LM stayed frozen
 
@@ -241,11 +259,7 @@ class LatentShardReplay(ShardReplay, AlternatingRewardTrainer):
 def test_two_process_litereason_matches_one_process_sampling_per_process(tmp_path, tiny_tokenizer, launch_config):
     # every rollout opens with a forced latent segment: latent steps feed projector outputs as
     # input embeddings (the embeddings are called outside the model's forward)
-    # lr 1e-5: at 1e-4, Adam's amplified float noise in near-zero-gradient entries after step 1
-    # moves step 2's gradient norm by 1.5e-4 (relative), more than the tolerance
-    config = RLConfig(method="litereason", steps=2, prompts_per_step=4, samples_per_prompt=2, max_new_tokens=10,
-                      train_problems=16, save_every=0, lr=1e-5, rollout_batch_size=3, micro_batch_tokens=60,
-                      method_kwargs={"refresh_fraction": 0.0, "probe_every": 0})
+    config = _latent_config()
     run = _launch_litereason(tmp_path, tiny_tokenizer, launch_config, "AlternatingRewardTrainer", config)
     model, tokenizer = load_pretrained(tmp_path / "base")
     examples = arith_examples(config.train_problems, "train", config.seed)
@@ -258,11 +272,7 @@ def test_two_process_litereason_matches_one_process_sampling_per_process(tmp_pat
         for key in ("loss", "entropy", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
     assert all(m["grad_norm"] > 0 and m["latent_steps_mean"] > 0 for m in sharded)
-    trained = load_file(run / "model" / "model.safetensors")
-    for name, value in model.state_dict().items():
-        if name in trained:
-            diff = (trained[name] - value).abs()
-            assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < config.lr, name
+    _assert_adam_close(load_file(run / "model" / "model.safetensors"), model.state_dict(), config.lr)
 
 
 class RefreshShardReplay(LatentShardReplay, RefreshPoolTrainer):
@@ -275,9 +285,8 @@ class RefreshShardReplay(LatentShardReplay, RefreshPoolTrainer):
 def test_two_process_litereason_projector_refresh_matches_one_process(tmp_path, tiny_tokenizer, launch_config):
     # a pass of 2 steps, then the refresh on the correct rollouts of both processes, then a step
     # that rolls out with the refreshed projector; both processes must refresh it identically
-    config = RLConfig(method="litereason", steps=3, prompts_per_step=4, samples_per_prompt=2, max_new_tokens=10,
-                      train_problems=8, save_every=0, lr=1e-5, rollout_batch_size=3, micro_batch_tokens=60,
-                      method_kwargs={"refresh_fraction": 0.5, "refresh_lr": 1e-3, "probe_every": 0})
+    config = _latent_config(steps=3, train_problems=8,
+                            method_kwargs={"refresh_fraction": 0.5, "refresh_lr": 1e-3, "probe_every": 0})
     run = _launch_litereason(tmp_path, tiny_tokenizer, launch_config, "RefreshPoolTrainer", config)
     model, tokenizer = load_pretrained(tmp_path / "base")
     one = RefreshShardReplay(model, tokenizer, config, arith_examples(config.train_problems, "train", config.seed),
@@ -291,11 +300,7 @@ def test_two_process_litereason_projector_refresh_matches_one_process(tmp_path, 
     assert multi_record["loss"] == pytest.approx(one_record["loss"], rel=1e-5)
     refreshed = ReasoningProjector.load(run / "projector").state_dict()
     assert any((refreshed[k] - v).abs().max() > 1e-4 for k, v in start.items())  # the refresh moved it
-    for name, value in one.projector.state_dict().items():
-        # the refresh's one Adam step moves every entry by about refresh_lr * sign(gradient): where
-        # a gradient is near Adam's epsilon, the LMs' float-order differences show (<= 0.1% of entries)
-        diff = (refreshed[name] - value).abs()
-        assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < 1e-3, name
+    _assert_adam_close(refreshed, one.projector.state_dict(), step=1e-3)  # the refresh's one step of refresh_lr
     multi, single = read_metrics(run / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
     assert multi[-1]["latent_steps_mean"] > 0  # the last step rolled out with the refreshed projector
     for key in ("reward", "length_mean", "latent_steps_mean", "loss"):
