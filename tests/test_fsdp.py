@@ -305,3 +305,15 @@ def test_two_process_litereason_projector_refresh_matches_one_process(tmp_path, 
     assert multi[-1]["latent_steps_mean"] > 0  # the last step rolled out with the refreshed projector
     for key in ("reward", "length_mean", "latent_steps_mean", "loss"):
         assert multi[-1][key] == pytest.approx(single[-1][key], rel=1e-4, abs=1e-7), key
+
+
+def test_the_gpu_fsdp_tests_call_tests_that_exist():
+    # tests/gpu/test_fsdp_gpu.py reruns these tests on two GPUs and never runs without them:
+    # a renamed test here would otherwise surface only on a GPU machine
+    import ast
+    import test_fsdp
+
+    source = (Path(__file__).parent / "gpu" / "test_fsdp_gpu.py").read_text()
+    used = {node.attr for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "test_fsdp"}
+    assert len(used) >= 6 and all(hasattr(test_fsdp, name) for name in used), sorted(used)

@@ -24,8 +24,21 @@ def test_fsdp_grpo_on_two_gpus_matches_one_gpu(tmp_path, tiny_tokenizer):
     test_fsdp.test_two_process_fsdp_grpo_matches_one_process(tmp_path, tiny_tokenizer)
 
 
+@pytest.mark.filterwarnings("ignore:LiteReason. no trained projector")
 def test_fsdp_litereason_on_two_gpus_matches_one_gpu(tmp_path, tiny_tokenizer):
-    test_fsdp.test_two_process_fsdp_litereason_matches_one_process(tmp_path, tiny_tokenizer)
+    test_fsdp.test_two_process_litereason_matches_one_process_sampling_per_process(tmp_path, tiny_tokenizer,
+                                                                                   test_fsdp.FSDP_CONFIG)
+
+
+@pytest.mark.filterwarnings("ignore:LiteReason. no trained projector")
+def test_fsdp_litereason_projector_refresh_on_two_gpus(tmp_path, tiny_tokenizer):
+    test_fsdp.test_two_process_litereason_projector_refresh_matches_one_process(tmp_path, tiny_tokenizer,
+                                                                                test_fsdp.FSDP_CONFIG)
+
+
+@pytest.mark.filterwarnings("ignore:LiteReason. no trained projector")
+def test_fsdp_litereason_sft_on_two_gpus(tmp_path, tiny_tokenizer):
+    test_fsdp.test_two_process_fsdp_litereason_sft_with_the_probe_matches_one_process(tmp_path, tiny_tokenizer)
 
 
 def test_fsdp_resume_on_two_gpus(tmp_path, tiny_tokenizer):
