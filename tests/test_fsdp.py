@@ -74,10 +74,12 @@ def test_two_process_fsdp_with_hmpo_kl_settings_matches_one_process(tmp_path, ti
     # HMPO's optimisation settings: KL in the loss and in the reward, so the frozen reference and
     # the current policy score the rollouts (more forward calls to pad). HMPO's own reward needs
     # correct answers, which the random model never gives: kimi's length reward drives the update.
+    # The reference is sharded too, with its own lockstep.
     settings = ["kl_coef=0.001", "kl_in_reward=0.001", "clip_high=0.28", "dual_clip=10.0"]
-    _ddp_against_one_process(tmp_path, tiny_tokenizer, "grpo", ShardReplay,
-                             ["--reward", "kimi", *UNEVEN, *(x for kv in settings for x in ("--set", kv))], ("kl",),
-                             config_file=FSDP_CONFIG, **WEIGHTS)
+    metrics = _ddp_against_one_process(tmp_path, tiny_tokenizer, "grpo", ShardReplay,
+                                       ["--reward", "kimi", *UNEVEN, *(x for kv in settings for x in ("--set", kv))],
+                                       ("kl",), config_file=FSDP_CONFIG, **WEIGHTS)
+    assert sum(m["reference_padding"] for m in metrics) > 0  # the processes scored unequal numbers of micro-batches
 
 
 @pytest.mark.slow

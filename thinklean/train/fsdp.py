@@ -59,15 +59,17 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
     return model
 
 
-def keep_root_gathered(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def keep_root_gathered(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Keep the root unit of a :func:`shard_model` model (embeddings, final norm, head) gathered,
     also between forward calls: LiteReason embeds its inputs and BuPO applies the head outside
-    the model's forward. Gathered now, and again after every step of ``optimizer``, whose
-    updates reach the shards only (a collective, as all processes take the same steps).
-    Costs the root unit's whole size in memory on every process."""
+    the model's forward. Gathered now, and again after every step of ``optimizer`` (none: a
+    frozen model such as the KL reference), whose updates reach the shards only (a collective,
+    as all processes take the same steps). Costs the root unit's whole size in memory on every
+    process."""
     model.set_reshard_after_backward(False, recurse=False)
     model.unshard()
-    optimizer.register_step_post_hook(lambda *_: _regather(model))
+    if optimizer is not None:
+        optimizer.register_step_post_hook(lambda *_: _regather(model))
 
 
 # models inside _root_sharded: a state-dict call may take a (no-op) optimizer step to create

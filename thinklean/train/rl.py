@@ -227,13 +227,19 @@ class RLTrainer:
         # FSDP (configs/accelerate/fsdp.yaml): shard before the optimizer sees the parameters;
         # forward calls are collectives, so the processes make them in lockstep (_sync_calls)
         self.fsdp = fsdp_requested(self.accelerator)
-        self._lockstep = None
+        self._lockstep = self._reference_lockstep = None
         if self.fsdp:
             if config.rollout_backend != "hf":
                 raise NotImplementedError(f"rollout_backend {config.rollout_backend!r} under FSDP: the engine would need "
                                           "the whole policy on every process; use rollout_backend 'hf' (or DDP)")
             shard_model(model, self.accelerator.device)
-            self._lockstep = Lockstep(model, self._lockstep_pad, self.accelerator.device)
+            self._lockstep = Lockstep(model, lambda backward: self._lockstep_pad(self.model, backward),
+                                      self.accelerator.device)
+            if self.reference is not None:  # sharded like the policy, its root kept gathered too
+                keep_root_gathered(shard_model(self.reference, self.accelerator.device))
+                self._reference_lockstep = Lockstep(self.reference,
+                                                    lambda backward: self._lockstep_pad(self.reference, backward),
+                                                    self.accelerator.device)
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=config.lr,
             weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2),
@@ -246,13 +252,14 @@ class RLTrainer:
         self._vllm: VLLMRollout | None = None
         self._vllm_step = 0  # the step whose weights the vLLM engine holds
 
-    def _lockstep_pad(self, backward: bool) -> None:
-        """One padding call for :class:`~thinklean.train.fsdp.Lockstep`: a one-token response
-        scored the way the update scores responses, with a zero backward when ``backward``."""
+    def _lockstep_pad(self, model: torch.nn.Module, backward: bool) -> None:
+        """One padding call of ``model`` (the policy or the KL reference) for
+        :class:`~thinklean.train.fsdp.Lockstep`: a one-token response scored the way the update
+        scores responses, with a zero backward when ``backward``."""
         ids = torch.full((1, 2), pad_token_id(self.tokenizer), dtype=torch.long, device=self.accelerator.device)
         mask = torch.ones_like(ids)
         with torch.set_grad_enabled(backward):
-            logits = self.response_logits(self.model, ids, mask, position_ids_from_mask(mask), 1)
+            logits = self.response_logits(model, ids, mask, position_ids_from_mask(mask), 1)
         if backward:
             self.accelerator.backward(logits.float().sum() * 0.0)
 
@@ -695,6 +702,8 @@ class RLTrainer:
             t1 = time.time()
             if self.reference is not None:
                 self._fill_logprobs(batch, self.reference, "ref_logprobs")
+                if self._reference_lockstep is not None:
+                    self._reference_lockstep.sync()
                 if cfg.kl_in_reward > 0:
                     k1 = kl_penalty(self.model_logprobs(batch), batch.ref_logprobs, "k1")
                     batch.rewards = batch.rewards - cfg.kl_in_reward * (k1 * r.response_mask).sum(1)
@@ -710,8 +719,13 @@ class RLTrainer:
         metrics["rollout_tokens_per_s"] = n_resp_tokens / max(1e-9, t_rollout)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         if self._lockstep is not None:  # padding forward calls of all processes since the last step
-            metrics["lockstep_padding"] = self._sum_over_processes([float(self._lockstep.padded)])[0]
-            self._lockstep.padded = 0
+            locksteps = [x for x in (self._lockstep, self._reference_lockstep) if x is not None]
+            padded = self._sum_over_processes([float(x.padded) for x in locksteps])
+            metrics["lockstep_padding"] = padded[0]
+            if len(padded) > 1:
+                metrics["reference_padding"] = padded[1]
+            for x in locksteps:
+                x.padded = 0
         metrics["step_time"] = time.time() - t0
         self.step_index += 1
         return metrics
