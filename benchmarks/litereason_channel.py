@@ -62,7 +62,7 @@ DIFFICULTIES = (2, 3)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="base", help="'base' (shipped) or a local model directory")
-    p.add_argument("--arms", default="abcdefg", help="which arms to run (letters of a-g)")
+    p.add_argument("--arms", default="abcdefg", help="which arms to run (letters of a-g; '' with --curriculum: only that run)")
     p.add_argument("--oracle-code", choices=["mean", "digits"], default="mean",
                    help="arms (e)-(g): mean = K copies of the mean embedding of a result's digits; digits = "
                         "one latent step per digit of the result written with 4 digits (K = 4)")
@@ -85,8 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.train, args.eval, args.steps, args.batch_size = 8, 3, 2, 4
-    if not set(args.arms) <= set(ARMS) or not args.arms:
-        p.error(f"--arms {args.arms!r}: letters of {''.join(ARMS)}")
+    if not set(args.arms) <= set(ARMS) or not (args.arms or args.curriculum):
+        p.error(f"--arms {args.arms!r}: letters of {''.join(ARMS)} ('' with --curriculum: that run only)")
     if not 1 <= args.latent_steps <= 5:
         p.error(f"--latent-steps {args.latent_steps}: 1 to 5 (the projector's max_steps)")
     return args
