@@ -254,7 +254,7 @@ def train_sft(
             if saving and fsdp:
                 save_sharded_checkpoint(run_dir, done, model, optimizer, scheduler, {"config": asdict(config)},
                                         config.keep_last)
-            elif saving:
+            elif saving and main:
                 save_checkpoint(
                     run_dir, done, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler,
                     {"config": asdict(config)}, config.keep_last,
