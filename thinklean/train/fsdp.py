@@ -143,6 +143,11 @@ class Lockstep:
         self.padded += made
         return made
 
+    def take_padded(self) -> int:
+        """The padding calls made since the last call (and start counting again)."""
+        made, self.padded = self.padded, 0
+        return made
+
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's weights on the CPU, on the main process (empty elsewhere); a collective.

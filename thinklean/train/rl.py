@@ -718,14 +718,11 @@ class RLTrainer:
         metrics["rollout_time"] = t_rollout
         metrics["rollout_tokens_per_s"] = n_resp_tokens / max(1e-9, t_rollout)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        if self._lockstep is not None:  # padding forward calls of all processes since the last step
-            locksteps = [x for x in (self._lockstep, self._reference_lockstep) if x is not None]
-            padded = self._sum_over_processes([float(x.padded) for x in locksteps])
-            metrics["lockstep_padding"] = padded[0]
-            if len(padded) > 1:
-                metrics["reference_padding"] = padded[1]
-            for x in locksteps:
-                x.padded = 0
+        # padding forward calls of all processes since the last step, of the policy and the reference
+        locksteps = {"lockstep_padding": self._lockstep, "reference_padding": self._reference_lockstep}
+        padded = {key: float(x.take_padded()) for key, x in locksteps.items() if x is not None}
+        if padded:  # under FSDP only
+            metrics.update(zip(padded, self._sum_over_processes(list(padded.values()))))
         metrics["step_time"] = time.time() - t0
         self.step_index += 1
         return metrics
