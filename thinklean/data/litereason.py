@@ -10,6 +10,10 @@ of its ``S`` replaceable sentences by a latent segment::
 so a longer thought gets more latent steps. Rows carry the LiteReason prompt (the question plus
 :data:`INSTRUCTION`), the variant as ``solution``, the ``ratio`` and the number of ``replaced``
 sentences. Everything is a pure function of the seed.
+
+:func:`target_rows` builds the other kind of row, for embedded-task problems: the terse rendered
+trace with operation sentences made latent segments of :data:`TARGET_DIGITS` steps whose
+``latent_targets`` are the replaced sentences' results (docs/litereason.md).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from thinklean.data.formats import LATENT, LATENT_END, THINK, THINK_END
+from thinklean.data.arith import ArithProblem, render_reasoning
+from thinklean.data.formats import LATENT, LATENT_END, THINK, THINK_END, think_response
 from thinklean.data.jsonl import Example
 
 RATIOS = (0.10, 0.25)
+TARGET_DIGITS = 4  # the embedded task's values are below 10,000: one latent step per digit
 MAX_LATENT_STEPS = 5
 INSTRUCTION = (f"You may replace a reasoning sentence by {LATENT}N{LATENT_END}, "
                f"N from 1 to {MAX_LATENT_STEPS} reflecting the thought's complexity.")
@@ -128,8 +134,42 @@ def variant_rows(example: Example, trace: str, tokenizer: Any, rng: random.Rando
 
 
 def records_summary(rows: Sequence[dict]) -> str:
-    """One line for the terminal: rows per ratio and mean latent segments per row."""
+    """One line for the terminal: rows per ratio (per stage for :func:`target_rows`) and mean
+    latent segments per row."""
+    if rows and "stage" in rows[0]:
+        per_stage = {stage: sum(1 for r in rows if r["stage"] == stage) for stage in sorted({r["stage"] for r in rows})}
+        mean = sum(r["replaced"] for r in rows) / len(rows)
+        stages = ", ".join(f"{count} at stage {stage}" for stage, count in per_stage.items())
+        return f"{len(rows)} rows with latent targets ({stages}); {mean:.1f} latent segments per row"
     per_ratio = {ratio: sum(1 for r in rows if r["ratio"] == ratio) for ratio in sorted({r["ratio"] for r in rows})}
     mean = sum(r["replaced"] for r in rows) / len(rows) if rows else 0.0
     ratios = ", ".join(f"{count} at ratio {ratio:.2f}" for ratio, count in per_ratio.items())
     return f"{len(rows)} rows ({ratios or 'none'}); {mean:.1f} latent segments per row"
+
+
+def target_rows(problems: Sequence[ArithProblem], stages: int = 1) -> list[dict]:
+    """Rows with latent targets, in ``stages`` curriculum stages (Coconut, arXiv 2412.06769).
+
+    Each problem's terse trace (one sentence per operation, ``347 * 6 = 2082.``) gives one row per
+    stage ``s`` in ``1..stages``: its first ``s`` operation sentences (every one at the last
+    stage) become ``<implicit_thought>4</implicit_thought>`` segments, so a later written sentence
+    restates the value a latent computed. ``latent_targets`` holds, per segment, the replaced
+    sentence's result written with :data:`TARGET_DIGITS` digits (``"2082"``): the tokens the
+    segment's latent steps should carry, one digit per step. Rows carry ``stage`` and ``replaced``.
+    """
+    if stages < 1:
+        raise ValueError(f"stages must be at least 1, got {stages}")
+    rows = []
+    for stage in range(1, stages + 1):
+        for problem in problems:
+            values = problem.values()
+            if values and max(values) >= 10 ** TARGET_DIGITS:
+                raise ValueError(f"{problem.question!r}: a value has more than {TARGET_DIGITS} digits")
+            sentences = split_sentences(render_reasoning(problem, "terse", random.Random(0)))
+            latent = len(sentences) if stage == stages else min(stage, len(sentences))
+            reasoning = " ".join([latent_segment(TARGET_DIGITS)] * latent + sentences[latent:])
+            rows.append({"prompt": litereason_prompt(problem.question), "answer": str(problem.answer),
+                         "solution": think_response(reasoning, problem.answer), "difficulty": problem.difficulty,
+                         "latent_targets": [f"{v:0{TARGET_DIGITS}d}" for v in values[1: latent + 1]],
+                         "stage": stage, "replaced": latent})
+    return rows

@@ -28,6 +28,7 @@ row); :func:`evaluate_latent` scores a model with latent decoding.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -47,25 +48,29 @@ from thinklean.core import entropy_from_logits
 from thinklean.data.formats import format_prompt
 from thinklean.data.grading import grade
 from thinklean.data.jsonl import Example, example_to_dict, load_jsonl, write_jsonl
-from thinklean.data.litereason import RATIOS, litereason_prompt, records_summary, variant_rows
+from thinklean.data.arith import parse_question
+from thinklean.data.litereason import RATIOS, litereason_prompt, records_summary, target_rows, variant_rows
 from thinklean.eval.evaluate import arith_examples, grade_rollout
 from thinklean.eval.latent_probe import PROBE_EVERY, PROBE_STEPS, LatentProbe
 from thinklean.eval.metrics import summarize, summarize_by_difficulty
 from thinklean.methods.registry import DataTask, DemoStage, MethodFlag, MethodSpec, StartModel, register_method
-from thinklean.models.projector import CONFIG_NAME, ReasoningProjector
+from thinklean.models.projector import CONFIG_NAME, LatentSource, ReasoningProjector, SoftLatent, load_source
 from thinklean.models.tiny import load_pretrained
 from thinklean.rollout import SamplingConfig, generate
+from thinklean.rollout.engine import position_ids_from_mask
 from thinklean.rollout.latent import (
     LatentRolloutBatch,
     generate_latent,
     latent_forward,
     latent_replay_inputs,
+    latent_slots,
     segment_finder,
 )
 from thinklean.runlog import progress_bar
+from thinklean.train.fsdp import fsdp_requested
 from thinklean.train.rl import RLConfig, RLTrainer, StepBatch
 from thinklean.train.settings import ConfigError, build_settings
-from thinklean.train.sft import IGNORE_INDEX, LossFn, SFTConfig, train_sft
+from thinklean.train.sft import IGNORE_INDEX, LossFn, SFTConfig, encode_rows, train_sft
 
 PROJECTOR_DIR = "projector"
 
@@ -94,7 +99,7 @@ def split_sft_batch(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch
     return prompt_ids, prompt_mask, response_ids, response_mask
 
 
-def projector_sft_loss(projector: ReasoningProjector, tokenizer: Any, all_response_tokens: bool = False) -> LossFn:
+def projector_sft_loss(projector: LatentSource, tokenizer: Any, all_response_tokens: bool = False) -> LossFn:
     """A ``train_sft`` loss: mean cross-entropy of the discrete response tokens after the end of
     each row's first latent segment, with the segments unrolled through ``projector`` (gradient
     flows through the latent steps). ``all_response_tokens``: every response token instead (for
@@ -121,6 +126,57 @@ def projector_sft_loss(projector: ReasoningProjector, tokenizer: Any, all_respon
     return loss_fn
 
 
+def latent_target_loss(source: LatentSource, tokenizer: Any, rows: Sequence[dict], max_length: int,
+                       weight: float = 1.0) -> LossFn:
+    """A ``train_sft`` loss for rows with ``latent_targets`` (:func:`~thinklean.data.litereason.target_rows`):
+    the LM reads the targets, the source learns to write them.
+
+    Each latent slot gets its target token's embedding rescaled to ``source.output_scale``
+    (teacher forcing, as a detached input); the loss is the mean cross-entropy of
+    every discrete response token plus ``weight`` times the source's distance to the targets:
+    ``|source(h) - t|^2`` averaged over the slots, over the mean ``|t|^2`` (``2 (1 - cosine)``
+    when both have the target norm), ``h`` being the last hidden state one position before the
+    slot, the state the rollout's chain feeds the source. Rows are matched to batch rows by
+    their token ids (as ``train_sft`` encodes them with ``max_length``); every segment must have
+    as many target tokens as latent steps. Returns ``(loss, scored tokens)``."""
+    find_segments = segment_finder(tokenizer, source.max_steps)
+    targets: dict[tuple[int, ...], list[int]] = {}
+    for index, (row, encoded) in enumerate(zip(rows, encode_rows(tokenizer, rows, max_length))):
+        if "latent_targets" not in row:
+            raise ValueError(f"row {index}: no latent_targets (every row needs them when one has them)")
+        response = list(encoded.input_ids[encoded.prompt_len:])
+        steps = [n for _, n in find_segments(response)]
+        ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in row["latent_targets"]]
+        if [len(i) for i in ids][: len(steps)] != steps or len(ids) < len(steps):
+            raise ValueError(f"row {index}: latent segments of {steps} steps but latent_targets "
+                             f"{row['latent_targets']} tokenise to {[len(i) for i in ids]} tokens")
+        targets[encoded.input_ids] = [t for i in ids[: len(steps)] for t in i]
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        prompts, prompt_mask, response, response_mask = split_sft_batch(batch)
+        lengths = response_mask.sum(1).tolist()
+        segments = [find_segments(response[b, :n].tolist()) for b, n in enumerate(lengths)]
+        embed = model.get_input_embeddings()
+        keys = [tuple(batch["input_ids"][b, : int(n)].tolist()) for b, n in enumerate(batch["attention_mask"].sum(1))]
+        vectors = [F.normalize(embed(torch.tensor(targets[key], dtype=torch.long, device=response.device)), dim=-1)
+                   * source.output_scale.to(embed.weight.dtype) for key in keys]
+        inputs, mask, score_columns = latent_replay_inputs(model, prompts, prompt_mask, response, response_mask,
+                                                           segments, vectors)
+        hidden = model(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                       use_cache=False, output_hidden_states=True).hidden_states[-1]
+        scored = response_mask.bool()
+        picked = hidden.gather(1, score_columns[..., None].expand(-1, -1, hidden.shape[-1]))
+        loss = F.cross_entropy(model.get_output_embeddings()(picked[scored]).float(), response[scored])
+        rows_at, columns = latent_slots(prompts, prompt_mask, response, response_mask, segments)
+        if rows_at.numel():
+            target = torch.cat(vectors).detach().float()
+            predicted = source(hidden[rows_at, columns - 1].to(source.dtype)).float()
+            loss = loss + weight * (predicted - target).pow(2).sum(-1).mean() / target.pow(2).sum(-1).mean()
+        return loss, int(scored.sum())
+
+    return loss_fn
+
+
 def projector_sft_config(num_rows: int, lr: float = 1e-4, epochs: float = 1.0, batch_size: int = 16,
                          grad_accum: int = 1, constant_lr: bool = False, grad_clip: float = 0.2,
                          max_length: int = 512, seed: int = 0, report_to: str = "none") -> SFTConfig:
@@ -134,7 +190,7 @@ def projector_sft_config(num_rows: int, lr: float = 1e-4, epochs: float = 1.0, b
                      report_to=report_to)
 
 
-def probe_schedule(probe: LatentProbe, model: torch.nn.Module, projector: ReasoningProjector, every: int,
+def probe_schedule(probe: LatentProbe, model: torch.nn.Module, projector: LatentSource, every: int,
                    last: int) -> Callable[[int], dict[str, float]]:
     """``step -> probe.measure(model, projector)`` at step 1, every ``every`` steps and at step
     ``last``; ``{}`` at the other steps and always when ``every`` is 0."""
@@ -146,18 +202,47 @@ def probe_schedule(probe: LatentProbe, model: torch.nn.Module, projector: Reason
     return measure
 
 
-def train_projector(model: torch.nn.Module, tokenizer: Any, projector: ReasoningProjector, rows: Sequence[dict],
+def train_projector(model: torch.nn.Module, tokenizer: Any, projector: LatentSource, rows: Sequence[dict],
                     run_dir: str | Path, config: SFTConfig, with_lm: bool = False,
                     show_progress: bool = True, probe_every: int = PROBE_EVERY, save: bool = True) -> dict[str, Any]:
     """Projector SFT on LiteReason rows (``prompt``, ``solution`` with latent segments).
 
     Only the projector is optimised (``with_lm``: the LM too, loss on every response token);
-    the LM's ``requires_grad`` flags are restored afterwards. ``RUN_DIR/model`` receives the LM
-    (as ``train_sft`` writes it) with the projector saved next to it (``save=False``: nothing
-    but ``metrics.jsonl`` is written). Every ``probe_every``
-    steps (and at the first and last; 0: never) the :class:`~thinklean.eval.latent_probe.LatentProbe`
-    numbers join ``metrics.jsonl``. Returns ``train_sft``'s summary.
+    the LM's ``requires_grad`` flags are restored afterwards. Rows with ``latent_targets`` train
+    with :func:`latent_target_loss` (every row must have them; a :class:`SoftLatent` has no
+    weights, so it needs ``with_lm``). Rows with a ``stage`` train stage by stage in increasing
+    order, ``config.steps`` split evenly (the remainder to the last), stage ``s`` seeded
+    ``config.seed + s``; the metrics of every stage but the last go to ``RUN_DIR/stage-S``.
+    ``RUN_DIR/model`` receives the LM (as ``train_sft`` writes it) with the projector saved next
+    to it (``save=False``: nothing but ``metrics.jsonl`` is written). Every ``probe_every`` steps
+    (and at the first and last; 0: never) the :class:`~thinklean.eval.latent_probe.LatentProbe`
+    numbers join ``metrics.jsonl``. Returns the last stage's ``train_sft`` summary.
     """
+    staged = [r for r in rows if "stage" in r]
+    if staged and len(staged) != len(rows):
+        raise ValueError(f"{len(staged)} of {len(rows)} rows have a stage; give every row one or none")
+    stages = sorted({r["stage"] for r in staged}) or [None]
+    if config.steps < len(stages):
+        raise ValueError(f"{config.steps} steps for {len(stages)} stages: at least one step per stage")
+    summary: dict[str, Any] = {}
+    for i, stage in enumerate(stages):
+        last = i == len(stages) - 1
+        part = rows if stage is None else [r for r in rows if r["stage"] == stage]
+        steps = config.steps // len(stages) + (config.steps % len(stages) if last else 0)
+        stage_config = config if stage is None else dataclasses.replace(config, steps=steps, seed=config.seed + stage)
+        summary = _train_projector_once(model, tokenizer, projector, part, Path(run_dir) if last else
+                                        Path(run_dir) / f"stage-{stage}", stage_config, with_lm, show_progress,
+                                        probe_every, save and last)
+    return summary
+
+
+def _train_projector_once(model: torch.nn.Module, tokenizer: Any, projector: LatentSource, rows: Sequence[dict],
+                          run_dir: Path, config: SFTConfig, with_lm: bool, show_progress: bool, probe_every: int,
+                          save: bool) -> dict[str, Any]:
+    """One :func:`train_projector` stage."""
+    targeted = any("latent_targets" in r for r in rows)
+    if isinstance(projector, SoftLatent) and not with_lm:
+        raise ValueError("the soft latent source has no weights of its own: train it with the LM (with_lm / --with-lm)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where train_sft's Accelerator trains
     if next(model.parameters()).device != device:  # (.to() would reshard an FSDP model's gathered root)
         model.to(device)
@@ -168,11 +253,11 @@ def train_projector(model: torch.nn.Module, tokenizer: Any, projector: Reasoning
     parameters = list(projector.parameters()) + (list(model.parameters()) if with_lm else [])
     probe = probe_schedule(LatentProbe(tokenizer, steps=min(PROBE_STEPS, projector.max_steps)), model, projector,
                            probe_every, config.steps)
+    loss = (latent_target_loss(projector, tokenizer, rows, config.max_length) if targeted
+            else projector_sft_loss(projector, tokenizer, all_response_tokens=with_lm))
     try:
-        summary = train_sft(model, tokenizer, rows, config, run_dir,
-                            loss_fn=projector_sft_loss(projector, tokenizer, all_response_tokens=with_lm),
-                            parameters=parameters, show_progress=show_progress, method="litereason-sft",
-                            extra_metrics=probe, save=save)
+        summary = train_sft(model, tokenizer, rows, config, run_dir, loss_fn=loss, parameters=parameters,
+                            show_progress=show_progress, method="litereason-sft", extra_metrics=probe, save=save)
     finally:
         for parameter, flag in zip(model.parameters(), flags):
             parameter.requires_grad_(flag)
@@ -183,15 +268,18 @@ def train_projector(model: torch.nn.Module, tokenizer: Any, projector: Reasoning
 
 
 def load_projector(model: torch.nn.Module, path: str | Path | None = None, warn: bool = True,
-                   output_norm: str = "embedding") -> ReasoningProjector:
-    """The projector saved in ``path``; without one, the one in the model's own directory; else a
-    fresh projector (every block a copy of the model's last MLP, ``output_norm`` as in
-    :class:`ReasoningProjector`), with a warning if ``warn``."""
+                   output_norm: str = "embedding", source: str = "projector") -> LatentSource:
+    """The latent source saved in ``path`` (:func:`~thinklean.models.projector.load_source`);
+    without one, the one in the model's own directory; else a fresh one: ``source="soft"`` a
+    :class:`SoftLatent` of the model, ``"projector"`` a projector whose every block copies the
+    model's last MLP (``output_norm`` as in :class:`ReasoningProjector`), with a warning if ``warn``."""
     if path is not None:
-        return ReasoningProjector.load(path)
+        return load_source(path, model)
     own = Path(getattr(model, "name_or_path", "") or "")
     if str(own) and (own / CONFIG_NAME).is_file():
-        return ReasoningProjector.load(own)
+        return load_source(own, model)
+    if source == "soft":
+        return SoftLatent(model)
     if warn:
         warnings.warn("LiteReason: no trained projector found (set method_kwargs.projector or run `thinklean "
                       "litereason-sft`); starting from copies of the model's last MLP", stacklevel=2)
@@ -244,11 +332,14 @@ class LiteReasonTrainer(RLTrainer):
         # built from the model's weights before FSDP may shard them
         projector = load_projector(model, build_settings(self.Settings, config.method_kwargs, config.method).projector)
         super().__init__(model, tokenizer, config, train_examples, run_dir, eval_examples)
+        if isinstance(projector, SoftLatent) and fsdp_requested(self.accelerator):
+            raise ConfigError("litereason: the soft latent source reads the LM's head and embeddings outside its "
+                              "forward call, which FSDP shards; use a projector or DDP")
         self.projector = self._frozen(projector)
         self.latent_probe = LatentProbe(tokenizer, steps=min(PROBE_STEPS, self.projector.max_steps))
         self.correct_rollouts: list[tuple[int, Example, str]] = []  # (step, example, response) of this pass
 
-    def _frozen(self, projector: ReasoningProjector) -> ReasoningProjector:
+    def _frozen(self, projector: LatentSource) -> LatentSource:
         return projector.to(self.accelerator.device).requires_grad_(False).eval()
 
     def build_prompts(self, examples: Sequence[Example]) -> tuple[list[str], list[str] | None]:
@@ -308,8 +399,8 @@ class LiteReasonTrainer(RLTrainer):
         process runs the same refresh on the same rows (the projector is replicated; under FSDP
         the sharded LM's forward and backward calls then line up); the main process writes it."""
         mine, self.correct_rollouts = self.correct_rollouts, []
-        if self.settings.refresh_fraction == 0:
-            return
+        if self.settings.refresh_fraction == 0 or isinstance(self.projector, SoftLatent):
+            return  # (a soft source has no weights: RL trains the LM it reads)
         shares = gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
         # step by step, each step's rollouts in process order: the order one process would have
         pool = [(e, text) for _, e, text in sorted((x for share in shares for x in share), key=lambda x: x[0])]
@@ -343,7 +434,7 @@ class LiteReasonTrainer(RLTrainer):
         """On ``resume``, the projector of the last refresh (if any) replaces the loaded one."""
         saved = self.run_dir / PROJECTOR_DIR
         if resume and (saved / CONFIG_NAME).is_file():
-            self.projector = self._frozen(ReasoningProjector.load(saved))
+            self.projector = self._frozen(load_source(saved, self.accelerator.unwrap_model(self.model)))
 
     def on_train_end(self, model_dir: Path) -> None:
         """The projector is saved next to the final model."""
@@ -351,7 +442,7 @@ class LiteReasonTrainer(RLTrainer):
 
 
 @torch.no_grad()
-def evaluate_latent(model: torch.nn.Module, tokenizer: Any, projector: ReasoningProjector, examples: Sequence[Example],
+def evaluate_latent(model: torch.nn.Module, tokenizer: Any, projector: LatentSource, examples: Sequence[Example],
                     sampling: SamplingConfig, seed: int = 0, output: Path | None = None) -> dict[str, Any]:
     """Accuracy and token statistics (discrete tokens only) of one response per problem decoded
     with latent steps from the LiteReason prompt (temperature 0: greedy; else sampled with
@@ -401,10 +492,20 @@ def correct_traces(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Ex
 
 def litereason_records(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5,
                        seed: int = 0, variants: int = 2, ratios: Sequence[float] = RATIOS,
-                       max_new_tokens: int = 320, batch_size: int = 128, show_progress: bool = True) -> list[dict]:
+                       max_new_tokens: int = 320, batch_size: int = 128, show_progress: bool = True,
+                       stages: int = 0) -> list[dict]:
     """LiteReason SFT rows: rejection-sampled correct traces (:func:`correct_traces`), each
     turned into variants at every ratio (:func:`~thinklean.data.litereason.variant_rows`);
-    problems with no correct trace give no rows."""
+    problems with no correct trace give no rows. ``stages`` >= 1: instead, the embedded-task
+    problems' rendered traces with latent targets in that many curriculum stages
+    (:func:`~thinklean.data.litereason.target_rows`; nothing is sampled)."""
+    if stages:
+        problems = [parse_question(e.prompt) for e in examples]
+        unparsed = [e.line or i + 1 for i, (e, p) in enumerate(zip(examples, problems)) if p is None]
+        if unparsed:
+            raise ValueError(f"stages={stages} renders embedded-task traces, but the prompts of rows {unparsed[:5]} "
+                             "are not embedded-task questions ('Start with N. Add K. ... What is the result?')")
+        return target_rows(problems, stages)
     traces = correct_traces(model, tokenizer, examples, k, seed, max_new_tokens, batch_size=batch_size,
                             show_progress=show_progress)
     rows = []
@@ -419,27 +520,42 @@ def litereason_records(model: torch.nn.Module, tokenizer: Any, examples: Sequenc
 class StartRecipe:
     """How :func:`build_start_model` makes a LiteReason start model from a base model.
 
-    problems:   training problems rejection-sampled (``thinklean data litereason --n``), ``k`` traces each.
-    epochs, lr: projector SFT over the rows (``thinklean litereason-sft``; cosine, 10% warm-up).
-    with_lm:    also fine-tune the LM (``--with-lm``): the embedded model cannot follow the
-                prompt's instruction to write segments, so a frozen LM would never open one.
-    output_norm: the fresh projector's (``--output-norm``; :class:`ReasoningProjector`).
+    source:      the latent source (``--source``): ``"soft"`` (:class:`SoftLatent`, the default)
+                 or ``"projector"`` (a fresh :class:`ReasoningProjector` with ``output_norm``).
+    stages:      0: rejection-sample ``k`` traces of each of ``problems`` training problems and make
+                 10% / 25% of their sentences latent (the paper's data, ``thinklean data
+                 litereason``); N >= 1: render ``problems`` terse traces with latent targets in N
+                 curriculum stages (:func:`~thinklean.data.litereason.target_rows`, ``--stages N``).
+    steps:       SFT steps (``--steps``); None: ``epochs`` passes over the rows.
+    lr, batch_size, grad_clip: the SFT's (``thinklean litereason-sft``; cosine, 10% warm-up).
+    with_lm:     also fine-tune the LM (``--with-lm``): the embedded model cannot follow the
+                 prompt's instruction to write segments, so a frozen LM would never open one.
+    The defaults are the demo's start model (docs/litereason.md); :data:`PAPER_RECIPE` is the
+    paper's data with the fixed projector.
     """
 
-    problems: int = 1000
+    source: str = "soft"
+    stages: int = 4
+    problems: int = 16000
     k: int = 5
+    steps: int | None = 4000
     epochs: float = 1.0
-    lr: float = 1e-4
+    lr: float = 3e-4
+    batch_size: int = 16
+    grad_clip: float = 1.0
     with_lm: bool = True
     max_new_tokens: int = 320
     output_norm: str = "embedding"
+
+
+PAPER_RECIPE = StartRecipe(source="projector", stages=0, problems=1000, steps=None, lr=1e-4, grad_clip=0.2)
 
 
 def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: StartRecipe = StartRecipe(),
                       seed: int = 0, show_progress: bool = True, report_to: str = "none") -> Path:
     """``thinklean data litereason`` + ``thinklean litereason-sft`` from ``base_model``:
     ``BUILD_DIR/litereason.jsonl`` (kept, and reused when present) and ``BUILD_DIR/model`` (the
-    LM with its projector; returned as it is when already built); ``report_to``: trackers of the SFT."""
+    LM with its latent source; returned as it is when already built); ``report_to``: trackers of the SFT."""
     build_dir = Path(build_dir)
     model_dir = build_dir / "model"
     if (model_dir / CONFIG_NAME).is_file():
@@ -450,13 +566,17 @@ def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: Sta
         rows = [example_to_dict(e) for e in load_jsonl(data, require_solution=True)]
     else:
         examples = arith_examples(recipe.problems, "train", seed)
-        rows = litereason_records(model, tokenizer, examples, k=recipe.k, seed=seed,
+        rows = litereason_records(model, tokenizer, examples, k=recipe.k, seed=seed, stages=recipe.stages,
                                   max_new_tokens=recipe.max_new_tokens, show_progress=show_progress)
         if not rows:
             raise ValueError(f"{base_model}: no correct trace among {recipe.k} samples of {recipe.problems} problems")
         write_jsonl(data, rows)
-    config = projector_sft_config(len(rows), lr=recipe.lr, epochs=recipe.epochs, seed=seed, report_to=report_to)
-    projector = ReasoningProjector.from_model(model, output_norm=recipe.output_norm)
+    config = projector_sft_config(len(rows), lr=recipe.lr, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                                  grad_clip=recipe.grad_clip, seed=seed, report_to=report_to)
+    if recipe.steps is not None:
+        config = dataclasses.replace(config, steps=recipe.steps)
+    projector = (SoftLatent(model) if recipe.source == "soft"
+                 else ReasoningProjector.from_model(model, output_norm=recipe.output_norm))
     train_projector(model, tokenizer, projector, rows, build_dir, config, with_lm=recipe.with_lm,
                     show_progress=show_progress)
     return model_dir
@@ -467,16 +587,16 @@ def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: Sta
 
 def start_recipe(quick: bool) -> StartRecipe:
     """The recipe of the demo's start model (a few problems and steps with ``quick``)."""
-    return StartRecipe(problems=8, k=2, max_new_tokens=120) if quick else StartRecipe()
+    return StartRecipe(problems=8, k=2, max_new_tokens=120, steps=8) if quick else StartRecipe()
 
 
 def build_demo_start(stage: DemoStage) -> Path:
     """The demo's start model (``OUTPUT/litereason-sft``, :func:`build_start_model`)."""
     recipe = start_recipe(stage.quick)
     if not (stage.row_dir / "model" / CONFIG_NAME).is_file():
-        stage.console.print(f"[bold]building the LiteReason start model[/bold]: {recipe.k} traces of {recipe.problems} "
-                            f"problems, correct ones with sentences made latent, then {recipe.epochs:g} epoch of "
-                            "projector + LM SFT (25 min on a shared 2-core machine)")
+        stage.console.print(f"[bold]building the LiteReason start model[/bold]: {recipe.problems} rendered traces "
+                            f"with latent targets, {recipe.steps} steps of LM + soft-latent SFT in {recipe.stages} "
+                            "curriculum stages (about 30 min on 2 cores)")
     return build_start_model(stage.base_model, stage.row_dir, recipe, stage.seed, report_to=stage.report_to)
 
 
@@ -500,7 +620,10 @@ register_method(MethodSpec(
                          MethodFlag("--variants", "variants", "random variants per kept trace and ratio (0.10, 0.25)",
                                     int, at_least=0),
                          MethodFlag("--max-new-tokens", "max_new_tokens", "response cap when sampling", int,
-                                    at_least=1))),
+                                    at_least=1),
+                         MethodFlag("--stages", "stages", "0: sampled traces (the paper's data); N >= 1: the embedded "
+                                    "task's rendered traces with latent targets, in N curriculum stages", int,
+                                    at_least=0))),
     start=StartModel("litereason-sft", "a model with a trained projector", build_demo_start),
     # from the litereason-sft row's model (LM + trained projector); the prompts GRPO sees (RLConfig's
     # default pool, not litereason.yaml's 400 for a projector refresh every 100 steps)

@@ -12,6 +12,9 @@ later latent steps reach a fixed point that is the same for every problem.
 
 The projector is saved on its own (``projector.safetensors`` + ``projector.json``) so the LM
 directory stays a plain Hugging Face model.
+
+:class:`SoftLatent` is the other latent source (docs/litereason.md): no weights, the LM's own
+next-token distribution times its input embedding matrix. :func:`load_source` reads either.
 """
 
 from __future__ import annotations
@@ -186,6 +189,81 @@ class ReasoningProjector(nn.Module):
             state["output_scale"] = projector.output_scale  # unused without the norm
         projector.load_state_dict(state, strict=True)
         return projector.to(device)
+
+
+class SoftLatent(nn.Module):
+    """Latent input = ``softmax(head(hidden)) @ E``, the LM's expected next-token embedding,
+    rescaled to L2 norm ``output_scale`` (the median token-embedding norm): ``[.., d] -> [.., d]``.
+
+    No weights of its own: the LM's output head and input embeddings (the LM is held outside the
+    module tree, so ``parameters()`` is empty and freezing this source leaves the LM as it is).
+    Training the LM trains the latents; where the value a latent step should carry is what the
+    LM would write next, the latent starts out right. ``max_steps`` as in :class:`ReasoningProjector`.
+    """
+
+    kind = "soft"
+
+    def __init__(self, model: nn.Module, max_steps: int = 5, output_scale: float | None = None):
+        super().__init__()
+        if max_steps < 1:
+            raise ValueError(f"SoftLatent: max_steps must be >= 1, got {max_steps}")
+        if model.get_output_embeddings() is None:
+            raise ValueError(f"{type(model).__name__} has no output embeddings (LM head) to read a distribution from")
+        self._lm = [model]
+        self.hidden_size = model.get_input_embeddings().weight.shape[1]
+        self.max_steps = max_steps
+        scale = embedding_norm(model) if output_scale is None else float(output_scale)
+        self.register_buffer("output_scale", torch.tensor(scale, device=self.device))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        lm = self._lm[0]
+        probs = torch.softmax(lm.get_output_embeddings()(hidden).float(), dim=-1)
+        soft = probs @ lm.get_input_embeddings().weight.float()
+        return (nn.functional.normalize(soft, dim=-1) * self.output_scale).to(hidden.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._lm[0].get_input_embeddings().weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._lm[0].get_input_embeddings().weight.device
+
+    def config_dict(self) -> dict:
+        return {"source": self.kind, "hidden_size": self.hidden_size, "max_steps": self.max_steps,
+                "output_scale": float(self.output_scale)}
+
+    def save(self, path_dir: str | Path) -> Path:
+        """Write ``projector.json`` (no weights) into ``path_dir``; a stale ``projector.safetensors`` is removed."""
+        path = Path(path_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / WEIGHTS_NAME).unlink(missing_ok=True)
+        (path / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+        return path
+
+
+LatentSource = ReasoningProjector | SoftLatent
+SOURCES = ("projector", "soft")
+
+
+def load_source(path_dir: str | Path, model: nn.Module) -> LatentSource:
+    """The latent source saved in ``path_dir``: a :class:`SoftLatent` reading ``model`` when
+    ``projector.json`` says ``"source": "soft"``, else :meth:`ReasoningProjector.load` on the
+    model's device."""
+    path = Path(path_dir)
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (expected a directory written by a latent source's save)")
+    config = json.loads(config_file.read_text())
+    source = config.get("source", "projector")
+    if source not in SOURCES:
+        raise ValueError(f"{config_file}: source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "soft":
+        soft = SoftLatent(model, max_steps=int(config.get("max_steps", 5)), output_scale=config.get("output_scale"))
+        if soft.hidden_size != config.get("hidden_size", soft.hidden_size):
+            raise ValueError(f"{config_file}: hidden_size {config['hidden_size']} but the model's is {soft.hidden_size}")
+        return soft
+    return ReasoningProjector.load(path, device=model.get_input_embeddings().weight.device)
 
 
 def embedding_norm(model: nn.Module) -> float:

@@ -378,6 +378,15 @@ def latent_replay_inputs(
     return inputs, mask, score_columns
 
 
+def latent_slots(prompt_ids: torch.LongTensor, prompt_mask: torch.LongTensor, response_ids: torch.LongTensor,
+                 response_mask: torch.LongTensor, segments: list[list[tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, columns)`` of the latent slots in :func:`latent_replay_inputs`' layout, in the
+    order it fills them (row by row, segment by segment), on the CPU."""
+    latent = _compact_layout(prompt_ids.cpu(), prompt_mask.cpu(), response_ids.cpu(), response_mask.cpu(), segments)[2]
+    rows, columns = latent.nonzero(as_tuple=True)
+    return rows, columns
+
+
 def _replay_layout(prompt_ids, prompt_mask, response_ids, response_mask, segments, latent_inputs):
     """:func:`latent_replay_inputs` before embedding: ``ids[B, W]`` (pad ids in the latent slots),
     ``attention_mask[B, W]``, the slots ``latent[B, W]`` (bool), their ``vectors[n, d]`` (detached,
