@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     from thinklean.data.grading import grade
     from thinklean.data.litereason import latent_segment, litereason_prompt, split_sentences
     from thinklean.methods.litereason import projector_sft_config, split_sft_batch, train_projector
-    from thinklean.models.projector import ReasoningProjector, embedding_norm
+    from thinklean.models.projector import ReasoningProjector, SoftLatent, embedding_norm
     from thinklean.models.tiny import load_pretrained
     from thinklean.rollout.engine import SamplingConfig, position_ids_from_mask
     from thinklean.rollout.latent import _compact_layout, generate_latent, latent_forward, latent_replay_inputs, segment_finder
@@ -216,21 +216,6 @@ def main(argv: list[str] | None = None) -> dict:
 
         def forward(self, hidden: torch.Tensor) -> torch.Tensor:
             return self.pause.to(hidden.dtype).expand_as(hidden)
-
-    class SoftToken(ReasoningProjector):
-        """Arm (g): ``softmax(head(hidden)) @ E``, scaled to the token-embedding norm; the LM is
-        held in a list so its weights are not the projector's; the unused block fills the interface."""
-
-        def __init__(self, model) -> None:
-            super().__init__(model.config.hidden_size, model.config.intermediate_size, num_blocks=1,
-                             output_scale=embedding_norm(model))
-            self.lm = [model]
-
-        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-            lm = self.lm[0]
-            probs = torch.softmax(lm.get_output_embeddings()(hidden).float(), dim=-1)
-            soft = probs @ lm.get_input_embeddings().weight.float()
-            return (torch.nn.functional.normalize(soft, dim=-1) * self.output_scale).to(hidden.dtype)
 
     def fit(arm: str, model, source, stage_rows: list[dict], steps: int, seed: int) -> None:
         config = dataclasses.replace(projector_sft_config(len(stage_rows), lr=args.lr, batch_size=args.batch_size,
@@ -369,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         model, _ = load_pretrained(args.model)
         source = {"spec": lambda: ReasoningProjector.from_model(model, output_norm="none"),
-                  "pause": lambda: Pause(model), "soft": lambda: SoftToken(model)}.get(arm, lambda: ReasoningProjector.from_model(model))()
+                  "pause": lambda: Pause(model), "soft": lambda: SoftLatent(model)}.get(arm, lambda: ReasoningProjector.from_model(model))()
         stages = max(DIFFICULTIES) if curriculum else 1
         for stage in range(1, stages + 1):
             latent_ops = (lambda p, s=stage: min(s, len(p.ops))) if curriculum else (lambda p: len(p.ops))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -330,9 +331,9 @@ def test_capacity_benchmark_trains_and_evaluates_every_pass(tmp_path, tiny_model
 
 def test_start_model_builder_reuses_its_data_and_a_finished_model(tmp_path, tiny_model_dir):
     from thinklean.data.jsonl import write_jsonl
-    from thinklean.methods.litereason import StartRecipe, build_start_model
+    from thinklean.methods.litereason import PAPER_RECIPE, build_start_model
 
-    recipe = StartRecipe(problems=2, k=1, epochs=1, max_new_tokens=4)
+    recipe = dataclasses.replace(PAPER_RECIPE, problems=2, k=1, epochs=1, max_new_tokens=4)
     with pytest.raises(ValueError, match="no correct trace among 1 samples of 2 problems"):  # untrained tiny model
         build_start_model(tiny_model_dir, tmp_path / "none", recipe)
     assert not (tmp_path / "none" / "litereason.jsonl").exists()

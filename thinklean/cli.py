@@ -400,13 +400,17 @@ def cmd_litereason_sft(args: argparse.Namespace) -> None:
     _prepare_run_dir(args)
     rows = [example_to_dict(e) for e in load_jsonl(args.data, require_solution=True)]
     model, tokenizer = _load(args.model, args.trust_remote_code)
+    if args.source == "soft" and not args.with_lm:
+        raise UsageError("--source soft has no weights of its own: add --with-lm (the LM learns to write the latents)")
     try:
-        projector = load_projector(model, args.projector, warn=False, output_norm=args.output_norm)
+        projector = load_projector(model, args.projector, warn=False, output_norm=args.output_norm, source=args.source)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"--projector {args.projector}: {e}") from e
     config = projector_sft_config(len(rows), lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                                   grad_accum=args.grad_accum, grad_clip=args.grad_clip, max_length=args.max_length,
                                   seed=args.seed, report_to=args.report_to)
+    if args.steps is not None:
+        config = dataclasses.replace(config, steps=args.steps)
     summary = _start_run(args, lambda: train_projector(model, tokenizer, projector, rows, args.output, config,
                                                        with_lm=args.with_lm, probe_every=args.probe_every))
     print(json.dumps(summary))
@@ -739,19 +743,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("litereason-sft", formatter_class=DEFAULTS, help="LiteReason projector SFT (LM frozen)",
                        description="Train the Reasoning Projector on `thinklean data litereason` rows: the LM is frozen, "
                        "latent segments are unrolled into projector steps, loss on the tokens after the first segment. "
-                       "Writes OUTPUT/model (the LM with projector.safetensors + projector.json next to it) for "
-                       "`thinklean train --method litereason --model OUTPUT/model`.")
+                       "Rows with latent_targets (`thinklean data litereason --stages N`) train the LM to read them and "
+                       "the source to write them, stage by stage. "
+                       "Writes OUTPUT/model (the LM with projector.json, and projector.safetensors for a projector, next "
+                       "to it) for `thinklean train --method litereason --model OUTPUT/model`.")
     p.add_argument("--model", default="base", help="'base' (shipped), a local HF model directory (safetensors) or a .gguf file")
     p.add_argument("--data", type=Path, required=True, help="JSONL from `thinklean data litereason` (prompt, answer, solution)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from --model")
     p.add_argument("--projector", default=None,
                    help="projector directory to start from; none: the --model directory's, else copies of its last MLP")
+    p.add_argument("--source", choices=["projector", "soft"], default="projector",
+                   help="a fresh latent source: 'projector' (the paper's Reasoning Projector) or 'soft' (no weights: the "
+                   "LM's own next-token distribution times its embeddings; needs --with-lm; docs/litereason.md)")
     p.add_argument("--output-norm", dest="output_norm", choices=["embedding", "none"], default="embedding",
                    help="a fresh projector's output: 'embedding' scales every latent input to the median token-embedding "
                    "norm, 'none' is the paper's projector (docs/litereason.md)")
     p.add_argument("--probe-every", dest="probe_every", type=AT_LEAST_0, default=10,
                    help="steps between two latent probes (norms, cosine, swap-KL) logged to metrics.jsonl; 0: none")
     p.add_argument("--epochs", type=ABOVE_0, default=1.0, help="passes over the rows")
+    p.add_argument("--steps", type=AT_LEAST_1, default=None,
+                   help="optimizer steps instead of --epochs (rows with a stage: split evenly over the stages)")
     p.add_argument("--batch-size", type=AT_LEAST_1, default=16, help="sequences per micro-batch")
     p.add_argument("--grad-accum", type=AT_LEAST_1, default=1, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=ABOVE_0, default=1e-4, help="peak learning rate (10%% warm-up, then cosine to 0.1x)")

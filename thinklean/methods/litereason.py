@@ -16,6 +16,13 @@
    prompts, projector SFT (1 epoch, constant lr) on a 10% sample of the pass's correct
    rollouts, each converted at both ratios.
 
+**The soft latent source** (:class:`~thinklean.models.projector.SoftLatent`, docs/litereason.md):
+in place of the projector, a latent step's input is the LM's own next-token distribution times
+its embeddings. It has no weights, so it trains with the LM (``with_lm``), on rows whose latent
+segments carry ``latent_targets`` (:func:`latent_target_loss`), in curriculum stages; RL then
+trains the LM it reads and there is nothing to refresh. :class:`StartRecipe`'s defaults build
+it; :data:`PAPER_RECIPE` is the paper's data with the fixed projector.
+
 ``config.method_kwargs`` (:class:`LiteReasonSettings`): ``projector`` (directory; default: the model's own directory if it
 holds one, else a fresh projector whose blocks copy the last MLP), ``refresh_fraction`` (0.1),
 ``refresh_lr`` (1e-4), ``probe_every`` (10: RL steps between two latent probes, logged with the
