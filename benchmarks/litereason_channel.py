@@ -98,11 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
     from thinklean.data.formats import THINK, THINK_END, format_prompt, think_response
     from thinklean.data.grading import grade
     from thinklean.data.litereason import latent_segment, litereason_prompt, split_sentences
-    from thinklean.methods.litereason import projector_sft_config, split_sft_batch, train_projector
+    from thinklean.methods.litereason import projector_sft_config, split_sft_batch, teacher_forced_target_loss, train_projector
     from thinklean.models.projector import ReasoningProjector, SoftLatent, embedding_norm
     from thinklean.models.tiny import load_pretrained
-    from thinklean.rollout.engine import SamplingConfig, position_ids_from_mask
-    from thinklean.rollout.latent import _compact_layout, generate_latent, latent_forward, latent_replay_inputs, segment_finder
+    from thinklean.rollout.engine import SamplingConfig
+    from thinklean.rollout.latent import generate_latent, latent_forward, latent_replay_inputs, segment_finder
     from thinklean.train.sft import train_sft
 
     torch.set_num_threads(args.threads)
@@ -186,22 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
             vectors = [torch.nn.functional.normalize(oracle_vectors(
                 model, oracle_by_prompt[tuple(prompts[b][prompt_mask[b].bool()].tolist())], len(segments[b])), dim=-1)
                 * source.output_scale for b in range(len(lengths))]  # on the projector's output scale
-            inputs, mask, score_columns = latent_replay_inputs(model, prompts, prompt_mask, response, response_mask,
-                                                               segments, vectors)
-            hidden = model(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                           use_cache=False, output_hidden_states=True).hidden_states[-1]
-            scored = response_mask.bool()
-            picked = hidden.gather(1, score_columns[..., None].expand(-1, -1, hidden.shape[-1]))
-            logits = model.get_output_embeddings()(picked[scored])
-            loss = torch.nn.functional.cross_entropy(logits.float(), response[scored])
-            latent = _compact_layout(prompts.cpu(), prompt_mask.cpu(), response.cpu(), response_mask.cpu(), segments)[2]
-            rows, columns = latent.nonzero(as_tuple=True)  # row by row, as latent_replay_inputs fills them
-            if rows.numel():
-                target = torch.cat(vectors).detach().float()
-                predicted = source(hidden[rows, columns - 1].to(source.dtype)).float()
-                distance = (predicted - target).pow(2).sum(-1).mean() / target.pow(2).sum(-1).mean()
-                loss = loss + args.distil_weight * distance
-            return loss, int(scored.sum())
+            return teacher_forced_target_loss(model, source, prompts, prompt_mask, response, response_mask, segments,
+                                              vectors, args.distil_weight)
 
         return loss_fn
 

@@ -167,21 +167,33 @@ def latent_target_loss(source: LatentSource, tokenizer: Any, rows: Sequence[dict
         keys = [tuple(batch["input_ids"][b, : int(n)].tolist()) for b, n in enumerate(batch["attention_mask"].sum(1))]
         vectors = [F.normalize(embed(torch.tensor(targets[key], dtype=torch.long, device=response.device)), dim=-1)
                    * source.output_scale.to(embed.weight.dtype) for key in keys]
-        inputs, mask, score_columns = latent_replay_inputs(model, prompts, prompt_mask, response, response_mask,
-                                                           segments, vectors)
-        hidden = model(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                       use_cache=False, output_hidden_states=True).hidden_states[-1]
-        scored = response_mask.bool()
-        picked = hidden.gather(1, score_columns[..., None].expand(-1, -1, hidden.shape[-1]))
-        loss = F.cross_entropy(model.get_output_embeddings()(picked[scored]).float(), response[scored])
-        rows_at, columns = latent_slots(prompts, prompt_mask, response, response_mask, segments)
-        if rows_at.numel():
-            target = torch.cat(vectors).detach().float()
-            predicted = source(hidden[rows_at, columns - 1].to(source.dtype)).float()
-            loss = loss + weight * (predicted - target).pow(2).sum(-1).mean() / target.pow(2).sum(-1).mean()
-        return loss, int(scored.sum())
+        return teacher_forced_target_loss(model, source, prompts, prompt_mask, response, response_mask, segments,
+                                          vectors, weight)
 
     return loss_fn
+
+
+def teacher_forced_target_loss(model: torch.nn.Module, source: LatentSource, prompt_ids: torch.Tensor,
+                               prompt_mask: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor,
+                               segments: list[list[tuple[int, int]]], targets: Sequence[torch.Tensor],
+                               weight: float = 1.0) -> tuple[torch.Tensor, int]:
+    """:func:`latent_target_loss` on one batch in :func:`latent_forward`'s layout: ``targets[b]``
+    ``[latent steps of row b, d]`` fill row b's latent slots (detached) and are what
+    ``source`` should write there. Returns ``(cross-entropy of the discrete response tokens +
+    weight * distance, scored tokens)``."""
+    inputs, mask, score_columns = latent_replay_inputs(model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                                       segments, targets)
+    hidden = model(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                   use_cache=False, output_hidden_states=True).hidden_states[-1]
+    scored = response_mask.bool()
+    picked = hidden.gather(1, score_columns[..., None].expand(-1, -1, hidden.shape[-1]))
+    loss = F.cross_entropy(model.get_output_embeddings()(picked[scored]).float(), response_ids[scored])
+    rows_at, columns = latent_slots(prompt_ids, prompt_mask, response_ids, response_mask, segments)
+    if rows_at.numel():
+        target = torch.cat(list(targets)).detach().float()
+        predicted = source(hidden[rows_at, columns - 1].to(source.dtype)).float()
+        loss = loss + weight * (predicted - target).pow(2).sum(-1).mean() / target.pow(2).sum(-1).mean()
+    return loss, int(scored.sum())
 
 
 def projector_sft_config(num_rows: int, lr: float = 1e-4, epochs: float = 1.0, batch_size: int = 16,
