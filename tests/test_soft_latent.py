@@ -25,6 +25,7 @@ from thinklean.methods.litereason import (
 from thinklean.models.projector import ReasoningProjector, SoftLatent, load_source
 from thinklean.runlog import read_metrics
 from thinklean.train.rl import RLConfig
+from thinklean.train.settings import ConfigError
 from thinklean.train.sft import collate, encode_rows
 
 SEGMENT = f"{LATENT}4{LATENT_END}"
@@ -205,3 +206,13 @@ def test_the_start_recipe_defaults_are_the_soft_curriculum():
     assert (recipe.source, recipe.stages, recipe.steps, recipe.lr, recipe.with_lm) == ("soft", 4, 4000, 3e-4, True)
     assert (PAPER_RECIPE.source, PAPER_RECIPE.stages, PAPER_RECIPE.steps, PAPER_RECIPE.lr) == ("projector", 0, None, 1e-4)
     assert math.isclose(PAPER_RECIPE.grad_clip, 0.2)
+
+
+def test_fsdp_with_a_soft_source_is_refused_before_training(tmp_path, tiny_model, tiny_tokenizer, monkeypatch):
+    monkeypatch.setattr("thinklean.methods.litereason.fsdp_requested", lambda accelerator: True)
+    examples = [Example(prompt=p.question, answer=str(p.answer)) for p in generate_problems(2, "train", 0)]
+    SoftLatent(tiny_model).save(tmp_path / "soft")
+    with pytest.raises(ConfigError, match="soft latent source reads the LM's head and embeddings"):
+        LiteReasonTrainer(tiny_model, tiny_tokenizer, RLConfig(method="litereason", steps=1, save_every=0,
+                                                               method_kwargs={"projector": str(tmp_path / "soft")}),
+                          examples, tmp_path / "run")

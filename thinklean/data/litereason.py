@@ -11,9 +11,9 @@ so a longer thought gets more latent steps. Rows carry the LiteReason prompt (th
 :data:`INSTRUCTION`), the variant as ``solution``, the ``ratio`` and the number of ``replaced``
 sentences. Everything is a pure function of the seed.
 
-:func:`target_rows` builds the other kind of row, for embedded-task problems: the terse rendered
-trace with operation sentences made latent segments of :data:`TARGET_DIGITS` steps whose
-``latent_targets`` are the replaced sentences' results (docs/litereason.md).
+:func:`target_rows` builds the other kind of row, for embedded-task problems: a rendered trace
+with operations made latent segments of :data:`TARGET_DIGITS` steps whose ``latent_targets`` are
+the values the operations compute (docs/litereason.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from thinklean.data.arith import ArithProblem, render_reasoning
+from thinklean.data.arith import TASK, ArithProblem, is_risky, render_reasoning
 from thinklean.data.formats import LATENT, LATENT_END, THINK, THINK_END, think_response
 from thinklean.data.jsonl import Example
 
@@ -147,29 +147,52 @@ def records_summary(rows: Sequence[dict]) -> str:
     return f"{len(rows)} rows ({ratios or 'none'}); {mean:.1f} latent segments per row"
 
 
-def target_rows(problems: Sequence[ArithProblem], stages: int = 1) -> list[dict]:
+TARGET_KINDS = ("results", "checks")
+
+
+def target_rows(problems: Sequence[ArithProblem], stages: int = 1, targets: str = "checks") -> list[dict]:
     """Rows with latent targets, in ``stages`` curriculum stages (Coconut, arXiv 2412.06769).
 
-    Each problem's terse trace (one sentence per operation, ``347 * 6 = 2082.``) gives one row per
-    stage ``s`` in ``1..stages``: its first ``s`` operation sentences (every one at the last
-    stage) become ``<implicit_thought>4</implicit_thought>`` segments, so a later written sentence
-    restates the value a latent computed. ``latent_targets`` holds, per segment, the replaced
-    sentence's result written with :data:`TARGET_DIGITS` digits (``"2082"``): the tokens the
-    segment's latent steps should carry, one digit per step. Rows carry ``stage`` and ``replaced``.
+    Each problem gives one row per stage ``s`` in ``1..stages``: its first ``s`` operations (every
+    one at the last stage) are made latent, the rest written (a written operation after a latent
+    one restates the value the latent computed). An operation made latent becomes
+    ``<implicit_thought>4</implicit_thought>`` segments whose ``latent_targets`` are the values it
+    computes, each written with :data:`TARGET_DIGITS` digits, one digit per latent step:
+
+    - ``targets="results"``: one segment per operation, its result (``"2082"``); written
+      operations are terse (``347 * 6 = 2082.``);
+    - ``targets="checks"``: a risky operation (a multiplication) gets three segments, its check's
+      partial products and their sum (``"1800"``, ``"0282"``, ``"2082"`` for 347 * 6), as the
+      ``risky`` style checks it; a safe one gets one. Written operations are in the ``risky``
+      style (a multiplication followed by its check), so latent compute goes where checks pay.
+
+    Rows carry ``stage``, ``replaced`` (operations made latent) and ``difficulty``.
     """
     if stages < 1:
         raise ValueError(f"stages must be at least 1, got {stages}")
+    if targets not in TARGET_KINDS:
+        raise ValueError(f"targets must be one of {', '.join(TARGET_KINDS)}, got {targets!r}")
+    checks = targets == "checks"
     rows = []
     for stage in range(1, stages + 1):
         for problem in problems:
             values = problem.values()
-            if values and max(values) >= 10 ** TARGET_DIGITS:
+            if max(values) >= 10 ** TARGET_DIGITS:
                 raise ValueError(f"{problem.question!r}: a value has more than {TARGET_DIGITS} digits")
-            sentences = split_sentences(render_reasoning(problem, "terse", random.Random(0)))
-            latent = len(sentences) if stage == stages else min(stage, len(sentences))
-            reasoning = " ".join([latent_segment(TARGET_DIGITS)] * latent + sentences[latent:])
+            latent = problem.difficulty if stage == stages else min(stage, problem.difficulty)
+            parts, latent_targets = [], []
+            for j, ((symbol, k), a, b) in enumerate(zip(problem.ops, values, values[1:])):
+                risky_check = checks and is_risky(symbol)
+                if j < latent:
+                    computed = [a - a % TASK.split, a % TASK.split] if risky_check else []
+                    computed = [v * k for v in computed] + [b]
+                    parts += [latent_segment(TARGET_DIGITS)] * len(computed)
+                    latent_targets += [f"{v:0{TARGET_DIGITS}d}" for v in computed]
+                else:
+                    step = ArithProblem(a, ((symbol, k),))
+                    parts.append(render_reasoning(step, "risky" if risky_check else "terse",
+                                                  random.Random(f"{problem.question}|{j}")))
             rows.append({"prompt": litereason_prompt(problem.question), "answer": str(problem.answer),
-                         "solution": think_response(reasoning, problem.answer), "difficulty": problem.difficulty,
-                         "latent_targets": [f"{v:0{TARGET_DIGITS}d}" for v in values[1: latent + 1]],
-                         "stage": stage, "replaced": latent})
+                         "solution": think_response(" ".join(parts), problem.answer), "difficulty": problem.difficulty,
+                         "latent_targets": latent_targets, "stage": stage, "replaced": latent})
     return rows

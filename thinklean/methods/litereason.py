@@ -512,11 +512,11 @@ def correct_traces(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Ex
 def litereason_records(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5,
                        seed: int = 0, variants: int = 2, ratios: Sequence[float] = RATIOS,
                        max_new_tokens: int = 320, batch_size: int = 128, show_progress: bool = True,
-                       stages: int = 0) -> list[dict]:
+                       stages: int = 0, targets: str = "checks") -> list[dict]:
     """LiteReason SFT rows: rejection-sampled correct traces (:func:`correct_traces`), each
     turned into variants at every ratio (:func:`~thinklean.data.litereason.variant_rows`);
     problems with no correct trace give no rows. ``stages`` >= 1: instead, the embedded-task
-    problems' rendered traces with latent targets in that many curriculum stages
+    problems' rendered traces with latent ``targets`` in that many curriculum stages
     (:func:`~thinklean.data.litereason.target_rows`; nothing is sampled)."""
     if stages:
         problems = [parse_question(e.prompt) for e in examples]
@@ -524,7 +524,7 @@ def litereason_records(model: torch.nn.Module, tokenizer: Any, examples: Sequenc
         if unparsed:
             raise ValueError(f"stages={stages} renders embedded-task traces, but the prompts of rows {unparsed[:5]} "
                              "are not embedded-task questions ('Start with N. Add K. ... What is the result?')")
-        return target_rows(problems, stages)
+        return target_rows(problems, stages, targets)
     traces = correct_traces(model, tokenizer, examples, k, seed, max_new_tokens, batch_size=batch_size,
                             show_progress=show_progress)
     rows = []
@@ -543,8 +543,9 @@ class StartRecipe:
                  or ``"projector"`` (a fresh :class:`ReasoningProjector` with ``output_norm``).
     stages:      0: rejection-sample ``k`` traces of each of ``problems`` training problems and make
                  10% / 25% of their sentences latent (the paper's data, ``thinklean data
-                 litereason``); N >= 1: render ``problems`` terse traces with latent targets in N
-                 curriculum stages (:func:`~thinklean.data.litereason.target_rows`, ``--stages N``).
+                 litereason``); N >= 1: render ``problems`` traces with latent ``targets`` in N
+                 curriculum stages (:func:`~thinklean.data.litereason.target_rows`, ``--stages N
+                 --targets T``).
     steps:       SFT steps (``--steps``); None: ``epochs`` passes over the rows.
     lr, batch_size, grad_clip: the SFT's (``thinklean litereason-sft``; cosine, 10% warm-up).
     with_lm:     also fine-tune the LM (``--with-lm``): the embedded model cannot follow the
@@ -555,6 +556,7 @@ class StartRecipe:
 
     source: str = "soft"
     stages: int = 4
+    targets: str = "checks"
     problems: int = 16000
     k: int = 5
     steps: int | None = 4000
@@ -586,6 +588,7 @@ def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: Sta
     else:
         examples = arith_examples(recipe.problems, "train", seed)
         rows = litereason_records(model, tokenizer, examples, k=recipe.k, seed=seed, stages=recipe.stages,
+                                  targets=recipe.targets,
                                   max_new_tokens=recipe.max_new_tokens, show_progress=show_progress)
         if not rows:
             raise ValueError(f"{base_model}: no correct trace among {recipe.k} samples of {recipe.problems} problems")
@@ -642,7 +645,10 @@ register_method(MethodSpec(
                                     at_least=1),
                          MethodFlag("--stages", "stages", "0: sampled traces (the paper's data); N >= 1: the embedded "
                                     "task's rendered traces with latent targets, in N curriculum stages", int,
-                                    at_least=0))),
+                                    at_least=0),
+                         MethodFlag("--targets", "targets", "with --stages: 'checks' (a multiplication's latent "
+                                    "steps carry its check's partial products and their sum) or 'results' (every "
+                                    "operation's carry its result)"))),
     start=StartModel("litereason-sft", "a model with a trained projector", build_demo_start),
     # from the litereason-sft row's model (LM + trained projector); the prompts GRPO sees (RLConfig's
     # default pool, not litereason.yaml's 400 for a projector refresh every 100 steps)
