@@ -66,26 +66,41 @@ def test_a_saved_soft_source_reloads_on_its_lm_and_a_projector_as_a_projector(ti
         load_source(tmp_path / "missing", tiny_model)
 
 
-def test_target_rows_make_operation_sentences_latent_stage_by_stage_with_the_results_as_targets():
-    problem = ArithProblem(347, (("*", 6), ("+", 5)))  # 2082, then 2087
+def test_target_rows_make_operations_latent_stage_by_stage_with_the_values_they_compute_as_targets():
+    problem = ArithProblem(347, (("*", 6), ("+", 5)))  # 2082 (checked: 1800 + 282), then 2087
     one_op = ArithProblem(12, (("+", 3),))
-    rows = target_rows([problem, one_op], stages=2)
+    rows = target_rows([problem, one_op], stages=2, targets="results")
     assert [(r["stage"], r["replaced"], r["latent_targets"]) for r in rows] == [
         (1, 1, ["2082"]), (1, 1, ["0015"]), (2, 2, ["2082", "2087"]), (2, 1, ["0015"])]
     assert rows[0]["solution"] == f"<think> {SEGMENT} 2082 + 5 = 2087. </think> \\boxed{{2087}}"
     assert rows[2]["solution"] == f"<think> {SEGMENT} {SEGMENT} </think> \\boxed{{2087}}"
     assert rows[0]["prompt"] == f"{problem.question} {INSTRUCTION}" and rows[0]["answer"] == "2087"
     assert rows[0]["difficulty"] == 2
+
+    # checks: a multiplication's latent steps carry its check's partial products, then the result
+    rows = target_rows([problem, one_op], stages=2)
+    assert [r["latent_targets"] for r in rows] == [["1800", "0282", "2082"], ["0015"],
+                                                   ["1800", "0282", "2082", "2087"], ["0015"]]
+    assert rows[0]["solution"] == f"<think> {SEGMENT} {SEGMENT} {SEGMENT} 2082 + 5 = 2087. </think> \\boxed{{2087}}"
+    # ... and a written multiplication is followed by its check, as the risky style writes it
+    written = target_rows([ArithProblem(120, (("+", 3), ("*", 6)))], stages=2)[0]
+    assert written["latent_targets"] == ["0123"]
+    assert written["solution"].startswith(f"<think> {SEGMENT} 123 * 6 = 738. ")
+    assert written["solution"].endswith("100 * 6 = 600, 23 * 6 = 138, 600 + 138 = 738. The result is 738. "
+                                        "</think> \\boxed{738}")
+
     with pytest.raises(ValueError, match="more than 4 digits"):
         target_rows([ArithProblem(9999, (("+", 5),))])
     with pytest.raises(ValueError, match="stages must be at least 1"):
         target_rows([problem], stages=0)
+    with pytest.raises(ValueError, match="targets must be one of results, checks"):
+        target_rows([problem], targets="digits")
 
 
 def test_the_target_loss_equals_a_hand_built_teacher_forced_reference(tiny_model, tiny_tokenizer):
     torch.manual_seed(0)
     source = SoftLatent(tiny_model)
-    row = target_rows([ArithProblem(347, (("*", 6), ("+", 5)))], stages=2)[0]  # 1 segment, then text
+    row = target_rows([ArithProblem(347, (("*", 6), ("+", 5)))], stages=2, targets="results")[0]  # 1 segment, then text
     encoded = encode_rows(tiny_tokenizer, [row], 512)[0]
     loss, count = latent_target_loss(source, tiny_tokenizer, [row], 512)(tiny_model, collate([encoded], 0))
 
@@ -114,7 +129,7 @@ def test_the_target_loss_equals_a_hand_built_teacher_forced_reference(tiny_model
 
 
 def test_targets_that_do_not_match_the_segments_are_named_by_row(tiny_model, tiny_tokenizer):
-    rows = target_rows(generate_problems(2, "train", 0), stages=1)
+    rows = target_rows(generate_problems(2, "train", 0), stages=1, targets="results")
     rows[1] = {**rows[1], "latent_targets": ["12"]}
     with pytest.raises(ValueError, match=r"row 1: latent segments of \[4, 4\] steps but latent_targets \['12'\]"):
         latent_target_loss(SoftLatent(tiny_model), tiny_tokenizer, rows, 512)
@@ -203,7 +218,8 @@ def test_the_start_recipe_defaults_are_the_soft_curriculum():
     from thinklean.methods.litereason import PAPER_RECIPE, StartRecipe
 
     recipe = StartRecipe()
-    assert (recipe.source, recipe.stages, recipe.steps, recipe.lr, recipe.with_lm) == ("soft", 4, 4000, 3e-4, True)
+    assert (recipe.source, recipe.stages, recipe.targets, recipe.steps, recipe.lr, recipe.with_lm) == \
+        ("soft", 4, "checks", 4000, 3e-4, True)
     assert (PAPER_RECIPE.source, PAPER_RECIPE.stages, PAPER_RECIPE.steps, PAPER_RECIPE.lr) == ("projector", 0, None, 1e-4)
     assert math.isclose(PAPER_RECIPE.grad_clip, 0.2)
 
@@ -216,3 +232,17 @@ def test_fsdp_with_a_soft_source_is_refused_before_training(tmp_path, tiny_model
         LiteReasonTrainer(tiny_model, tiny_tokenizer, RLConfig(method="litereason", steps=1, save_every=0,
                                                                method_kwargs={"projector": str(tmp_path / "soft")}),
                           examples, tmp_path / "run")
+
+
+def test_the_step_error_benchmark_reads_latents_back_per_operation(tmp_path, tiny_model_dir, tiny_model, monkeypatch):
+    from pathlib import Path
+
+    SoftLatent(tiny_model).save(tiny_model_dir)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import litereason_steps
+
+    result = litereason_steps.main(["--model", str(tiny_model_dir), "--quick", "--threads", "1", "--max-new-tokens", "6",
+                          "--out", str(tmp_path / "steps.json")])
+    # an untrained model opens no segment: every response is off the layout, no step is read
+    assert result["off_layout"] == 1.0 and result["steps"]["risky"]["steps"] == result["steps"]["safe"]["steps"] == 0
+    assert json.loads((tmp_path / "steps.json").read_text())["n"] == 8
