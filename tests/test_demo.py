@@ -62,7 +62,7 @@ def test_methods_all_runs_every_demo_method_in_order(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("steps, s_inter", [(40, 4), (80, 8), (3, 1)])
 def test_demo_bupo_is_grpo_plus_an_ipa_phase_of_a_tenth_of_the_steps(steps, s_inter):
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from thinklean.demo import method_config
 
@@ -141,14 +141,14 @@ def test_hgpo_in_the_demo_builds_the_hybrid_model_first_and_reports_hybrid_metri
 
 
 def test_litereason_in_the_demo_builds_its_start_model_and_reports_latent_steps(tmp_path, tiny_model_dir, monkeypatch):
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from thinklean.data.arith import generate_problems
     from thinklean.data.formats import LATENT, LATENT_END
     from thinklean.data.jsonl import write_jsonl
     from thinklean.data.litereason import litereason_prompt
     from thinklean.demo import method_config
-    from thinklean.methods.litereason import StartRecipe
+    from thinklean.methods.litereason import PAPER_RECIPE
 
     budget = DemoBudget(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-3, n_eval=4)
     out = tmp_path / "demo"
@@ -161,7 +161,7 @@ def test_litereason_in_the_demo_builds_its_start_model_and_reports_latent_steps(
     # The paper's projector: with this random tiny LM and recipe, whether the start model opens
     # segments itself depends on the latents' scale, and only output_norm="none" gives rows that do.
     monkeypatch.setattr(thinklean.methods.litereason, "start_recipe",
-                        lambda quick: StartRecipe(problems=8, k=1, epochs=12, lr=1e-2, output_norm="none"))
+                        lambda quick: replace(PAPER_RECIPE, problems=8, k=1, epochs=12, lr=1e-2, output_norm="none"))
     started, real = {}, thinklean.demo.train_method
 
     def recording_train_method(name, budget, run_dir, seed, base_model=None, **kwargs):
