@@ -202,6 +202,9 @@ def test_data_and_sft_commands_build_a_staged_soft_start_model(tmp_path, tiny_mo
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     assert [r["stage"] for r in rows] == [1, 1, 1, 2, 2, 2] and all("latent_targets" in r for r in rows)
     assert "6 rows with latent targets (3 at stage 1, 3 at stage 2)" in capsys.readouterr().out
+    assert main(["data", "litereason", "--model", str(tiny_model_dir), "--stages", "2", "--targets", "digits",
+                 "--output", str(tmp_path / "bad.jsonl")]) == 2
+    assert "invalid choice: 'digits' (choose from 'results', 'checks')" in capsys.readouterr().err
 
     assert main(["litereason-sft", "--model", str(tiny_model_dir), "--data", str(data), "--source", "soft",
                  "--output", str(tmp_path / "no-lm")]) == 2

@@ -603,8 +603,8 @@ def _add_method_flags(p: argparse.ArgumentParser, flags: Sequence[Any], where: s
         kind = _number(flag.type, flag.at_least) if flag.type in (int, float) else flag.type
         default = parameters[flag.key].default if flag.key in parameters else None
         try:
-            p.add_argument(flag.flag, dest=_flag_dest(flag.flag), type=kind, default=default, metavar=flag.key.upper(),
-                           help=f"{where} only: {flag.help}")
+            p.add_argument(flag.flag, dest=_flag_dest(flag.flag), type=kind, default=default, choices=flag.choices,
+                           metavar=flag.key.upper() if flag.choices is None else None, help=f"{where} only: {flag.help}")
         except argparse.ArgumentError as e:
             raise UsageError(f"{where}: its flag {flag.flag} clashes with another ({e})") from e
 

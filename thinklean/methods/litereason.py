@@ -56,7 +56,14 @@ from thinklean.data.formats import format_prompt
 from thinklean.data.grading import grade
 from thinklean.data.jsonl import Example, example_to_dict, load_jsonl, write_jsonl
 from thinklean.data.arith import parse_question
-from thinklean.data.litereason import RATIOS, litereason_prompt, records_summary, target_rows, variant_rows
+from thinklean.data.litereason import (
+    RATIOS,
+    TARGET_KINDS,
+    litereason_prompt,
+    records_summary,
+    target_rows,
+    variant_rows,
+)
 from thinklean.eval.evaluate import arith_examples, grade_rollout
 from thinklean.eval.latent_probe import PROBE_EVERY, PROBE_STEPS, LatentProbe
 from thinklean.eval.metrics import summarize, summarize_by_difficulty
@@ -648,7 +655,7 @@ register_method(MethodSpec(
                                     at_least=0),
                          MethodFlag("--targets", "targets", "with --stages: 'checks' (a multiplication's latent "
                                     "steps carry its check's partial products and their sum) or 'results' (every "
-                                    "operation's carry its result)"))),
+                                    "operation's carry its result)", choices=TARGET_KINDS))),
     start=StartModel("litereason-sft", "a model with a trained projector", build_demo_start),
     # from the litereason-sft row's model (LM + trained projector); the prompts GRPO sees (RLConfig's
     # default pool, not litereason.yaml's 400 for a projector refresh every 100 steps)

@@ -39,6 +39,7 @@ class MethodFlag:
     help: str
     type: type = str  # str, int or float
     at_least: float | None = None  # smallest accepted number
+    choices: tuple[str, ...] | None = None  # the accepted values, when there are few
 
 
 @dataclass(frozen=True)
