@@ -26,7 +26,7 @@ from rich.table import Table
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a LiteReason model directory (LM + projector.json)")
-    p.add_argument("--targets", choices=["checks", "results"], default="checks", help="the segment layout it was trained on")
+    p.add_argument("--targets", choices=["checks", "results"], default="results", help="the segment layout it was trained on")
     p.add_argument("--n", type=int, default=500, help="held-out problems")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=320)

@@ -78,19 +78,19 @@ def test_target_rows_make_operations_latent_stage_by_stage_with_the_values_they_
     assert rows[0]["difficulty"] == 2
 
     # checks: a multiplication's latent steps carry its check's partial products, then the result
-    rows = target_rows([problem, one_op], stages=2)
+    rows = target_rows([problem, one_op], stages=2, targets="checks")
     assert [r["latent_targets"] for r in rows] == [["1800", "0282", "2082"], ["0015"],
                                                    ["1800", "0282", "2082", "2087"], ["0015"]]
     assert rows[0]["solution"] == f"<think> {SEGMENT} {SEGMENT} {SEGMENT} 2082 + 5 = 2087. </think> \\boxed{{2087}}"
     # ... and a written multiplication is followed by its check, as the risky style writes it
-    written = target_rows([ArithProblem(120, (("+", 3), ("*", 6)))], stages=2)[0]
+    written = target_rows([ArithProblem(120, (("+", 3), ("*", 6)))], stages=2, targets="checks")[0]
     assert written["latent_targets"] == ["0123"]
     assert written["solution"].startswith(f"<think> {SEGMENT} 123 * 6 = 738. ")
     assert written["solution"].endswith("100 * 6 = 600, 23 * 6 = 138, 600 + 138 = 738. The result is 738. "
                                         "</think> \\boxed{738}")
 
     with pytest.raises(ValueError, match="more than 4 digits"):
-        target_rows([ArithProblem(9999, (("+", 5),))])
+        target_rows([ArithProblem(9999, (("+", 5),))], targets="checks")
     with pytest.raises(ValueError, match="stages must be at least 1"):
         target_rows([problem], stages=0)
     with pytest.raises(ValueError, match="targets must be one of results, checks"):
@@ -222,7 +222,7 @@ def test_the_start_recipe_defaults_are_the_soft_curriculum():
 
     recipe = StartRecipe()
     assert (recipe.source, recipe.stages, recipe.targets, recipe.steps, recipe.lr, recipe.with_lm) == \
-        ("soft", 4, "checks", 4000, 3e-4, True)
+        ("soft", 4, "results", 4000, 3e-4, True)
     assert (PAPER_RECIPE.source, PAPER_RECIPE.stages, PAPER_RECIPE.steps, PAPER_RECIPE.lr) == ("projector", 0, None, 1e-4)
     assert math.isclose(PAPER_RECIPE.grad_clip, 0.2)
 

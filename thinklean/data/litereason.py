@@ -150,7 +150,7 @@ def records_summary(rows: Sequence[dict]) -> str:
 TARGET_KINDS = ("results", "checks")
 
 
-def target_rows(problems: Sequence[ArithProblem], stages: int = 1, targets: str = "checks") -> list[dict]:
+def target_rows(problems: Sequence[ArithProblem], stages: int = 1, targets: str = "results") -> list[dict]:
     """Rows with latent targets, in ``stages`` curriculum stages (Coconut, arXiv 2412.06769).
 
     Each problem gives one row per stage ``s`` in ``1..stages``: its first ``s`` operations (every

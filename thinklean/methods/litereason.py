@@ -519,7 +519,7 @@ def correct_traces(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Ex
 def litereason_records(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], k: int = 5,
                        seed: int = 0, variants: int = 2, ratios: Sequence[float] = RATIOS,
                        max_new_tokens: int = 320, batch_size: int = 128, show_progress: bool = True,
-                       stages: int = 0, targets: str = "checks") -> list[dict]:
+                       stages: int = 0, targets: str = "results") -> list[dict]:
     """LiteReason SFT rows: rejection-sampled correct traces (:func:`correct_traces`), each
     turned into variants at every ratio (:func:`~thinklean.data.litereason.variant_rows`);
     problems with no correct trace give no rows. ``stages`` >= 1: instead, the embedded-task
@@ -563,7 +563,7 @@ class StartRecipe:
 
     source: str = "soft"
     stages: int = 4
-    targets: str = "checks"
+    targets: str = "results"
     problems: int = 16000
     k: int = 5
     steps: int | None = 4000
