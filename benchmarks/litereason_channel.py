@@ -44,7 +44,6 @@ makes the first s operation sentences latent and keeps the rest as text, the ste
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import tempfile
 import time
@@ -204,8 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
             return self.pause.to(hidden.dtype).expand_as(hidden)
 
     def fit(arm: str, model, source, stage_rows: list[dict], steps: int, seed: int) -> None:
-        config = dataclasses.replace(projector_sft_config(len(stage_rows), lr=args.lr, batch_size=args.batch_size,
-                                                          grad_clip=1.0, seed=seed), steps=steps)
+        config = projector_sft_config(len(stage_rows), lr=args.lr, batch_size=args.batch_size, grad_clip=1.0, seed=seed,
+                                      steps=steps)
         with tempfile.TemporaryDirectory() as scratch:
             if arm == "empty":
                 train_sft(model, tokenizer, stage_rows, config, scratch, show_progress=False)

@@ -408,9 +408,7 @@ def cmd_litereason_sft(args: argparse.Namespace) -> None:
         raise UsageError(f"--projector {args.projector}: {e}") from e
     config = projector_sft_config(len(rows), lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                                   grad_accum=args.grad_accum, grad_clip=args.grad_clip, max_length=args.max_length,
-                                  seed=args.seed, report_to=args.report_to)
-    if args.steps is not None:
-        config = dataclasses.replace(config, steps=args.steps)
+                                  seed=args.seed, report_to=args.report_to, steps=args.steps)
     summary = _start_run(args, lambda: train_projector(model, tokenizer, projector, rows, args.output, config,
                                                        with_lm=args.with_lm, probe_every=args.probe_every))
     print(json.dumps(summary))

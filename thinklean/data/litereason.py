@@ -173,12 +173,13 @@ def target_rows(problems: Sequence[ArithProblem], stages: int = 1, targets: str 
     if targets not in TARGET_KINDS:
         raise ValueError(f"targets must be one of {', '.join(TARGET_KINDS)}, got {targets!r}")
     checks = targets == "checks"
+    values_of = [problem.values() for problem in problems]
+    for problem, values in zip(problems, values_of):
+        if max(values) >= 10 ** TARGET_DIGITS:
+            raise ValueError(f"{problem.question!r}: a value has more than {TARGET_DIGITS} digits")
     rows = []
     for stage in range(1, stages + 1):
-        for problem in problems:
-            values = problem.values()
-            if max(values) >= 10 ** TARGET_DIGITS:
-                raise ValueError(f"{problem.question!r}: a value has more than {TARGET_DIGITS} digits")
+        for problem, values in zip(problems, values_of):
             latent = problem.difficulty if stage == stages else min(stage, problem.difficulty)
             parts, latent_targets = [], []
             for j, ((symbol, k), a, b) in enumerate(zip(problem.ops, values, values[1:])):

@@ -35,14 +35,13 @@ row); :func:`evaluate_latent` scores a model with latent decoding.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,11 +204,14 @@ def teacher_forced_target_loss(model: torch.nn.Module, source: LatentSource, pro
 
 def projector_sft_config(num_rows: int, lr: float = 1e-4, epochs: float = 1.0, batch_size: int = 16,
                          grad_accum: int = 1, constant_lr: bool = False, grad_clip: float = 0.2,
-                         max_length: int = 512, seed: int = 0, report_to: str = "none") -> SFTConfig:
-    """The spec's projector-SFT settings as an :class:`SFTConfig` for ``epochs`` over ``num_rows``:
-    lr warm-up over 10% then cosine to 0.1x (``constant_lr``: flat, as in the refresh), no
-    weight decay, effective batch ``batch_size * grad_accum``; ``report_to``: experiment trackers."""
-    steps = max(1, math.ceil(epochs * math.ceil(num_rows / batch_size) / grad_accum))
+                         max_length: int = 512, seed: int = 0, report_to: str = "none",
+                         steps: int | None = None) -> SFTConfig:
+    """The spec's projector-SFT settings as an :class:`SFTConfig` for ``epochs`` over ``num_rows``
+    (``steps``: that many optimizer steps instead): lr warm-up over 10% then cosine to 0.1x
+    (``constant_lr``: flat, as in the refresh), no weight decay, effective batch
+    ``batch_size * grad_accum``; ``report_to``: experiment trackers."""
+    if steps is None:
+        steps = max(1, math.ceil(epochs * math.ceil(num_rows / batch_size) / grad_accum))
     return SFTConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                      min_lr_ratio=1.0 if constant_lr else 0.1, warmup_ratio=0.0 if constant_lr else 0.1,
                      weight_decay=0.0, grad_clip=grad_clip, max_length=max_length, seed=seed, log_every=1,
@@ -255,7 +257,7 @@ def train_projector(model: torch.nn.Module, tokenizer: Any, projector: LatentSou
         last = i == len(stages) - 1
         part = rows if stage is None else [r for r in rows if r["stage"] == stage]
         steps = config.steps // len(stages) + (config.steps % len(stages) if last else 0)
-        stage_config = config if stage is None else dataclasses.replace(config, steps=steps, seed=config.seed + stage)
+        stage_config = config if stage is None else replace(config, steps=steps, seed=config.seed + stage)
         summary = _train_projector_once(model, tokenizer, projector, part, Path(run_dir) if last else
                                         Path(run_dir) / f"stage-{stage}", stage_config, with_lm, show_progress,
                                         probe_every, save and last)
@@ -304,12 +306,17 @@ def load_projector(model: torch.nn.Module, path: str | Path | None = None, warn:
     own = Path(getattr(model, "name_or_path", "") or "")
     if str(own) and (own / CONFIG_NAME).is_file():
         return load_source(own, model)
-    if source == "soft":
-        return SoftLatent(model)
-    if warn:
+    if warn and source != "soft":
         warnings.warn("LiteReason: no trained projector found (set method_kwargs.projector or run `thinklean "
                       "litereason-sft`); starting from copies of the model's last MLP", stacklevel=2)
-    return ReasoningProjector.from_model(model, output_norm=output_norm)
+    return fresh_source(model, source, output_norm)
+
+
+def fresh_source(model: torch.nn.Module, source: str = "projector", output_norm: str = "embedding") -> LatentSource:
+    """An untrained latent source for ``model``: ``"soft"`` a :class:`SoftLatent`, ``"projector"``
+    a projector whose every block copies the model's last MLP (``output_norm`` as in
+    :class:`ReasoningProjector`)."""
+    return SoftLatent(model) if source == "soft" else ReasoningProjector.from_model(model, output_norm=output_norm)
 
 
 # ------------------------------------------------------------------------------------- RL
@@ -601,11 +608,8 @@ def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: Sta
             raise ValueError(f"{base_model}: no correct trace among {recipe.k} samples of {recipe.problems} problems")
         write_jsonl(data, rows)
     config = projector_sft_config(len(rows), lr=recipe.lr, epochs=recipe.epochs, batch_size=recipe.batch_size,
-                                  grad_clip=recipe.grad_clip, seed=seed, report_to=report_to)
-    if recipe.steps is not None:
-        config = dataclasses.replace(config, steps=recipe.steps)
-    projector = (SoftLatent(model) if recipe.source == "soft"
-                 else ReasoningProjector.from_model(model, output_norm=recipe.output_norm))
+                                  grad_clip=recipe.grad_clip, seed=seed, report_to=report_to, steps=recipe.steps)
+    projector = fresh_source(model, recipe.source, recipe.output_norm)
     train_projector(model, tokenizer, projector, rows, build_dir, config, with_lm=recipe.with_lm,
                     show_progress=show_progress)
     return model_dir
