@@ -187,3 +187,12 @@ def test_questions_parse_back_to_their_problems():
     for p in generate_problems(60, "test", seed=2):
         assert parse_question(p.question) == p
     assert parse_question("What is 2 + 2?") is None
+
+
+def test_parse_steps_gives_character_spans_of_steps_and_checks():
+    text = "<think>  12 + 3 = 15. Double-check: 15 - 3 = 12. Correct. 15 * 4 = 60. </think> \\boxed{60}"
+    (safe, risky), ok = parse_steps(text)
+    assert ok
+    assert text[slice(*safe.span)] == "12 + 3 = 15."
+    assert text[slice(*safe.check_span)] == " Double-check: 15 - 3 = 12. Correct."
+    assert text[slice(*risky.span)] == "15 * 4 = 60." and risky.check_span is None

@@ -349,8 +349,9 @@ _SAFE_CHECK = re.compile(rf" (?:{_OPENER}) {_NUM} [-+] {_NUM} = {_NUM}\. (?:{_CL
 @dataclass(frozen=True)
 class ParsedStep:
     """One step as a response wrote it: ``a op k = first``, whether a check followed, the value
-    the response carries on with (``final``: the number a risky check ends with, if any) and,
-    for a checked risky step, the numbers its check wrote (``parts``)."""
+    the response carries on with (``final``: the number a risky check ends with, if any), for a
+    checked risky step the numbers its check wrote (``parts``), and the ``[start, end)`` character
+    spans of the step and of its check (``None`` if unchecked) in the parsed response."""
 
     a: int
     op: str
@@ -359,6 +360,8 @@ class ParsedStep:
     checked: bool
     final: int
     parts: tuple[int, ...] = ()  # a risky check's nine numbers: high * k = hp, low * k = lp, hp + lp = sum
+    span: tuple[int, int] = (0, 0)
+    check_span: tuple[int, int] | None = None
 
     @property
     def right(self) -> int:
@@ -372,7 +375,11 @@ def parse_steps(response: str) -> tuple[list[ParsedStep], bool]:
     Parsing stops at the first text that is neither a step nor a check of the step before.
     """
     start, end = response.find(THINK), response.find(THINK_END)
-    text = response[start + len(THINK): end if end > start else len(response)].strip() if start >= 0 else response
+    text, base = response, 0  # base: where ``text`` starts in ``response``
+    if start >= 0:
+        inner = response[start + len(THINK): end if end > start else len(response)]
+        base = start + len(THINK) + len(inner) - len(inner.lstrip())
+        text = inner.strip()
     steps, pos = [], 0
     while pos < len(text):
         if text[pos] == " ":
@@ -382,15 +389,15 @@ def parse_steps(response: str) -> tuple[list[ParsedStep], bool]:
         if not m:
             return steps, False
         a, op, k, first = int(m[1]), m[2], int(m[3]), int(m[4])
-        pos, checked, final, parts = m.end(), False, first, ()
+        pos, checked, final, parts, check_span = m.end(), False, first, (), None
         check = (_RISKY_CHECK if op == "*" else _SAFE_CHECK).match(text, pos)
         if check:
-            checked, pos = True, check.end()
+            checked, pos, check_span = True, check.end(), (base + check.start(), base + check.end())
             if op == "*":
                 parts = tuple(int(x) for x in check.groups()[:9])
                 if check[10] is not None:  # the value the check carries on with
                     final = int(check[10])
-        steps.append(ParsedStep(a, op, k, first, checked, final, parts))
+        steps.append(ParsedStep(a, op, k, first, checked, final, parts, (base + m.start(), base + m.end()), check_span))
     return steps, True
 
 

@@ -1,0 +1,44 @@
+"""benchmarks/iapo_probe_spans.py: span labels and the early-exit mix by hand, and a smoke run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import iapo_probe_spans as spans  # noqa: E402
+
+from thinklean.data.arith import parse_question, parse_steps  # noqa: E402
+from thinklean.data.formats import THINK, THINK_END  # noqa: E402
+
+
+def test_char_kinds_labels_steps_checks_and_repairs():
+    text = ("<think> 12 + 3 = 15. Double-check: 15 - 3 = 12. Correct. 150 * 4 = 610. Let me check: "
+            "100 * 4 = 400, 50 * 4 = 200, 400 + 200 = 600. The result is 600. </think> \\boxed{600}")
+    kinds = spans.char_kinds(text)
+    assert kinds[text.index("12 + 3")] == "safe step"
+    assert kinds[text.index("Double-check")] == "check opener" == kinds[text.index("Let me")]
+    assert kinds[text.index("15 - 3")] == "safe check"
+    assert kinds[text.index("150 * 4")] == "risky step"
+    assert kinds[text.index("me check")] == "risky check, repairing"  # 610 first, 600 carried
+    assert kinds[text.index("</think>")] == "other" and kinds[0] == "other"
+
+
+def test_early_exit_rows_answer_the_true_result_from_a_cut_trace():
+    rows = spans.early_exit_mix(40, 0.5)
+    cut = [r for r in rows if r["style"] == "early-exit"]
+    assert len(rows) == 40 and len(cut) == 20
+    for row in cut:
+        solution, (span,) = row["solution"], row["masked_spans"]
+        assert span[0] == 0 and solution[span[1]:] == row["answer"] + "}"  # only the answer is trained
+        assert solution.startswith(THINK) and solution[: span[1]].endswith(f" {THINK_END} \\boxed{{")
+        assert row["answer"] == str(parse_question(row["prompt"]).answer)
+    assert any(len(parse_steps(r["solution"])[0]) < len(parse_question(r["prompt"]).ops) for r in cut)
+
+
+def test_smoke_run_counts_every_response_token(tmp_path):
+    result = spans.main(["--model", "base", "--n", "3", "--output", str(tmp_path / "spans.json")])
+    assert result["responses"] == 3 and (tmp_path / "spans.json").is_file()
+    assert sum(result["tokens"].values()) > 0
+    gains = result["mean_gain_per_token"]["all answer tokens"]
+    assert set(gains) == set(spans.KINDS) == set(result["mean_policy_entropy"])
