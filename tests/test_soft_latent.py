@@ -89,11 +89,20 @@ def test_target_rows_make_operations_latent_stage_by_stage_with_the_values_they_
     assert written["solution"].endswith("100 * 6 = 600, 23 * 6 = 138, 600 + 138 = 738. The result is 738. "
                                         "</think> \\boxed{738}")
 
+    # safe: multiplications are written with their check, only the other operations are latent
+    rows = target_rows([problem, ArithProblem(120, (("+", 3), ("*", 6)))], stages=1, targets="safe")
+    assert [(r["replaced"], r["latent_targets"]) for r in rows] == [(1, ["2087"]), (1, ["0123"])]
+    assert rows[0]["solution"].startswith("<think> 347 * 6 = 2082. ")
+    assert rows[0]["solution"].endswith(f"300 * 6 = 1800, 47 * 6 = 282, 1800 + 282 = 2082. The result is 2082. "
+                                        f"{SEGMENT} </think> \\boxed{{2087}}")
+    assert rows[1]["solution"] == (f"<think> {SEGMENT} 123 * 6 = 738. " + rows[1]["solution"].split("738. ", 1)[1])
+    assert "600 + 138 = 738. The result is 738. </think>" in rows[1]["solution"]
+
     with pytest.raises(ValueError, match="more than 4 digits"):
         target_rows([ArithProblem(9999, (("+", 5),))], targets="checks")
     with pytest.raises(ValueError, match="stages must be at least 1"):
         target_rows([problem], stages=0)
-    with pytest.raises(ValueError, match="targets must be one of results, checks"):
+    with pytest.raises(ValueError, match="targets must be one of results, checks, safe"):
         target_rows([problem], targets="digits")
 
 
@@ -204,7 +213,7 @@ def test_data_and_sft_commands_build_a_staged_soft_start_model(tmp_path, tiny_mo
     assert "6 rows with latent targets (3 at stage 1, 3 at stage 2)" in capsys.readouterr().out
     assert main(["data", "litereason", "--model", str(tiny_model_dir), "--stages", "2", "--targets", "digits",
                  "--output", str(tmp_path / "bad.jsonl")]) == 2
-    assert "invalid choice: 'digits' (choose from 'results', 'checks')" in capsys.readouterr().err
+    assert "invalid choice: 'digits' (choose from 'results', 'checks', 'safe')" in capsys.readouterr().err
 
     assert main(["litereason-sft", "--model", str(tiny_model_dir), "--data", str(data), "--source", "soft",
                  "--output", str(tmp_path / "no-lm")]) == 2

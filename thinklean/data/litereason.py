@@ -147,7 +147,7 @@ def records_summary(rows: Sequence[dict]) -> str:
     return f"{len(rows)} rows ({ratios or 'none'}); {mean:.1f} latent segments per row"
 
 
-TARGET_KINDS = ("results", "checks")
+TARGET_KINDS = ("results", "checks", "safe")
 
 
 def target_rows(problems: Sequence[ArithProblem], stages: int = 1, targets: str = "results") -> list[dict]:
@@ -165,6 +165,9 @@ def target_rows(problems: Sequence[ArithProblem], stages: int = 1, targets: str 
       partial products and their sum (``"1800"``, ``"0282"``, ``"2082"`` for 347 * 6), as the
       ``risky`` style checks it; a safe one gets one. Written operations are in the ``risky``
       style (a multiplication followed by its check), so latent compute goes where checks pay.
+    - ``targets="safe"``: only safe operations (additions, subtractions) are made latent, one
+      segment each with its result; a multiplication is always written with its check, as the
+      ``risky`` style writes it, and the other written operations are terse.
 
     Rows carry ``stage``, ``replaced`` (operations made latent) and ``difficulty``.
     """
@@ -172,7 +175,7 @@ def target_rows(problems: Sequence[ArithProblem], stages: int = 1, targets: str 
         raise ValueError(f"stages must be at least 1, got {stages}")
     if targets not in TARGET_KINDS:
         raise ValueError(f"targets must be one of {', '.join(TARGET_KINDS)}, got {targets!r}")
-    checks = targets == "checks"
+    checks, written_risky = targets == "checks", targets == "safe"
     values_of = [problem.values() for problem in problems]
     for problem, values in zip(problems, values_of):
         if max(values) >= 10 ** TARGET_DIGITS:
@@ -181,10 +184,11 @@ def target_rows(problems: Sequence[ArithProblem], stages: int = 1, targets: str 
     for stage in range(1, stages + 1):
         for problem, values in zip(problems, values_of):
             latent = problem.difficulty if stage == stages else min(stage, problem.difficulty)
-            parts, latent_targets = [], []
+            parts, latent_targets, replaced = [], [], 0
             for j, ((symbol, k), a, b) in enumerate(zip(problem.ops, values, values[1:])):
-                risky_check = checks and is_risky(symbol)
-                if j < latent:
+                risky_check = (checks or written_risky) and is_risky(symbol)
+                if j < latent and not (written_risky and risky_check):
+                    replaced += 1
                     computed = [a - a % TASK.split, a % TASK.split] if risky_check else []
                     computed = [v * k for v in computed] + [b]
                     parts += [latent_segment(TARGET_DIGITS)] * len(computed)
@@ -195,5 +199,5 @@ def target_rows(problems: Sequence[ArithProblem], stages: int = 1, targets: str 
                                                   random.Random(f"{problem.question}|{j}")))
             rows.append({"prompt": litereason_prompt(problem.question), "answer": str(problem.answer),
                          "solution": think_response(" ".join(parts), problem.answer), "difficulty": problem.difficulty,
-                         "latent_targets": latent_targets, "stage": stage, "replaced": latent})
+                         "latent_targets": latent_targets, "stage": stage, "replaced": replaced})
     return rows

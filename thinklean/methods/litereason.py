@@ -657,9 +657,11 @@ register_method(MethodSpec(
                          MethodFlag("--stages", "stages", "0: sampled traces (the paper's data); N >= 1: the embedded "
                                     "task's rendered traces with latent targets, in N curriculum stages", int,
                                     at_least=0),
-                         MethodFlag("--targets", "targets", "with --stages: 'checks' (a multiplication's latent "
-                                    "steps carry its check's partial products and their sum) or 'results' (every "
-                                    "operation's carry its result)", choices=TARGET_KINDS))),
+                         MethodFlag("--targets", "targets", "with --stages: 'results' (every operation's latent "
+                                    "steps carry its result), 'checks' (a multiplication's carry its check's "
+                                    "partial products and their sum) or 'safe' (only additions and subtractions "
+                                    "are latent; multiplications are written with their check)",
+                                    choices=TARGET_KINDS))),
     start=StartModel("litereason-sft", "a model with a trained projector", build_demo_start),
     # from the litereason-sft row's model (LM + trained projector); the prompts GRPO sees (RLConfig's
     # default pool, not litereason.yaml's 400 for a projector refresh every 100 steps)
