@@ -66,3 +66,24 @@ def test_iapo_answer_entropy_reaches_the_metrics_log(tmp_path, tiny_model, tiny_
                       save_every=0, steps=1)
     IAPOTrainer(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path).train(show_progress=False)
     assert read_metrics(tmp_path / "metrics.jsonl")[0]["answer_entropy"] > 0
+
+
+def test_gain_discount_reaches_the_advantage_inputs(tmp_path, tiny_model, tiny_tokenizer):
+    import pytest
+
+    from thinklean.train.settings import ConfigError
+
+    def inputs(discount):
+        torch.manual_seed(0)
+        config = RLConfig(method="iapo", advantage="iapo", prompts_per_step=2, samples_per_prompt=2, max_new_tokens=8,
+                          method_kwargs={"gain_discount": discount, "chunk_size": 4}, save_every=0, steps=1, seed=0)
+        trainer = IAPOTrainer(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path / str(discount))
+        batch = trainer.collect(0)
+        return trainer.advantage_inputs(batch), batch.rollout.response_mask
+
+    own, mask = inputs(0.0)
+    credited, mask_again = inputs(0.5)
+    assert torch.equal(mask, mask_again) and not torch.equal(own["info_gain"], credited["info_gain"])
+    torch.testing.assert_close(credited["info_gain"], iapo_probe.discounted_gain(own["info_gain"], mask, 0.5))
+    with pytest.raises(ConfigError, match="0 <= gain_discount < 1"):
+        iapo.IAPOSettings(gain_discount=1.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from thinklean.methods.iapo_probe import answer_entropies, information_gain, naive_answer_entropies
+from thinklean.methods.iapo_probe import answer_entropies, discounted_gain, information_gain, naive_answer_entropies
 from thinklean.rollout.engine import SamplingConfig, generate
 
 EXIT_STRING = "</think> \\boxed{"  # four tokens with the embedded tokenizer
@@ -188,3 +188,16 @@ def test_information_gain_rejects_left_padded_or_mismatched_masks():
         information_gain(torch.ones(1, 3), torch.tensor([[0, 1, 1]]))
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         information_gain(torch.ones(2, 3), torch.ones(2, 4))
+
+
+def test_discounted_gain_by_hand():
+    # Row 0: gain [1, 0, 2], discount 0.5: c_2 = 2, c_1 = 0 + 0.5 * 2 = 1, c_0 = 1 + 0.5 * 1 = 1.5.
+    # Row 1: length 2 (junk 9 in the padding must not leak): gain [4, -2]: c = [4 - 1, -2] = [3, -2].
+    gain = torch.tensor([[1.0, 0.0, 2.0], [4.0, -2.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    torch.testing.assert_close(discounted_gain(gain, mask, 0.5), torch.tensor([[1.5, 1.0, 2.0], [3.0, -2.0, 0.0]]))
+    torch.testing.assert_close(discounted_gain(gain, mask, 0.0), torch.tensor([[1.0, 0.0, 2.0], [4.0, -2.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"discount must be in \[0, 1\)"):
+        discounted_gain(gain, mask, 1.0)
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        discounted_gain(gain, mask[:, :2], 0.5)

@@ -11,7 +11,9 @@ adds one no-grad pass in all); the ``iapo`` estimator
 ``chunk_size`` (16), ``max_batch_tokens`` (2048), ``probe_stride`` (1: exact; ``s``: probe every ``s``-th token
 and interpolate, about ``1/s`` of the exit-token work), ``w_s`` / ``w_c`` (1e-2),
 ``reasoning_only`` (False: token terms on every response token, as the authors do; True: only
-inside ``<think>...</think>``).
+inside ``<think>...</think>``), ``gain_discount`` (0: each token's own information gain, the
+spec; ``g`` in ``(0, 1)``: a token is credited with the discounted gain of the tokens it leads to,
+:func:`~thinklean.methods.iapo_probe.discounted_gain`, a thinklean extension).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from thinklean.core.advantages import sequence_l2_normalise
 from thinklean.data.formats import THINK_END, boxed, format_prompt
 from thinklean.data.grading import format_ok
 from thinklean.data.jsonl import Example
-from thinklean.methods.iapo_probe import answer_entropies, information_gain
+from thinklean.methods.iapo_probe import answer_entropies, discounted_gain, information_gain
 from thinklean.methods.registry import MethodSpec, register_method
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
 from thinklean.train.rl import RLTrainer, StepBatch
+from thinklean.train.settings import ConfigError
 
 DEFAULT_EXIT = f" {THINK_END} {boxed('')[:-1]}"  # " </think> \boxed{"
 
@@ -50,6 +53,11 @@ class IAPOSettings:
     w_s: float = 1e-2
     w_c: float = 1e-2
     reasoning_only: bool = False
+    gain_discount: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.gain_discount < 1.0:
+            raise ConfigError(f"method_kwargs: iapo needs 0 <= gain_discount < 1, got {self.gain_discount}")
 
 
 class IAPOTrainer(RLTrainer):
@@ -84,7 +92,8 @@ class IAPOTrainer(RLTrainer):
         entropy_answer, entropy_token = entropy_answer.cpu(), entropy_token.cpu()
         step_batch.info["answer_entropy"] = float((entropy_answer * rollout.response_mask).sum() / rollout.response_mask.sum())
         return {**super().advantage_inputs(step_batch),
-                "info_gain": information_gain(entropy_answer, rollout.response_mask, smooth=True),
+                "info_gain": discounted_gain(information_gain(entropy_answer, rollout.response_mask, smooth=True),
+                                             rollout.response_mask, settings.gain_discount),
                 "token_entropy": entropy_token,
                 "token_mask": self._reasoning_mask(rollout) if settings.reasoning_only else None,
                 "w_s": settings.w_s, "w_c": settings.w_c}

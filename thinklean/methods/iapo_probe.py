@@ -49,7 +49,7 @@ from thinklean.core.losses import entropy_from_logits
 from thinklean.models.hf_compat import cache_argument, logits_to_keep_argument, output_cache
 from thinklean.rollout.engine import position_ids_from_mask
 
-__all__ = ["answer_entropies", "naive_answer_entropies", "information_gain"]
+__all__ = ["answer_entropies", "naive_answer_entropies", "information_gain", "discounted_gain"]
 
 _MASKABLE_ATTENTION = ("eager", "sdpa", "flex_attention")
 
@@ -330,6 +330,36 @@ def information_gain(answer_entropy: Tensor, response_mask: Tensor, smooth: bool
     else:
         gain = entropy - following
     return torch.where(valid, gain, torch.zeros_like(gain))
+
+
+def discounted_gain(gain: Tensor, response_mask: Tensor, discount: float) -> Tensor:
+    """Information each token leads to: ``c_t = sum_{u >= t} discount^(u - t) * gain_u`` over the
+    row's tokens, ``float32 [B, T]``, 0 on padding (a thinklean extension of IAPO).
+
+    A choice made at one token (whether to check a step) is followed by tokens written almost
+    deterministically (the check), and it is those that move the answer entropy; ``gain`` alone
+    credits them, not the choice. With ``discount`` in ``(0, 1)`` a token also gets the gain of
+    the next ``~1 / (1 - discount)`` tokens; 0 returns ``gain`` unchanged (the spec).
+
+    Args:
+        gain: ``[B, T]`` from :func:`information_gain`.
+        response_mask: ``[B, T]`` the responses' mask.
+        discount: in ``[0, 1)``.
+    """
+    if not 0.0 <= discount < 1.0:
+        raise ValueError(f"discount must be in [0, 1), got {discount}")
+    if gain.shape != response_mask.shape or gain.dim() != 2:
+        raise ValueError(f"gain and response_mask must both be [B, T], got {tuple(gain.shape)} "
+                         f"and {tuple(response_mask.shape)}")
+    valid = response_mask.bool()
+    gain = torch.where(valid, gain.float(), torch.zeros((), dtype=torch.float32))
+    if discount == 0.0:
+        return gain
+    out, following = torch.zeros_like(gain), torch.zeros_like(gain[:, 0])
+    for t in reversed(range(gain.shape[1])):
+        following = gain[:, t] + discount * following
+        out[:, t] = following
+    return torch.where(valid, out, torch.zeros_like(out))
 
 
 def _check_inputs(prompt_ids, prompt_mask, response_ids, response_mask, exit_ids, temperature) -> None:
