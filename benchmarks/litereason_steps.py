@@ -9,13 +9,16 @@ embeddings are nearest (cosine) to its 4 latent inputs, and compares each operat
 segment with the true intermediate value. An operation counts only while every earlier one was
 read right (its input was right), so the rate is the step's own error. ``--targets`` says how
 the model's rows laid out the segments (``checks``: a multiplication has three, its check's
-partial products and then the result; ``results``: one per operation). Responses whose segments
-do not follow that layout are counted apart. Prints a table, writes JSON.
+partial products and then the result; ``results``: one per operation; ``safe``: one per addition
+or subtraction, a multiplication is written with its check and counts by the value the check
+carries on with). Responses whose segments do not follow that layout are counted apart. Prints
+a table, writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 
 import torch
 from _results import write_result
@@ -26,7 +29,8 @@ from rich.table import Table
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a LiteReason model directory (LM + projector.json)")
-    p.add_argument("--targets", choices=["checks", "results"], default="results", help="the segment layout it was trained on")
+    p.add_argument("--targets", choices=["checks", "results", "safe"], default="results",
+                   help="the segment layout it was trained on")
     p.add_argument("--n", type=int, default=500, help="held-out problems")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=320)
@@ -38,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.n = 8
     return args
+
+
+WRITTEN_PRODUCT = re.compile(r"(\d+) \* (\d+) = (\d+)\.(?:[^<]*?The result is (\d+)\.)?")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,18 +77,25 @@ def main(argv: list[str] | None = None) -> dict:
     for example, vectors, segments, text in zip(examples, batch.latent_inputs, batch.latent_segments, batch.texts):
         correct += grade(text, example.answer)
         problem = parse_question(example.prompt)
-        per_op = [3 if args.targets == "checks" and is_risky(s) else 1 for s, _ in problem.ops]
+        per_op = [(3 if args.targets == "checks" else 0 if args.targets == "safe" else 1) if is_risky(s) else 1
+                  for s, _ in problem.ops]
         if [n for _, n in segments] != [TARGET_DIGITS] * sum(per_op):
             off_layout += 1
             continue
         read = (torch.nn.functional.normalize(vectors.float(), dim=-1) @ table.T).argmax(-1).tolist()
         digits = "".join(map(str, read))
-        end = 0
+        end, written = 0, WRITTEN_PRODUCT.finditer(text)
         for (symbol, _), value, segs in zip(problem.ops, problem.values()[1:], per_op):
             end += segs * TARGET_DIGITS
             kind = "risky" if is_risky(symbol) else "safe"
             counts[kind]["steps"] += 1
-            if digits[end - TARGET_DIGITS: end] != f"{value:0{TARGET_DIGITS}d}":
+            if segs == 0:  # written: the value its check carries on with, else its first result
+                product = next(written, None)
+                result = None if product is None else int(product[4] or product[3])
+            else:
+                result = digits[end - TARGET_DIGITS: end]
+                value = f"{value:0{TARGET_DIGITS}d}"
+            if result != value:
                 counts[kind]["wrong"] += 1
                 break
     rates = {kind: c["wrong"] / c["steps"] if c["steps"] else None for kind, c in counts.items()}

@@ -258,3 +258,16 @@ def test_the_step_error_benchmark_reads_latents_back_per_operation(tmp_path, tin
     # an untrained model opens no segment: every response is off the layout, no step is read
     assert result["off_layout"] == 1.0 and result["steps"]["risky"]["steps"] == result["steps"]["safe"]["steps"] == 0
     assert json.loads((tmp_path / "steps.json").read_text())["n"] == 8
+
+
+def test_the_step_error_benchmark_reads_a_written_multiplication_by_the_value_its_check_carries(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import litereason_steps
+
+    checked = (f"<think> {SEGMENT} 123 * 6 = 748. Let me check: 100 * 6 = 600, 23 * 6 = 138, 600 + 138 = 738. "
+               f"The result is 738. {SEGMENT} 9 * 4 = 36. </think> \\boxed{{40}}")
+    first, second = litereason_steps.WRITTEN_PRODUCT.finditer(checked)
+    assert int(first[4] or first[3]) == 738  # the check's sum, not the first result
+    assert int(second[4] or second[3]) == 36  # unchecked: its first result; no check read across a segment
