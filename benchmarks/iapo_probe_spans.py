@@ -44,11 +44,12 @@ from thinklean.data.formats import THINK, THINK_END, boxed, format_prompt
 from thinklean.data.jsonl import write_jsonl
 from thinklean.eval.evaluate import arith_examples
 from thinklean.methods.iapo import DEFAULT_EXIT
-from thinklean.methods.iapo_probe import answer_entropies, information_gain
+from thinklean.methods.iapo_probe import answer_entropies, discounted_gain, information_gain
 from thinklean.models.tiny import load_pretrained
 from thinklean.rollout import SamplingConfig, generate
 
-KINDS = ("risky step", "risky check", "risky check, repairing", "safe step", "safe check", "check opener", "other")
+KINDS = ("risky step", "risky check", "risky check, repairing", "safe step", "safe check",
+         "check chosen after risky", "check chosen after safe", "no check after risky", "no check after safe", "other")
 BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 
 
@@ -68,16 +69,24 @@ def early_exit_mix(n: int, share: float) -> list[dict]:
 
 
 def char_kinds(text: str) -> list[str]:
-    """The :data:`KINDS` label of every character of a response."""
+    """The :data:`KINDS` label of every character of a response. After each step the response
+    chooses whether to check it; that choice is the first word that follows the step (a check's
+    opener, or the next step's first number), labelled "check chosen" / "no check" after it."""
     labels = ["other"] * len(text)
-    for step in parse_steps(text)[0]:
+    steps = parse_steps(text)[0]
+    choices = []
+    for step, following in zip(steps, [*steps[1:], None]):
         risky = step.op == "*"
         labels[slice(*step.span)] = ["risky step" if risky else "safe step"] * (step.span[1] - step.span[0])
+        after = "risky" if risky else "safe"
         if step.check_span is not None:
             kind = ("risky check, repairing" if step.final != step.first else "risky check") if risky else "safe check"
             labels[slice(*step.check_span)] = [kind] * (step.check_span[1] - step.check_span[0])
-            opener_end = text.index(" ", step.check_span[0] + 1)  # the first word: where the check is chosen
-            labels[step.check_span[0]: opener_end] = ["check opener"] * (opener_end - step.check_span[0])
+            choices.append((step.check_span[0], text.index(" ", step.check_span[0] + 1), f"check chosen after {after}"))
+        elif following is not None:
+            choices.append((following.span[0], text.index(" ", following.span[0]), f"no check after {after}"))
+    for start, end, kind in choices:
+        labels[start:end] = [kind] * (end - start)
     return labels
 
 
@@ -98,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--n", type=int, default=200, help="held-out problems, one response each")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", type=Path, default=None, help="JSON file")
+    ap.add_argument("--discount", type=float, default=0.97,
+                    help="also report the first-token gain discounted over the tokens that follow (gain_discount)")
     ap.add_argument("--write-mix", type=Path, default=None, help="write the early-exit SFT mix here and stop")
     ap.add_argument("--mix-rows", type=int, default=9600)
     ap.add_argument("--share", type=float, default=0.25, help="early-exit share of the mix")
@@ -115,10 +126,11 @@ def main(argv: list[str] | None = None) -> dict | None:
                      SamplingConfig(max_new_tokens=320, temperature=1.0),
                      generator=torch.Generator().manual_seed(args.seed))
     exit_ids = tokenizer(DEFAULT_EXIT, add_special_tokens=False).input_ids
-    totals = {probe: defaultdict(float) for probe in ("first token", "all answer tokens")}
+    credit = f"first token, discounted {args.discount}"
+    totals = {probe: defaultdict(float) for probe in ("first token", "all answer tokens", credit)}
     policy_entropy: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    start_entropy = {probe: 0.0 for probe in totals}
+    start_entropy = {"first token": 0.0, "all answer tokens": 0.0}
     responses = 0
     for row, text in enumerate(batch.texts):
         answer = BOXED.search(text)
@@ -135,11 +147,14 @@ def main(argv: list[str] | None = None) -> dict | None:
         per_token = torch.cat(per_token)
         entropies = {"first token": per_token[:1], "all answer tokens": per_token.sum(0, keepdim=True)}
         kinds = token_kinds(tokenizer, batch.response_ids[row, :length].tolist(), text)
-        for probe, entropy in entropies.items():
-            gain = information_gain(entropy, torch.ones(1, length), smooth=True)[0]
-            start_entropy[probe] += float(entropy[0, 0])
-            for kind, g in zip(kinds, gain.tolist()):
+        ones = torch.ones(1, length)
+        gains = {probe: information_gain(entropy, ones, smooth=True) for probe, entropy in entropies.items()}
+        gains[credit] = discounted_gain(gains["first token"], ones, args.discount)
+        for probe, gain in gains.items():
+            for kind, g in zip(kinds, gain[0].tolist()):
                 totals[probe][kind] += g
+        for probe, entropy in entropies.items():
+            start_entropy[probe] += float(entropy[0, 0])
         for kind, h in zip(kinds, own[0].tolist()):
             counts[kind] += 1
             policy_entropy[kind] += h

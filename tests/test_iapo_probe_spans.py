@@ -17,11 +17,18 @@ def test_char_kinds_labels_steps_checks_and_repairs():
             "100 * 4 = 400, 50 * 4 = 200, 400 + 200 = 600. The result is 600. </think> \\boxed{600}")
     kinds = spans.char_kinds(text)
     assert kinds[text.index("12 + 3")] == "safe step"
-    assert kinds[text.index("Double-check")] == "check opener" == kinds[text.index("Let me")]
+    assert kinds[text.index("Double-check")] == "check chosen after safe"
+    assert kinds[text.index("Let me")] == "check chosen after risky"
     assert kinds[text.index("15 - 3")] == "safe check"
     assert kinds[text.index("150 * 4")] == "risky step"
     assert kinds[text.index("me check")] == "risky check, repairing"  # 610 first, 600 carried
     assert kinds[text.index("</think>")] == "other" and kinds[0] == "other"
+    # unchecked steps: the choice not to check is the next step's first number
+    terse = "<think> 12 + 3 = 15. 15 * 4 = 60. 60 + 1 = 61. </think> \\boxed{61}"
+    kinds = spans.char_kinds(terse)
+    assert kinds[terse.index("15 *")] == kinds[terse.index("5 *")] == "no check after safe"
+    assert kinds[terse.index(" * 4")] == "risky step"
+    assert kinds[terse.index("60 +")] == "no check after risky" and kinds[terse.index("61.")] == "safe step"
 
 
 def test_early_exit_rows_answer_the_true_result_from_a_cut_trace():
