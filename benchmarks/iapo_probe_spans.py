@@ -47,6 +47,7 @@ from thinklean.methods.iapo import DEFAULT_EXIT
 from thinklean.methods.iapo_probe import answer_entropies, discounted_gain, information_gain
 from thinklean.models.tiny import load_pretrained
 from thinklean.rollout import SamplingConfig, generate
+from thinklean.rollout.engine import position_ids_from_mask
 
 KINDS = ("risky step", "risky check", "risky check, repairing", "safe step", "safe check",
          "check chosen after risky", "check chosen after safe", "no check after risky", "no check after safe", "other")
@@ -100,6 +101,31 @@ def token_kinds(tokenizer, ids: list[int], text: str) -> list[str]:
     return kinds
 
 
+CHOICES = ("check chosen after risky", "check chosen after safe", "no check after risky", "no check after safe")
+
+
+def next_token_probabilities(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    """``[T, V]``: the policy's distribution (T=1) over response token ``t`` of one row."""
+    mask = torch.cat([prompt_mask, response_mask], 1)
+    with torch.no_grad():
+        logits = model(input_ids=torch.cat([prompt_ids, response_ids], 1), attention_mask=mask,
+                       position_ids=position_ids_from_mask(mask)).logits
+    return logits[0, prompt_ids.shape[1] - 1: -1].float().softmax(-1)
+
+
+def check_probabilities(choices: list[tuple[str, int, torch.Tensor]]) -> dict[str, dict[str, float]]:
+    """Per choice kind: how sure the policy was to check. The tokens that open a check are the
+    ones sampled where a check was chosen; ``P(check)`` is their summed probability."""
+    openers = sorted({token for kind, token, _ in choices if kind.startswith("check chosen")})
+    out = {}
+    for kind in CHOICES:
+        p_check = [float(probs[openers].sum()) for k, _, probs in choices if k == kind]
+        if p_check:
+            out[kind] = {"n": len(p_check), "mean_p_check": sum(p_check) / len(p_check),
+                         "undecided": sum(0.1 < p < 0.9 for p in p_check) / len(p_check)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     """Run from the command line (``argv``); returns the result dict (``None`` with ``--write-mix``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     counts: dict[str, int] = defaultdict(int)
     start_entropy = {"first token": 0.0, "all answer tokens": 0.0}
     responses = 0
+    choices: list[tuple[str, int, list[float]]] = []  # (kind, sampled token, next-token probabilities)
     for row, text in enumerate(batch.texts):
         answer = BOXED.search(text)
         if answer is None:
@@ -158,6 +185,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         for kind, h in zip(kinds, own[0].tolist()):
             counts[kind] += 1
             policy_entropy[kind] += h
+        probabilities = next_token_probabilities(model, *inputs)
+        for t, kind in enumerate(kinds):
+            if kind in CHOICES and (t == 0 or kinds[t - 1] != kind):  # the first token of the choice word
+                choices.append((kind, int(inputs[2][0, t]), probabilities[t]))
         responses += 1
     result = {
         "model": args.model, "responses": responses, "seconds": round(time.time() - t0, 1),
@@ -165,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "mean_gain_per_token": {p: {k: totals[p][k] / counts[k] if counts[k] else None for k in KINDS} for p in totals},
         "mean_policy_entropy": {k: policy_entropy[k] / counts[k] if counts[k] else None for k in KINDS},
         "answer_entropy_before_thinking": {p: v / max(responses, 1) for p, v in start_entropy.items()},
+        "choice_to_check": check_probabilities(choices),
     }
     print(f"{args.model}: {responses} responses, {result['seconds']:.0f} s; answer entropy before thinking (nats): "
           + ", ".join(f"{p} {v:.3f}" for p, v in result["answer_entropy_before_thinking"].items()))
@@ -176,6 +208,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                            else f"{result['mean_gain_per_token'][p][kind]:.4f}" for p in totals)
         entropy = result["mean_policy_entropy"][kind]
         print(f"| {kind} | {counts[kind]} | {cells} | {'-' if entropy is None else f'{entropy:.3f}'} |")
+    print("\n| choice | n | mean P(check) | share with 0.1 < P(check) < 0.9 |\n|---|---|---|---|")
+    for kind, row in result["choice_to_check"].items():
+        print(f"| {kind} | {row['n']} | {row['mean_p_check']:.3f} | {row['undecided']:.3f} |")
     if args.output is not None:
         write_result(result, args.output)
     return result

@@ -49,3 +49,21 @@ def test_smoke_run_counts_every_response_token(tmp_path):
     assert sum(result["tokens"].values()) > 0
     gains = result["mean_gain_per_token"]["all answer tokens"]
     assert set(gains) == set(spans.KINDS) == set(result["mean_policy_entropy"])
+    assert all(0.0 <= row["mean_p_check"] <= 1.0 for row in result["choice_to_check"].values())
+
+
+def test_check_probabilities_by_hand():
+    import pytest
+    import torch
+
+    # vocabulary of 4; tokens 1 and 2 opened checks where a check was chosen
+    choices = [("check chosen after risky", 1, torch.tensor([0.0, 0.5, 0.3, 0.2])),
+               ("check chosen after safe", 2, torch.tensor([0.0, 0.9, 0.05, 0.05])),
+               ("no check after safe", 3, torch.tensor([0.02, 0.01, 0.02, 0.95])),
+               ("no check after safe", 3, torch.tensor([0.0, 0.5, 0.0, 0.5]))]
+    out = spans.check_probabilities(choices)
+    assert out["check chosen after risky"] == {"n": 1, "mean_p_check": pytest.approx(0.8), "undecided": 1.0}
+    assert abs(out["check chosen after safe"]["mean_p_check"] - 0.95) < 1e-6
+    assert out["check chosen after safe"]["undecided"] == 0.0
+    assert abs(out["no check after safe"]["mean_p_check"] - (0.03 + 0.5) / 2) < 1e-6
+    assert out["no check after safe"]["undecided"] == 0.5 and "no check after risky" not in out
