@@ -72,7 +72,8 @@ def early_exit_mix(n: int, share: float) -> list[dict]:
 def char_kinds(text: str) -> list[str]:
     """The :data:`KINDS` label of every character of a response. After each step the response
     chooses whether to check it; that choice is the first word that follows the step (a check's
-    opener, or the next step's first number), labelled "check chosen" / "no check" after it."""
+    opener, or the space and first number of the next step), labelled "check chosen" / "no
+    check" after it."""
     labels = ["other"] * len(text)
     steps = parse_steps(text)[0]
     choices = []
@@ -85,7 +86,8 @@ def char_kinds(text: str) -> list[str]:
             labels[slice(*step.check_span)] = [kind] * (step.check_span[1] - step.check_span[0])
             choices.append((step.check_span[0], text.index(" ", step.check_span[0] + 1), f"check chosen after {after}"))
         elif following is not None:
-            choices.append((following.span[0], text.index(" ", following.span[0]), f"no check after {after}"))
+            # from the space before the number: the embedded tokenizer writes it as its own token
+            choices.append((following.span[0] - 1, text.index(" ", following.span[0]), f"no check after {after}"))
     for start, end, kind in choices:
         labels[start:end] = [kind] * (end - start)
     return labels

@@ -26,7 +26,7 @@ def test_char_kinds_labels_steps_checks_and_repairs():
     # unchecked steps: the choice not to check is the next step's first number
     terse = "<think> 12 + 3 = 15. 15 * 4 = 60. 60 + 1 = 61. </think> \\boxed{61}"
     kinds = spans.char_kinds(terse)
-    assert kinds[terse.index("15 *")] == kinds[terse.index("5 *")] == "no check after safe"
+    assert kinds[terse.index(" 15 *")] == kinds[terse.index("5 *")] == "no check after safe"
     assert kinds[terse.index(" * 4")] == "risky step"
     assert kinds[terse.index("60 +")] == "no check after risky" and kinds[terse.index("61.")] == "safe step"
 
