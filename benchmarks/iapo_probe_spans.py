@@ -5,10 +5,11 @@ entropy of the answer the model gives when made to stop thinking before token ``
 ranks tokens if the model's early answer is uncertain where the reasoning is unfinished. This
 script samples responses, probes every position and averages the smoothed gain ``s_t`` per token
 over the spans the response wrote: risky and safe steps, their checks (a risky check that changes
-the first result is "repairing"; a check's first word, where the response chooses to check, is
-the "check opener"), and everything else, beside the policy's own entropy on those tokens. Two probes: the spec's (entropy of the
-first answer token) and the sum of the entropies of every answer token, teacher-forced with the
-response's own answer (the first answer digit is often certain when the last ones are not).
+the first result is "repairing"), the choice after each step to check it or not, and everything
+else, beside the policy's own entropy on those tokens and, at each choice, the probability it
+gave to checking. Two probes: the spec's (entropy of the first answer token) and the sum of the
+entropies of every answer token, teacher-forced with the response's own answer (the first
+answer digit is often certain when the last ones are not).
 
 ``--write-mix`` instead writes an SFT mix that teaches a calibrated early answer: base-style rows
 (:func:`thinklean.data.arith.sft_records`) plus a ``--share`` of rows whose reasoning stops at a
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 from _results import write_result
 
+from thinklean.core.losses import entropy_from_logits
 from thinklean.data.arith import (
     BASE_STYLE_WEIGHTS,
     REPAIR_RATE,
@@ -55,7 +57,7 @@ BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 
 
 def early_exit_mix(n: int, share: float) -> list[dict]:
-    """``n`` rows: ``sft_records`` rows (seed 7) and ``round(n * share)`` early-exit rows, shuffled."""
+    """``n`` rows: ``sft_records`` rows (seed 7) and ``int(n * share)`` early-exit rows, shuffled."""
     n_exit = int(n * share)
     rows = sft_records(n - n_exit, seed=7, style_weights=BASE_STYLE_WEIGHTS, repair_rate=REPAIR_RATE)
     rng = random.Random("early-exit-0")
@@ -106,13 +108,13 @@ def token_kinds(tokenizer, ids: list[int], text: str) -> list[str]:
 CHOICES = ("check chosen after risky", "check chosen after safe", "no check after risky", "no check after safe")
 
 
-def next_token_probabilities(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
-    """``[T, V]``: the policy's distribution (T=1) over response token ``t`` of one row."""
+def next_token_logits(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    """``[T, V]`` float32: the policy's logits for response token ``t`` of one row."""
     mask = torch.cat([prompt_mask, response_mask], 1)
     with torch.no_grad():
         logits = model(input_ids=torch.cat([prompt_ids, response_ids], 1), attention_mask=mask,
                        position_ids=position_ids_from_mask(mask)).logits
-    return logits[0, prompt_ids.shape[1] - 1: -1].float().softmax(-1)
+    return logits[0, prompt_ids.shape[1] - 1: -1].float()
 
 
 def check_probabilities(choices: list[tuple[str, int, torch.Tensor]]) -> dict[str, dict[str, float]]:
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     counts: dict[str, int] = defaultdict(int)
     start_entropy = {"first token": 0.0, "all answer tokens": 0.0}
     responses = 0
-    choices: list[tuple[str, int, list[float]]] = []  # (kind, sampled token, next-token probabilities)
+    choices: list[tuple[str, int, torch.Tensor]] = []  # (kind, sampled token, next-token probabilities)
     for row, text in enumerate(batch.texts):
         answer = BOXED.search(text)
         if answer is None:
@@ -169,11 +171,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         length = int(batch.response_mask[row].sum())
         inputs = (batch.prompt_ids[row: row + 1], batch.prompt_mask[row: row + 1],
                   batch.response_ids[row: row + 1, :length], batch.response_mask[row: row + 1, :length])
-        per_token, own = [], None
-        for j in range(len(answer_ids)):
-            entropy, own = answer_entropies(model, *inputs, exit_ids + answer_ids[:j], with_token_entropy=True)
-            per_token.append(entropy)
-        per_token = torch.cat(per_token)
+        per_token = torch.cat([answer_entropies(model, *inputs, exit_ids + answer_ids[:j]) for j in range(len(answer_ids))])
+        logits = next_token_logits(model, *inputs)
         entropies = {"first token": per_token[:1], "all answer tokens": per_token.sum(0, keepdim=True)}
         kinds = token_kinds(tokenizer, batch.response_ids[row, :length].tolist(), text)
         ones = torch.ones(1, length)
@@ -184,10 +183,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                 totals[probe][kind] += g
         for probe, entropy in entropies.items():
             start_entropy[probe] += float(entropy[0, 0])
-        for kind, h in zip(kinds, own[0].tolist()):
+        for kind, h in zip(kinds, entropy_from_logits(logits).tolist()):
             counts[kind] += 1
             policy_entropy[kind] += h
-        probabilities = next_token_probabilities(model, *inputs)
+        probabilities = logits.softmax(-1)
         for t, kind in enumerate(kinds):
             if kind in CHOICES and (t == 0 or kinds[t - 1] != kind):  # the first token of the choice word
                 choices.append((kind, int(inputs[2][0, t]), probabilities[t]))

@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> dict:
             [tokenizer(str(d), add_special_tokens=False).input_ids[0] for d in range(10)])).float()
     table = torch.nn.functional.normalize(table, dim=-1)
     counts = {kind: {"steps": 0, "wrong": 0} for kind in ("risky", "safe")}
+    risky_segments = {"checks": 3, "results": 1, "safe": 0}[args.targets]  # latent segments per multiplication
     off_layout = correct = 0
     for example, vectors, segments, text in zip(examples, batch.latent_inputs, batch.latent_segments, batch.texts):
         correct += grade(text, example.answer)
         problem = parse_question(example.prompt)
-        per_op = [(3 if args.targets == "checks" else 0 if args.targets == "safe" else 1) if is_risky(s) else 1
-                  for s, _ in problem.ops]
+        per_op = [risky_segments if is_risky(s) else 1 for s, _ in problem.ops]
         if [n for _, n in segments] != [TARGET_DIGITS] * sum(per_op):
             off_layout += 1
             continue

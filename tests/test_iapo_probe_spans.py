@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import iapo_probe_spans as spans  # noqa: E402
 
@@ -53,9 +56,6 @@ def test_smoke_run_counts_every_response_token(tmp_path):
 
 
 def test_check_probabilities_by_hand():
-    import pytest
-    import torch
-
     # vocabulary of 4; tokens 1 and 2 opened checks where a check was chosen
     choices = [("check chosen after risky", 1, torch.tensor([0.0, 0.5, 0.3, 0.2])),
                ("check chosen after safe", 2, torch.tensor([0.0, 0.9, 0.05, 0.05])),
