@@ -9,7 +9,10 @@ tokens, temperature 1, one PPO epoch (TRL ``num_iterations=1``), no KL (``beta=0
 clip, Adam betas and grad clip, the correctness reward on the embedded arithmetic task, and
 the loss aggregation of ``--loss-agg`` mapped to TRL's ``loss_type``. TRL gets plain-text
 prompts formatted by ``format_prompt`` (no chat template), HF ``generate`` (no vLLM), no
-gradient checkpointing, no logging. Each trainer warms up for ``--warmup`` steps, then
+gradient checkpointing, no logging; ``--bf16`` gives both bf16 (TRL's ``bf16=True``: the
+accelerate autocast around every forward of the training model, generation included; thinklean's
+``bf16`` autocast in the update and ``rollout_dtype="bfloat16"``: sampling from a bf16 copy of the
+policy). Each trainer warms up for ``--warmup`` steps, then
 ``--steps`` steps are timed wall-clock, step end to step end.
 
 Completion lengths are printed next to the times: a policy that writes longer takes longer,
@@ -61,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--only", choices=("both", "thinklean", "trl"), default="both")
     p.add_argument("--decode", choices=("dynamic", "static"), default="dynamic", help="thinklean's SamplingConfig.decode")
+    p.add_argument("--bf16", action="store_true",
+                   help="thinklean: bf16=True, rollout_dtype='bfloat16'; TRL: bf16=True; matmul rates in bf16")
     p.add_argument("--profile", action="store_true", help="profile one extra thinklean rollout (torch.profiler)")
     p.add_argument("--amortise", type=int, default=40, help="run length over which compile time is spread")
     p.add_argument("--out", default="benchmarks/results/rl_throughput.json")
@@ -120,10 +125,10 @@ def summarize(steps: list[dict[str, float]]) -> dict[str, float]:
 # ------------------------------------------------------------------------------- FLOPs and rate
 
 
-def matmul_rate(model: torch.nn.Module, rows: int, repeats: int = 20) -> float:
+def matmul_rate(model: torch.nn.Module, rows: int, repeats: int = 20, dtype: torch.dtype | None = None) -> float:
     """GFLOP/s of the model's matmul shapes (each ``nn.Linear`` weight, ``[rows, in] @ [in, out]``,
-    in the model's dtype and device), median of ``repeats`` passes over all of them."""
-    weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    in ``dtype`` (default: the model's) on its device), median of ``repeats`` passes over all of them."""
+    weights = [m.weight.detach().to(dtype or m.weight.dtype) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in weights}
     flops = sum(2 * rows * w.numel() for w in weights)
     times = []
@@ -209,16 +214,18 @@ def run_thinklean(args: argparse.Namespace, model_dir: Path, examples: list[Any]
 
     model, tokenizer = load_pretrained(model_dir)
     n = args.prompts * args.samples
-    extras: dict[str, Any] = {"matmul_gflops_decode": matmul_rate(model, n), "matmul_gflops_update": matmul_rate(model, 1024),
+    dtype = torch.bfloat16 if args.bf16 else None
+    extras: dict[str, Any] = {"matmul_gflops_decode": matmul_rate(model, n, dtype=dtype),
+                              "matmul_gflops_update": matmul_rate(model, 1024, dtype=dtype),
                               "matmul_parameters": matmul_parameters(model)}
-    print(f"  matmul rate of the model's shapes: {extras['matmul_gflops_decode']:.0f} GFLOP/s at {n} rows, "
-          f"{extras['matmul_gflops_update']:.0f} GFLOP/s at 1024 rows", flush=True)
+    print(f"  matmul rate of the model's shapes{' in bf16' if args.bf16 else ''}: {extras['matmul_gflops_decode']:.0f} "
+          f"GFLOP/s at {n} rows, {extras['matmul_gflops_update']:.0f} GFLOP/s at 1024 rows", flush=True)
     config = RLConfig(
         method="grpo", steps=args.warmup + args.steps + args.profile, prompts_per_step=args.prompts, samples_per_prompt=args.samples,
         max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, reward="correctness", advantage="grpo",
         loss_agg=args.loss_agg, clip_low=0.2, clip_high=0.2, kl_coef=0.0, lr=args.lr, adam_beta2=0.99, grad_clip=1.0,
         ppo_epochs=1, mini_batches=1, micro_batch_size=args.micro_batch, rollout_batch_size=n,
-        save_every=0, seed=args.seed,
+        save_every=0, seed=args.seed, bf16=args.bf16, rollout_dtype="bfloat16" if args.bf16 else "model",
     )
     trainer = CountingTrainer(model, tokenizer, config, examples, workdir / "thinklean-run")
     trainer.model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)  # as train() does
@@ -261,7 +268,7 @@ def trl_config_kwargs(args: argparse.Namespace, output_dir: Path) -> dict[str, A
         temperature=1.0, top_p=1.0, top_k=0, num_iterations=1, beta=0.0, epsilon=0.2, epsilon_high=0.2,
         loss_type=LOSS_TYPES[args.loss_agg], scale_rewards="group", mask_truncated_completions=False,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9,
-        adam_beta2=0.99, max_grad_norm=1.0, use_vllm=False, bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
+        adam_beta2=0.99, max_grad_norm=1.0, use_vllm=False, bf16=args.bf16, fp16=False, use_cpu=not torch.cuda.is_available(),
         logging_strategy="no", report_to="none", save_strategy="no", disable_tqdm=True, log_completions=False,
         dataloader_num_workers=0, seed=args.seed,
     )

@@ -448,6 +448,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             overrides[key] = (value, 0)
     if args.rollout is not None:
         overrides["rollout_backend"] = (args.rollout, 0)
+    if args.rollout_dtype is not None:
+        overrides["rollout_dtype"] = (args.rollout_dtype, 0)
+    if args.bf16:
+        overrides["bf16"] = (True, 0)
     if args.report_to is not None:
         overrides["report_to"] = (args.report_to, 0)
     overrides["seed"] = (args.seed, 0)
@@ -685,6 +689,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="rollout engine: hf (thinklean's decode loop, CPU or GPU) or vllm (colocated vLLM engine "
                         "on the training GPU, weights synced after each update; pip install 'thinklean[gpu]'); "
                         "config default: hf")
+    p.add_argument("--rollout-dtype", choices=["model", "bfloat16"], default=None,
+                   help="hf engine: sample with the policy as it is (model) or with a bfloat16 copy of it, refreshed "
+                        "after every update (the loss re-scores with the policy; docs/scaling.md); config default: model")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the update's forwards under bf16 autocast (fp32 weights and optimizer state)")
     _add_run_dir_flags(p)
     _add_fields(p)
     _add_report_to(p, default=None)

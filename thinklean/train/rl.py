@@ -70,6 +70,7 @@ from thinklean.train.trackers import accelerator_kwargs
 
 
 ROLLOUT_BACKENDS = ("hf", "vllm")
+ROLLOUT_DTYPES = {"model": None, "bfloat16": torch.bfloat16}
 # The methods a method's trainer may override (docs/methods.md, "Trainer hooks"), besides __init__.
 TRAINER_HOOKS = ("build_prompts", "sampling_config", "generate_rollout", "reward_inputs", "compute_rewards",
                  "on_rollout", "advantage_inputs", "compute_advantages", "row_inputs", "policy_logprobs",
@@ -133,6 +134,10 @@ class RLConfig:
     rollout_batch_size: int = 128
     rollout_backend: str = "hf"  # "hf": thinklean's decode loop; "vllm": colocated vLLM engine (CUDA, [gpu] extra)
     vllm_gpu_memory_utilization: float = 0.3  # share of the GPU the vLLM engine may take (weights + KV cache)
+    # "model": the hf engine samples with the policy itself; "bfloat16": with a bf16 copy of it, refreshed
+    # after every update (the loss re-scores every response with the policy, as with vLLM)
+    rollout_dtype: str = "model"
+    bf16: bool = False  # the update's and the log-prob passes' forwards under bf16 autocast (fp32 weights)
     report_to: str = "none"  # experiment trackers (thinklean.train.trackers): tensorboard, wandb, mlflow, trackio, all
 
 
@@ -210,6 +215,7 @@ class RLTrainer:
             raise ConfigError(f"rollout_backend must be one of {', '.join(ROLLOUT_BACKENDS)}, got {config.rollout_backend!r}")
         if config.rollout_backend == "vllm" and (problem := vllm_problem()):
             raise ConfigError(problem)
+        self._check_rollout_dtype(config)
         self.settings = build_settings(self.Settings, config.method_kwargs, config.method)
         self.config = config
         self.tokenizer = tokenizer
@@ -232,6 +238,9 @@ class RLTrainer:
             if config.rollout_backend != "hf":
                 raise NotImplementedError(f"rollout_backend {config.rollout_backend!r} under FSDP: the engine would need "
                                           "the whole policy on every process; use rollout_backend 'hf' (or DDP)")
+            if config.rollout_dtype != "model":
+                raise NotImplementedError(f"rollout_dtype {config.rollout_dtype!r} under FSDP: the copy would need the "
+                                          "whole policy on every process; use rollout_dtype 'model' (or DDP)")
             shard_model(model, self.accelerator.device)
             self._lockstep = Lockstep(model, lambda backward: self._lockstep_pad(self.model, backward),
                                       self.accelerator.device)
@@ -251,6 +260,44 @@ class RLTrainer:
         self.step_index = 0
         self._vllm: VLLMRollout | None = None
         self._vllm_step = 0  # the step whose weights the vLLM engine holds
+        self._rollout_copy: torch.nn.Module | None = None  # rollout_dtype's copy of the policy
+        self._rollout_copy_step = -1  # the step whose weights it holds
+
+    def _check_rollout_dtype(self, config: RLConfig) -> None:
+        if config.rollout_dtype not in ROLLOUT_DTYPES:
+            raise ConfigError(f"rollout_dtype must be one of {', '.join(ROLLOUT_DTYPES)}, got {config.rollout_dtype!r}")
+        if config.rollout_dtype == "model":
+            return
+        if config.rollout_backend != "hf":
+            raise ConfigError(f"rollout_dtype {config.rollout_dtype!r} sets the hf engine's copy; rollout_backend "
+                              f"{config.rollout_backend!r} serves the model in its own dtype")
+        if type(self).generate_rollout is not RLTrainer.generate_rollout:
+            raise ConfigError(f"{config.method}: rollout_dtype {config.rollout_dtype!r} is not supported (the method "
+                              "samples with its own generate_rollout); use rollout_dtype 'model'")
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The context of every forward that scores responses for the loss: bf16 autocast with
+        ``config.bf16``, nothing otherwise."""
+        return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
+    def _rollout_model(self) -> torch.nn.Module:
+        """The module the hf engine samples with: the policy, or with ``rollout_dtype`` a copy of it
+        in that dtype (parameters only; buffers such as rotary frequencies keep theirs), its
+        parameters refreshed from the policy's when an update has changed them."""
+        model = self.accelerator.unwrap_model(self.model)
+        dtype = ROLLOUT_DTYPES[self.config.rollout_dtype]
+        if dtype is None:
+            return model
+        if self._rollout_copy is None:
+            self._rollout_copy = copy.deepcopy(model).eval().requires_grad_(False)
+            for param in self._rollout_copy.parameters():
+                param.data = param.data.to(dtype)
+        elif self._rollout_copy_step != self.step_index:
+            with torch.no_grad():
+                for target, source in zip(self._rollout_copy.parameters(), model.parameters(), strict=True):
+                    target.copy_(source)
+        self._rollout_copy_step = self.step_index
+        return self._rollout_copy
 
     def _lockstep_pad(self, model: torch.nn.Module, backward: bool) -> None:
         """One padding call of ``model`` (the policy or the KL reference) for
@@ -295,8 +342,7 @@ class RLTrainer:
         if self.config.rollout_backend == "vllm":
             return self.vllm_engine().generate(prompts, n, sampling, prefixes, seed=seed)
         generator = torch.Generator(device=self.accelerator.device).manual_seed(seed)
-        return generate(self.accelerator.unwrap_model(self.model), self.tokenizer, prompts, n, sampling, prefixes,
-                        generator)
+        return generate(self._rollout_model(), self.tokenizer, prompts, n, sampling, prefixes, generator)
 
     def reward_inputs(self, batch: RolloutBatch, examples: Sequence[Example]) -> dict[str, Any]:
         """Inputs for the reward besides ``correct``, ``lengths`` and ``group_ids`` (e.g. L1's
@@ -536,7 +582,8 @@ class RLTrainer:
         model.eval()
         for rows in self._micro_batches(batch, torch.argsort(r.lengths, stable=True)):
             micro = self._rows(batch, rows)
-            logprobs, _ = self.policy_logprobs(model, micro)
+            with self._autocast():
+                logprobs, _ = self.policy_logprobs(model, micro)
             out[rows, : logprobs.shape[1]] = logprobs.cpu() * micro["response_mask"].cpu()
         model.train(was_training)
         setattr(batch, name, out)
@@ -602,8 +649,9 @@ class RLTrainer:
                 micros = self._micro_batches(batch, mini)
                 if not micros and not self.fsdp:  # under FSDP _sync_calls pads
                     self._join_gradient_sync()
-                shared = self._share_prompts(batch, mini) if micros else None
-                auxiliary = self.auxiliary_loss(batch, mini) if micros else None
+                with self._autocast():
+                    shared = self._share_prompts(batch, mini) if micros else None
+                    auxiliary = self.auxiliary_loss(batch, mini) if micros else None
                 if auxiliary is not None:  # before the micro-batches, whose last backward syncs gradients
                     with self.accelerator.no_sync(self.model):
                         self.accelerator.backward(auxiliary)
@@ -659,7 +707,8 @@ class RLTrainer:
         micro: dict[str, Any] = self._rows(batch, rows)
         if shared is not None:
             micro["shared_prompt"], micro["prompt_index"] = shared[0], shared[1][rows].to(self.accelerator.device)
-        logprobs, entropy = self.policy_logprobs(self.model, micro, with_entropy=True)
+        with self._autocast():
+            logprobs, entropy = self.policy_logprobs(self.model, micro, with_entropy=True)
         old = micro.get("old_logprobs", logprobs.detach())
         inputs = {"logprobs": logprobs, "old_logprobs": old, "advantages": micro["advantages"],
                   "response_mask": micro["response_mask"], "clip_low": cfg.clip_low, "clip_high": cfg.clip_high,
