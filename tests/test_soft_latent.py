@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -232,7 +233,32 @@ def test_the_start_recipe_defaults_are_the_soft_curriculum():
     recipe = StartRecipe()
     assert (recipe.source, recipe.stages, recipe.targets, recipe.steps, recipe.lr, recipe.with_lm) == \
         ("soft", 4, "results", 4000, 3e-4, True)
+    assert (recipe.polish_steps, recipe.polish_lr) == (2000, 1e-4)
     assert (PAPER_RECIPE.source, PAPER_RECIPE.stages, PAPER_RECIPE.steps, PAPER_RECIPE.lr) == ("projector", 0, None, 1e-4)
+    assert PAPER_RECIPE.polish_steps == 0
+
+
+def test_the_start_model_polish_trains_the_curriculum_model_on_its_last_stage(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from thinklean.methods.litereason import PAPER_RECIPE, StartRecipe, build_start_model
+
+    with pytest.raises(ValueError, match="polish_steps 2 needs curriculum stages"):
+        build_start_model(tiny_model_dir, tmp_path / "paper", dataclasses.replace(PAPER_RECIPE, polish_steps=2))
+    recipe = StartRecipe(problems=3, stages=2, steps=2, polish_steps=3, batch_size=2)
+    build = tmp_path / "build"
+    model_dir = build_start_model(tiny_model_dir, build, recipe, show_progress=False)
+    rows = [json.loads(line) for line in (build / "litereason.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == [1, 1, 1, 2, 2, 2]
+    # the curriculum: one step per stage; then the polish: 3 steps on the 3 last-stage rows
+    assert [len(read_metrics(build / "staged" / d / "metrics.jsonl")) for d in ("stage-1", ".")] == [1, 1]
+    assert len(read_metrics(build / "metrics.jsonl")) == 3
+    assert json.loads((model_dir / "projector.json").read_text())["source"] == "soft"
+    staged, polished = load_file(build / "staged" / "model" / "model.safetensors"), load_file(model_dir / "model.safetensors")
+    assert any(not torch.equal(staged[k], polished[k]) for k in staged)
+    stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert build_start_model(tiny_model_dir, build, recipe) == model_dir
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp
     assert math.isclose(PAPER_RECIPE.grad_clip, 0.2)
 
 

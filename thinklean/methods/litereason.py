@@ -564,6 +564,8 @@ class StartRecipe:
     lr, batch_size, grad_clip: the SFT's (``thinklean litereason-sft``; cosine, 10% warm-up).
     with_lm:     also fine-tune the LM (``--with-lm``): the embedded model cannot follow the
                  prompt's instruction to write segments, so a frozen LM would never open one.
+    polish_steps, polish_lr: then that many more steps at that peak lr on the last (all-latent)
+                 stage's rows alone, from the curriculum's model (0: none).
     The defaults are the demo's start model (docs/litereason.md); :data:`PAPER_RECIPE` is the
     paper's data with the fixed projector.
     """
@@ -581,20 +583,30 @@ class StartRecipe:
     with_lm: bool = True
     max_new_tokens: int = 320
     output_norm: str = "embedding"
+    polish_steps: int = 2000
+    polish_lr: float = 1e-4
 
 
-PAPER_RECIPE = StartRecipe(source="projector", stages=0, problems=1000, steps=None, lr=1e-4, grad_clip=0.2)
+PAPER_RECIPE = StartRecipe(source="projector", stages=0, problems=1000, steps=None, lr=1e-4, grad_clip=0.2,
+                           polish_steps=0)
 
 
 def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: StartRecipe = StartRecipe(),
                       seed: int = 0, show_progress: bool = True, report_to: str = "none") -> Path:
     """``thinklean data litereason`` + ``thinklean litereason-sft`` from ``base_model``:
     ``BUILD_DIR/litereason.jsonl`` (kept, and reused when present) and ``BUILD_DIR/model`` (the
-    LM with its latent source; returned as it is when already built); ``report_to``: trackers of the SFT."""
+    LM with its latent source; returned as it is when already built); ``report_to``: trackers of the SFT.
+    With ``recipe.polish_steps`` the curriculum model goes to ``BUILD_DIR/staged/model`` (reused
+    when present) and a second ``litereason-sft`` run from it on the last stage's rows writes
+    ``BUILD_DIR/model``, as ``thinklean litereason-sft --model BUILD_DIR/staged/model --data
+    LAST_STAGE.jsonl --source soft --with-lm --steps polish_steps --lr polish_lr`` does."""
     build_dir = Path(build_dir)
     model_dir = build_dir / "model"
     if (model_dir / CONFIG_NAME).is_file():
         return model_dir
+    if recipe.polish_steps and recipe.stages < 1:
+        raise ValueError(f"polish_steps {recipe.polish_steps} needs curriculum stages (stages >= 1, got {recipe.stages})")
+    staged_dir = build_dir / "staged" if recipe.polish_steps else build_dir
     model, tokenizer = load_pretrained(base_model)
     data = build_dir / "litereason.jsonl"
     if data.is_file():
@@ -607,11 +619,17 @@ def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: Sta
         if not rows:
             raise ValueError(f"{base_model}: no correct trace among {recipe.k} samples of {recipe.problems} problems")
         write_jsonl(data, rows)
-    config = projector_sft_config(len(rows), lr=recipe.lr, epochs=recipe.epochs, batch_size=recipe.batch_size,
-                                  grad_clip=recipe.grad_clip, seed=seed, report_to=report_to, steps=recipe.steps)
-    projector = fresh_source(model, recipe.source, recipe.output_norm)
-    train_projector(model, tokenizer, projector, rows, build_dir, config, with_lm=recipe.with_lm,
-                    show_progress=show_progress)
+    sft = dict(batch_size=recipe.batch_size, grad_clip=recipe.grad_clip, seed=seed, report_to=report_to)
+    if not (staged_dir / "model" / CONFIG_NAME).is_file():
+        config = projector_sft_config(len(rows), lr=recipe.lr, epochs=recipe.epochs, steps=recipe.steps, **sft)
+        train_projector(model, tokenizer, fresh_source(model, recipe.source, recipe.output_norm), rows, staged_dir,
+                        config, with_lm=recipe.with_lm, show_progress=show_progress)
+    if recipe.polish_steps:
+        model, tokenizer = load_pretrained(staged_dir / "model")
+        last = [r for r in rows if r["stage"] == recipe.stages]
+        config = projector_sft_config(len(last), lr=recipe.polish_lr, steps=recipe.polish_steps, **sft)
+        train_projector(model, tokenizer, load_projector(model, staged_dir / "model", warn=False), last, build_dir,
+                        config, with_lm=recipe.with_lm, show_progress=show_progress)
     return model_dir
 
 
@@ -620,7 +638,7 @@ def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: Sta
 
 def start_recipe(quick: bool) -> StartRecipe:
     """The recipe of the demo's start model (a few problems and steps with ``quick``)."""
-    return StartRecipe(problems=8, k=2, max_new_tokens=120, steps=8) if quick else StartRecipe()
+    return StartRecipe(problems=8, k=2, max_new_tokens=120, steps=8, polish_steps=2) if quick else StartRecipe()
 
 
 def build_demo_start(stage: DemoStage) -> Path:
@@ -629,7 +647,7 @@ def build_demo_start(stage: DemoStage) -> Path:
     if not (stage.row_dir / "model" / CONFIG_NAME).is_file():
         stage.console.print(f"[bold]building the LiteReason start model[/bold]: {recipe.problems} rendered traces "
                             f"with latent targets, {recipe.steps} steps of LM + soft-latent SFT in {recipe.stages} "
-                            "curriculum stages (about 30 min on 2 cores)")
+                            f"curriculum stages, then {recipe.polish_steps} on the last stage (about 45 min on 2 cores)")
     return build_start_model(stage.base_model, stage.row_dir, recipe, stage.seed, report_to=stage.report_to)
 
 
