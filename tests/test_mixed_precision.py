@@ -7,7 +7,6 @@ import torch
 from thinklean.data.jsonl import Example
 from thinklean.methods.config import ConfigError
 from thinklean.models.tiny import build_model
-from thinklean.rollout import vllm_engine
 from thinklean.train.rl import RLConfig, RLTrainer
 
 PROMPTS = [Example(prompt=f"Start with {i}. Add 1. What is the result?", answer=str(i + 1), difficulty=1) for i in range(1, 9)]
@@ -93,7 +92,6 @@ def test_rollout_dtype_errors(tmp_path, tiny_model, tiny_tokenizer, monkeypatch)
     with pytest.raises(ConfigError, match="litereason: rollout_dtype 'bfloat16' is not supported"):
         LiteReasonTrainer(tiny_model, tiny_tokenizer, RLConfig(method="litereason", rollout_dtype="bfloat16"),
                           PROMPTS, tmp_path)
-    monkeypatch.setattr(vllm_engine, "vllm_problem", lambda: None)
     monkeypatch.setattr("thinklean.train.rl.vllm_problem", lambda: None)
     with pytest.raises(ConfigError, match="serves the model in its own dtype"):
         RLTrainer(tiny_model, tiny_tokenizer, RLConfig(rollout_backend="vllm", rollout_dtype="bfloat16"), PROMPTS,

@@ -236,6 +236,7 @@ def test_the_start_recipe_defaults_are_the_soft_curriculum():
     assert (recipe.polish_steps, recipe.polish_lr) == (2000, 1e-4)
     assert (PAPER_RECIPE.source, PAPER_RECIPE.stages, PAPER_RECIPE.steps, PAPER_RECIPE.lr) == ("projector", 0, None, 1e-4)
     assert PAPER_RECIPE.polish_steps == 0
+    assert math.isclose(PAPER_RECIPE.grad_clip, 0.2)
 
 
 def test_the_start_model_polish_trains_the_curriculum_model_on_its_last_stage(tmp_path, tiny_model_dir):
@@ -259,7 +260,6 @@ def test_the_start_model_polish_trains_the_curriculum_model_on_its_last_stage(tm
     stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
     assert build_start_model(tiny_model_dir, build, recipe) == model_dir
     assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp
-    assert math.isclose(PAPER_RECIPE.grad_clip, 0.2)
 
 
 def test_fsdp_with_a_soft_source_is_refused_before_training(tmp_path, tiny_model, tiny_tokenizer, monkeypatch):
