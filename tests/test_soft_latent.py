@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 
 import pytest
 import torch
@@ -260,6 +261,15 @@ def test_the_start_model_polish_trains_the_curriculum_model_on_its_last_stage(tm
     stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
     assert build_start_model(tiny_model_dir, build, recipe) == model_dir
     assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    # a resumed polish starts from the staged model and its rows: the base model is not read
+    shutil.rmtree(model_dir)
+    assert build_start_model(tmp_path / "no-base-model", build, recipe, show_progress=False) == model_dir
+    # rows written for 2 stages give a 3-stage recipe nothing to polish on
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(build / "litereason.jsonl", other / "litereason.jsonl")
+    with pytest.raises(ValueError, match=r"litereason.jsonl: no row of stage 3 to polish on \(stages found: \[1, 2\]\)"):
+        build_start_model(tiny_model_dir, other, dataclasses.replace(recipe, stages=3), show_progress=False)
 
 
 def test_fsdp_with_a_soft_source_is_refused_before_training(tmp_path, tiny_model, tiny_tokenizer, monkeypatch):

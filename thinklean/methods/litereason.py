@@ -607,26 +607,32 @@ def build_start_model(base_model: str | Path, build_dir: str | Path, recipe: Sta
     if recipe.polish_steps and recipe.stages < 1:
         raise ValueError(f"polish_steps {recipe.polish_steps} needs curriculum stages (stages >= 1, got {recipe.stages})")
     staged_dir = build_dir / "staged" if recipe.polish_steps else build_dir
-    model, tokenizer = load_pretrained(base_model)
+    staged_built = (staged_dir / "model" / CONFIG_NAME).is_file()
     data = build_dir / "litereason.jsonl"
+    base = load_pretrained(base_model) if not (staged_built and data.is_file()) else None
     if data.is_file():
         rows = [example_to_dict(e) for e in load_jsonl(data, require_solution=True)]
     else:
         examples = arith_examples(recipe.problems, "train", seed)
-        rows = litereason_records(model, tokenizer, examples, k=recipe.k, seed=seed, stages=recipe.stages,
+        rows = litereason_records(*base, examples, k=recipe.k, seed=seed, stages=recipe.stages,
                                   targets=recipe.targets,
                                   max_new_tokens=recipe.max_new_tokens, show_progress=show_progress)
         if not rows:
             raise ValueError(f"{base_model}: no correct trace among {recipe.k} samples of {recipe.problems} problems")
         write_jsonl(data, rows)
+    last = [r for r in rows if r.get("stage") == recipe.stages]
+    if recipe.polish_steps and not last:
+        found = sorted({r.get("stage") for r in rows}, key=str)
+        raise ValueError(f"{data}: no row of stage {recipe.stages} to polish on (stages found: {found}); the rows "
+                         f"were written for another number of stages, delete the file to write them again")
     sft = dict(batch_size=recipe.batch_size, grad_clip=recipe.grad_clip, seed=seed, report_to=report_to)
-    if not (staged_dir / "model" / CONFIG_NAME).is_file():
+    if not staged_built:
+        model, tokenizer = base
         config = projector_sft_config(len(rows), lr=recipe.lr, epochs=recipe.epochs, steps=recipe.steps, **sft)
         train_projector(model, tokenizer, fresh_source(model, recipe.source, recipe.output_norm), rows, staged_dir,
                         config, with_lm=recipe.with_lm, show_progress=show_progress)
     if recipe.polish_steps:
         model, tokenizer = load_pretrained(staged_dir / "model")
-        last = [r for r in rows if r["stage"] == recipe.stages]
         config = projector_sft_config(len(last), lr=recipe.polish_lr, steps=recipe.polish_steps, **sft)
         train_projector(model, tokenizer, load_projector(model, staged_dir / "model", warn=False), last, build_dir,
                         config, with_lm=recipe.with_lm, show_progress=show_progress)
