@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from thinklean.data.arith import STYLES, generate_problems, solution_text
+from thinklean.data.arith import STYLES, TASK, VARIANTS, Variant, generate_problems, solution_text
 from thinklean.eval.evaluate import EvalConfig, arith_examples, evaluate
 from thinklean.models.tiny import load_pretrained
 
 
-def terse_floor(tokenizer, n: int, seed: int) -> dict[str, float]:
+def terse_floor(tokenizer, n: int, seed: int, variant: Variant = TASK) -> dict[str, float]:
     """Mean tokens (with EOS) of the terse reference solutions of the evaluated problems."""
-    problems = generate_problems(n, "test", seed)
+    problems = generate_problems(n, "test", seed, variant=variant)
     per: dict[str, list[int]] = {}
     for p in problems:
         tokens = len(tokenizer(solution_text(p, "terse", random.Random(0)), add_special_tokens=False).input_ids) + 1
@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max-new-tokens", type=int, default=320)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variant", choices=list(VARIANTS), default=TASK.name,
+                    help="the problem generator (every-risky: the control arm, docs/task.md)")
     ap.add_argument("--output", type=Path, default=None, help="JSON file (default: benchmarks/results/task_<name>.json)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -56,8 +58,9 @@ def main() -> None:
     t0 = time.time()
     config = EvalConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, samples=args.samples,
                         seed=args.seed)
-    summary = evaluate(model, tokenizer, arith_examples(args.n, "test", args.seed), config)
-    floor = terse_floor(tokenizer, args.n, args.seed)
+    variant = VARIANTS[args.variant]
+    summary = evaluate(model, tokenizer, arith_examples(args.n, "test", args.seed, variant), config)
+    floor = terse_floor(tokenizer, args.n, args.seed, variant)
     seconds = time.time() - t0
 
     print(f"{args.model}: {summary['n']} responses, T={args.temperature}, cap {args.max_new_tokens}, {seconds:.0f} s")

@@ -4,6 +4,7 @@ import pytest
 
 from thinklean.data.arith import (
     BASE_STYLE_WEIGHTS,
+    EVERY_RISKY,
     STYLES,
     TWO_DIGIT,
     ArithProblem,
@@ -69,6 +70,17 @@ def test_values_stay_in_range_and_only_two_digit_values_are_multiplied():
             else:
                 assert 1 <= k <= 9
     assert multiplied > 100
+
+
+def test_the_every_risky_control_arm_opens_every_problem_with_a_multiplication_by_7_or_9():
+    problems = generate_problems(120, "test", seed=0, variant=EVERY_RISKY)
+    assert sorted({p.difficulty for p in problems}) == [1, 2, 3, 4, 5, 6]
+    # the start (100-999) is always multipliable, and a multiplication is taken whenever legal
+    assert all(p.ops[0][0] == "*" and p.ops[0][1] in (7, 9) for p in problems)
+    # a second one only where the first product stays under 1000 (start 100-142 times 7)
+    for p in problems:
+        assert all(k in (7, 9) for s, k in p.ops if s == "*")
+        assert len(p.risky_steps) == 1 or p.start * p.ops[0][1] <= 999
 
 
 def test_styles_check_the_steps_they_name():

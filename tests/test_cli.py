@@ -30,6 +30,20 @@ def test_data_arith_writes_jsonl(tmp_path):
     assert len(rows) == 12 and {"prompt", "answer", "difficulty"} <= set(rows[0])
 
 
+def test_data_arith_writes_the_control_arm_variant_and_eval_reads_it_by_name(tmp_path, tiny_model_dir, capsys):
+    from thinklean.cli import _load_examples
+
+    out = tmp_path / "risky.jsonl"
+    assert main(["data", "arith", "--variant", "every-risky", "--split", "test", "--n", "12", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["risky_steps"][0] == 0 for r in rows)
+    # --data arith:every-risky draws the same problems as the file
+    assert [e.prompt for e in _load_examples("arith:every-risky", 12, "test", 0)] == [r["prompt"] for r in rows]
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", "arith:every-risk", "--n", "2"]) == 2
+    assert "--data arith:every-risk: unknown task variant 'every-risk' (available: two-digit, three-digit, every-risky)" \
+        in capsys.readouterr().err
+
+
 def test_more_test_problems_than_exist_is_a_usage_error(tmp_path, capsys):
     assert main(["data", "arith", "--split", "test", "--n", "15000", "--output", str(tmp_path / "t.jsonl")]) == 2
     assert "--n 15000: found only" in capsys.readouterr().err

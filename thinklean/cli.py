@@ -82,7 +82,8 @@ def _add_style(p: argparse.ArgumentParser) -> None:
 
 def _add_model_and_data(p: argparse.ArgumentParser, model: str = "base",
                         model_help: str = "'base' (shipped), a local HF model directory (safetensors) or a .gguf file",
-                        data_help: str = "'arith' (embedded task); a JSONL, .parquet, .arrow or .csv file or a "
+                        data_help: str = "'arith' (embedded task; 'arith:every-risky' its control arm whose "
+                        "every problem starts with a multiplication by 7 or 9); a JSONL, .parquet, .arrow or .csv file or a "
                         "datasets save_to_disk directory with prompt (or question), answer columns (GSM8K's "
                         "'... #### 72' is read as 72; tables need pip install 'thinklean[datasets]'); or "
                         "reasoning-gym:TASK, e.g. reasoning-gym:gsm_symbolic (N problems generated offline from "
@@ -154,18 +155,29 @@ def _check_report_to(report_to: str) -> None:
         raise UsageError(f"--report-to {report_to}: {e}") from e
 
 
+def _is_arith(data: str) -> bool:
+    """Whether ``--data`` names the embedded task: ``arith`` or ``arith:VARIANT``."""
+    return data == "arith" or data.startswith("arith:")
+
+
 def _load_examples(data: str, n: int, split: str, seed: int, require_solution: bool = False,
                    prompt_field: str = "prompt", answer_field: str = "answer") -> list[Any]:
-    """``arith`` (the embedded task), ``reasoning-gym:TASK`` (generated) or a data file
+    """``arith`` (the embedded task; ``arith:VARIANT`` another generator of
+    :data:`thinklean.data.arith.VARIANTS`), ``reasoning-gym:TASK`` (generated) or a data file
     (JSONL, parquet, arrow, CSV or a ``save_to_disk`` directory)."""
     from thinklean.data.tables import load_examples
     from thinklean.eval.evaluate import REASONING_GYM, arith_examples, reasoning_gym_examples
 
-    if n < 1 and (data == "arith" or data.startswith(REASONING_GYM)):
+    if n < 1 and (_is_arith(data) or data.startswith(REASONING_GYM)):
         raise UsageError(f"--n {n}: expected at least 1 problem (0 means every row only for a JSONL file)")
-    if data == "arith":
+    if _is_arith(data):
+        from thinklean.data.arith import TASK, VARIANTS
+
+        name = data.partition(":")[2] or TASK.name
+        if name not in VARIANTS:
+            raise UsageError(f"--data {data}: unknown task variant {name!r} (available: {', '.join(VARIANTS)})")
         try:
-            return arith_examples(n, split, seed)
+            return arith_examples(n, split, seed, VARIANTS[name])
         except ValueError as e:
             raise UsageError(f"--n {n}: {e}") from e
     if data.startswith(REASONING_GYM):
@@ -279,7 +291,7 @@ def _warning_line(message: Warning | str, category: type[Warning], filename: str
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from thinklean.data.arith import generate_problems, problem_record, sft_records
+    from thinklean.data.arith import VARIANTS, generate_problems, problem_record, sft_records
     from thinklean.data.jsonl import write_jsonl
 
     tasks = _data_tasks()
@@ -289,11 +301,13 @@ def cmd_data(args: argparse.Namespace) -> None:
         return _data_from_model(args, tasks[args.task])
     if args.task != "arith":
         raise UsageError(f"unknown data task {args.task!r} (available: arith, hft, {', '.join(tasks)})")
+    variant = VARIANTS[args.variant]
     if args.split == "train" and args.solutions:
-        rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate)
+        rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate,
+                           variant=variant)
     else:
         try:
-            rows = [problem_record(p) for p in generate_problems(args.n, args.split, args.seed)]
+            rows = [problem_record(p) for p in generate_problems(args.n, args.split, args.seed, variant=variant)]
         except ValueError as e:
             raise UsageError(f"--n {args.n}: {e}") from e
     out = args.output if args.output.suffix == ".jsonl" else args.output / f"arith-{args.split}.jsonl"
@@ -465,7 +479,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     _check_report_to(config.report_to)
     train_examples = _load_examples(args.data, config.train_problems, "train", args.seed,
                                     prompt_field=args.prompt_field, answer_field=args.answer_field)
-    eval_examples = _load_examples("arith", config.eval_problems, "test", args.seed) if args.data == "arith" else []
+    eval_examples = _load_examples(args.data, config.eval_problems, "test", args.seed) if _is_arith(args.data) else []
     model, tokenizer = _load(args.model, args.trust_remote_code)
     _check_prompt_lengths(model, tokenizer, train_examples, config.max_new_tokens, args.data)
     try:
@@ -636,6 +650,8 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     """``thinklean data``'s arguments, with the methods' data tasks and their flags."""
+    from thinklean.data.arith import TASK, VARIANTS
+
     tasks = _data_tasks()
     p.add_argument("task", choices=["arith", "hft", *tasks],
                    help="dataset to build (hft: think/no-think SFT mixture"
@@ -643,6 +659,9 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=AT_LEAST_1, default=1000, help="number of rows (a method's task: problems to sample)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="problem split (disjoint by hash)")
     p.add_argument("--solutions", action="store_true", help="include think-mode solutions (SFT data) in --style")
+    p.add_argument("--variant", choices=list(VARIANTS), default=TASK.name,
+                   help=f"arith: the problem generator ({TASK.name}: the task; every-risky: every problem starts with "
+                        "a multiplication by 7 or 9, docs/task.md)")
     _add_style(p)
     _add_model_and_data(p, model=None, model_help="hft: send to no-think the problems this model answers right "
                         "when forced to '<no_think> \\boxed{' (replaces the rule); a method's task: the model whose "

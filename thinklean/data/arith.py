@@ -64,9 +64,10 @@ class Variant:
     how a risky check splits ``a`` (``a - a % split`` and ``a % split``), whether a safe
     check restates the result, and whether a risky check carries its sum forward (``carry``:
     ``The result is N.``) or compares it with the first result (``Correct.`` or ``Wait, the
-    result is N.``). :data:`TASK` is the task; :data:`TWO_DIGIT` is the variant the
-    base model's first build stage was trained on (two-digit multiplications turned out not to
-    be risky: ``docs/task.md``)."""
+    result is N.``), and the operands a multiplication may take. :data:`TASK` is the task;
+    :data:`TWO_DIGIT` is the variant the base model's first build stage was trained on
+    (two-digit multiplications turned out not to be risky: ``docs/task.md``); :data:`EVERY_RISKY`
+    is a control arm of the task whose every problem needs its riskiest check."""
 
     name: str
     stream: str  # prefix of the random streams: the same rows for the same seed
@@ -77,11 +78,14 @@ class Variant:
     multiply_share: float  # chance of a multiplication at a step where one is legal
     restate: bool
     carry: bool
+    multipliers: tuple[int, ...] = tuple(MULTIPLIERS)
 
 
 TWO_DIGIT = Variant("two-digit", "arith2", (2, 60), (10, 99), 999, 10, 0.3, True, False)
 TASK = Variant("three-digit", "arith3", (100, 999), (100, 999), 9999, 100, 0.25, False, True)
-VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK)}
+# the task's control arm: every problem starts with a multiplication by 7 or 9 (the riskiest)
+EVERY_RISKY = Variant("every-risky", "arith3", (100, 999), (100, 999), 9999, 100, 1.0, False, True, (7, 9))
+VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK, EVERY_RISKY)}
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ def _legal_ops(value: int, variant: Variant) -> tuple[list[tuple[str, int]], lis
     safe = [("+", k) for k in range(1, 10) if value + k <= variant.max_value]
     safe += [("-", k) for k in range(1, 10) if value - k >= 0]
     lo, hi = variant.multiplied
-    risky = [("*", k) for k in MULTIPLIERS if lo <= value <= hi and value * k <= variant.max_value]
+    risky = [("*", k) for k in variant.multipliers if lo <= value <= hi and value * k <= variant.max_value]
     return safe, risky
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from thinklean.data.arith import generate_problems
+from thinklean.data.arith import TASK, Variant, generate_problems
 from thinklean.data.formats import format_prompt, response_mode
 from thinklean.data.grading import format_ok, grade, reasoning_span
 from thinklean.data.jsonl import Example
@@ -36,12 +36,13 @@ class EvalConfig:
     answer_extraction: str = "boxed"  # or "flexible": the last number when nothing is boxed (grading.extract_answer)
 
 
-def arith_examples(n: int = 500, split: str = "test", seed: int = 0) -> list[Example]:
-    """Embedded-task problems (difficulties 1–6 in equal shares); test problems are distinct,
-    training problems may repeat (there are only about a thousand with one operation)."""
+def arith_examples(n: int = 500, split: str = "test", seed: int = 0, variant: Variant = TASK) -> list[Example]:
+    """Embedded-task problems (difficulties 1–6 in equal shares) of ``variant``'s generator; test
+    problems are distinct, training problems may repeat (there are only about a thousand with one
+    operation)."""
     return [
         Example(prompt=p.question, answer=str(p.answer), difficulty=p.difficulty)
-        for p in generate_problems(n, split, seed, distinct=split == "test")
+        for p in generate_problems(n, split, seed, distinct=split == "test", variant=variant)
     ]
 
 
