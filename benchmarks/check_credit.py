@@ -2,7 +2,7 @@
 back onto each step's choice to check it (docs/task.md, "Credit for a check").
 
 Samples ``--samples`` responses per held-out problem at ``--temperature`` and scores each group
-with every reward below, turned into GRPO's group-normalised advantage ``A``. Every parsed step
+with every reward of :func:`rewards`, turned into GRPO's group-normalised advantage ``A``. Every parsed step
 of every response is one decision, check or not, of its kind (risky: a multiplication; safe:
 an addition or subtraction). Per reward and kind it prints:
 
@@ -45,6 +45,7 @@ def rewards(budget: int) -> dict[str, Callable[[torch.Tensor, torch.Tensor, torc
     return {
         "correctness (GRPO)": correctness_reward,
         "HMPO": hmpo_reward,
+        "HMPO, add": lambda c, n, g: hmpo_reward(c, n, g, combine="add"),
         "Kimi": kimi_reward,
         f"ThinkPrune {budget}": lambda c, n, g: thinkprune_reward(c, n, g, budget),
     }

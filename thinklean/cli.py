@@ -82,8 +82,8 @@ def _add_style(p: argparse.ArgumentParser) -> None:
 
 def _add_model_and_data(p: argparse.ArgumentParser, model: str = "base",
                         model_help: str = "'base' (shipped), a local HF model directory (safetensors) or a .gguf file",
-                        data_help: str = "'arith' (embedded task; 'arith:every-risky' its control arm whose "
-                        "every problem starts with a multiplication by 7 or 9); a JSONL, .parquet, .arrow or .csv file or a "
+                        data_help: str = "'arith' (embedded task; 'arith:x7x9' and 'arith:every-risky' its control "
+                        "arms, docs/task.md); a JSONL, .parquet, .arrow or .csv file or a "
                         "datasets save_to_disk directory with prompt (or question), answer columns (GSM8K's "
                         "'... #### 72' is read as 72; tables need pip install 'thinklean[datasets]'); or "
                         "reasoning-gym:TASK, e.g. reasoning-gym:gsm_symbolic (N problems generated offline from "
@@ -660,8 +660,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["train", "test"], default="train", help="problem split (disjoint by hash)")
     p.add_argument("--solutions", action="store_true", help="include think-mode solutions (SFT data) in --style")
     p.add_argument("--variant", choices=list(VARIANTS), default=TASK.name,
-                   help=f"arith: the problem generator ({TASK.name}: the task; every-risky: every problem starts with "
-                        "a multiplication by 7 or 9, docs/task.md)")
+                   help=f"arith: the problem generator ({TASK.name}: the task; x7x9: its multiplications by 7 and 9 "
+                        "only; every-risky: every problem starts with one, docs/task.md)")
     _add_style(p)
     _add_model_and_data(p, model=None, model_help="hft: send to no-think the problems this model answers right "
                         "when forced to '<no_think> \\boxed{' (replaces the rule); a method's task: the model whose "

@@ -66,8 +66,8 @@ class Variant:
     ``The result is N.``) or compares it with the first result (``Correct.`` or ``Wait, the
     result is N.``), and the operands a multiplication may take. :data:`TASK` is the task;
     :data:`TWO_DIGIT` is the variant the base model's first build stage was trained on
-    (two-digit multiplications turned out not to be risky: ``docs/task.md``); :data:`EVERY_RISKY`
-    is a control arm of the task whose every problem needs its riskiest check."""
+    (two-digit multiplications turned out not to be risky: ``docs/task.md``); :data:`X7X9` and
+    :data:`EVERY_RISKY` are control arms of the task with its riskiest multiplications only."""
 
     name: str
     stream: str  # prefix of the random streams: the same rows for the same seed
@@ -83,9 +83,11 @@ class Variant:
 
 TWO_DIGIT = Variant("two-digit", "arith2", (2, 60), (10, 99), 999, 10, 0.3, True, False)
 TASK = Variant("three-digit", "arith3", (100, 999), (100, 999), 9999, 100, 0.25, False, True)
-# the task's control arm: every problem starts with a multiplication by 7 or 9 (the riskiest)
+# control arms (docs/task.md): the task with only its riskiest multiplications (x7, x9), and
+# those taken wherever legal, so that every problem starts with one
+X7X9 = Variant("x7x9", "arith3", (100, 999), (100, 999), 9999, 100, 0.25, False, True, (7, 9))
 EVERY_RISKY = Variant("every-risky", "arith3", (100, 999), (100, 999), 9999, 100, 1.0, False, True, (7, 9))
-VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK, EVERY_RISKY)}
+VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK, X7X9, EVERY_RISKY)}
 
 
 @dataclass(frozen=True)
