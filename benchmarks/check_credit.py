@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import task_sampling_arguments
 
 from thinklean.core.advantages import group_normalised_scores
 from thinklean.core.rewards import correctness_reward, hmpo_reward, kimi_reward, thinkprune_reward
-from thinklean.data.arith import TASK, VARIANTS, is_risky, parse_steps
+from thinklean.data.arith import VARIANTS, is_risky, parse_steps
 from thinklean.eval.evaluate import EvalConfig, arith_examples, run_generation
 from thinklean.models.tiny import load_pretrained
 
@@ -87,14 +88,8 @@ def credit(advantages: np.ndarray, counts: np.ndarray, rows: np.ndarray) -> dict
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="base")
-    ap.add_argument("--n", type=int, default=250, help="held-out problems (groups)")
-    ap.add_argument("--samples", type=int, default=8, help="responses per problem (the group size)")
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max-new-tokens", type=int, default=320)
+    task_sampling_arguments(ap, n=250, samples=8)  # a problem's samples are its group
     ap.add_argument("--budget", type=int, default=120, help="ThinkPrune's budget (the demo schedule ends at 120)")
-    ap.add_argument("--variant", choices=list(VARIANTS), default=TASK.name, help="the problem generator")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples of the problems for the intervals")
     ap.add_argument("--output", type=Path, default=None,
                     help="JSON file (default: benchmarks/results/check_credit_<model>_<variant>.json)")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import task_sampling_arguments
 
 from thinklean.data.arith import STYLES, TASK, VARIANTS, Variant, generate_problems, solution_text
 from thinklean.eval.evaluate import EvalConfig, arith_examples, evaluate
@@ -42,14 +43,7 @@ def _pct(x: float | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="base")
-    ap.add_argument("--n", type=int, default=500, help="held-out problems")
-    ap.add_argument("--samples", type=int, default=4, help="responses per problem")
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max-new-tokens", type=int, default=320)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variant", choices=list(VARIANTS), default=TASK.name,
-                    help="the problem generator (every-risky: the control arm, docs/task.md)")
+    task_sampling_arguments(ap, n=500, samples=4)
     ap.add_argument("--output", type=Path, default=None, help="JSON file (default: benchmarks/results/task_<name>.json)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
