@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +88,15 @@ def credit(advantages: np.ndarray, counts: np.ndarray, rows: np.ndarray) -> dict
     return out
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN (a kind with no decisions, a fit with too few responses) as ``None``."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     task_sampling_arguments(ap, n=250, samples=8)  # a problem's samples are its group
@@ -126,8 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
         spread = [credit(advantages, counts, rows) for rows in resamples]
         for kind in KINDS:
             for key in ("signal", "held"):
-                values = [s[kind][key] for s in spread]
-                point[kind][f"{key}_ci"] = [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
+                values = np.array([s[kind][key] for s in spread])
+                values = values[np.isfinite(values)]
+                point[kind][f"{key}_ci"] = np.percentile(values, [2.5, 97.5]).tolist() if values.size else [math.nan] * 2
             f = point[kind]
             print(f"| {name} | {kind} | {f['decisions']} | {100 * f['check_rate']:.1f}% | {f['advantage_checked']:+.3f} | "
                   f"{f['advantage_unchecked']:+.3f} | {f['signal']:+.4f} [{f['signal_ci'][0]:+.4f}, {f['signal_ci'][1]:+.4f}] | "
@@ -135,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["rewards"][name] = point
     out = args.output or Path(__file__).parent / "results" / f"check_credit_{Path(str(args.model)).name}_{args.variant}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float))
+    out.write_text(json.dumps(_finite(result), indent=1))
     print(f"\nwrote {out}")
     return result
 

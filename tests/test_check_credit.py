@@ -1,5 +1,6 @@
 """benchmarks/check_credit.py: the credit a reward gives each kind of check decision, by hand."""
 
+import json
 import random
 from pathlib import Path
 
@@ -50,3 +51,15 @@ def test_held_recovers_each_share_s_coefficient(check_credit):
     advantages = np.array([0.3 + 2 * r - s for r, s in shares])
     out = check_credit.credit(advantages, counts, np.arange(len(shares)))
     assert out["risky"]["held"] == pytest.approx(2.0) and out["safe"]["held"] == pytest.approx(-1.0)
+
+
+def test_the_benchmark_runs_end_to_end_and_writes_every_reward(check_credit, tiny_model_dir, tmp_path):
+    out = tmp_path / "credit.json"
+    result = check_credit.main(["--model", str(tiny_model_dir), "--n", "2", "--samples", "2", "--max-new-tokens", "6",
+                                "--bootstrap", "3", "--variant", "every-risky", "--output", str(out)])
+    assert result["responses"] == 4 and result["args"]["variant"] == "every-risky"
+    written = json.loads(out.read_text())
+    assert set(written["rewards"]) == {"correctness (GRPO)", "HMPO", "HMPO, add", "Kimi", "ThinkPrune 120"}
+    # an untrained model writes no step: no decision to credit, written as null rather than NaN
+    assert written["rewards"]["HMPO"]["risky"]["decisions"] == 0
+    assert written["rewards"]["HMPO"]["risky"]["signal"] is None and written["rewards"]["HMPO"]["risky"]["signal_ci"] == [None, None]
