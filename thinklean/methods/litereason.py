@@ -362,6 +362,7 @@ class LiteReasonTrainer(RLTrainer):
         if config.dynamic_sampling or config.keep_shortest:
             raise ConfigError("litereason: dynamic_sampling and keep_shortest are not supported "
                               "(their row filters drop the rollouts' latent segments)")
+        self._check_rollout_dtype(config)  # before the projector is read
         # built from the model's weights before FSDP may shard them
         projector = load_projector(model, build_settings(self.Settings, config.method_kwargs, config.method).projector)
         super().__init__(model, tokenizer, config, train_examples, run_dir, eval_examples)
