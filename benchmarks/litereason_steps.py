@@ -25,11 +25,13 @@ from _results import write_result
 from rich.console import Console
 from rich.table import Table
 
+from thinklean.data.litereason import TARGET_KINDS
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a LiteReason model directory (LM + projector.json)")
-    p.add_argument("--targets", choices=["checks", "results", "safe"], default="results",
+    p.add_argument("--targets", choices=TARGET_KINDS, default="results",
                    help="the segment layout it was trained on")
     p.add_argument("--n", type=int, default=500, help="held-out problems")
     p.add_argument("--temperature", type=float, default=1.0)
