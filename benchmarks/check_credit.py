@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output", type=Path, default=None,
                     help="JSON file (default: benchmarks/results/check_credit_<model>_<variant>.json)")
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
     model, tokenizer = load_pretrained(args.model)
     model.eval()
     t0 = time.time()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from thinklean.data.arith import ArithProblem, solution_text
 
@@ -58,6 +59,7 @@ def test_the_benchmark_runs_end_to_end_and_writes_every_reward(check_credit, tin
     result = check_credit.main(["--model", str(tiny_model_dir), "--n", "2", "--samples", "2", "--max-new-tokens", "6",
                                 "--bootstrap", "3", "--variant", "every-risky", "--output", str(out)])
     assert result["responses"] == 4 and result["args"]["variant"] == "every-risky"
+    assert torch.is_grad_enabled()  # the benchmark leaves the process as it found it
     written = json.loads(out.read_text())
     assert set(written["rewards"]) == {"correctness (GRPO)", "HMPO", "HMPO, add", "Kimi", "ThinkPrune 120"}
     # an untrained model writes no step: no decision to credit, written as null rather than NaN
