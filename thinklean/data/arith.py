@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from thinklean.data.formats import THINK, THINK_END, format_prompt, no_think_response, think_response
 
@@ -85,8 +85,8 @@ TWO_DIGIT = Variant("two-digit", "arith2", (2, 60), (10, 99), 999, 10, 0.3, True
 TASK = Variant("three-digit", "arith3", (100, 999), (100, 999), 9999, 100, 0.25, False, True)
 # control arms (docs/task.md): the task with only its riskiest multiplications (x7, x9), and
 # those taken wherever legal, so that every problem starts with one
-X7X9 = Variant("x7x9", "arith3", (100, 999), (100, 999), 9999, 100, 0.25, False, True, (7, 9))
-EVERY_RISKY = Variant("every-risky", "arith3", (100, 999), (100, 999), 9999, 100, 1.0, False, True, (7, 9))
+X7X9 = replace(TASK, name="x7x9", multipliers=(7, 9))
+EVERY_RISKY = replace(X7X9, name="every-risky", multiply_share=1.0)
 VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK, X7X9, EVERY_RISKY)}
 
 
