@@ -44,6 +44,20 @@ def test_data_arith_writes_the_control_arm_variant_and_eval_reads_it_by_name(tmp
         in capsys.readouterr().err
 
 
+def test_sft_trains_on_the_variant_that_data_names_and_hft_refuses_one(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import thinklean.train.sft as sft
+    from thinklean.data.arith import EVERY_RISKY, sft_records
+
+    seen = {}
+    monkeypatch.setattr(sft, "train_sft", lambda model, tokenizer, rows, *a, **k: seen.setdefault("rows", rows) and {})
+    assert main(["sft", "--model", str(tiny_model_dir), "--data", "arith:every-risky", "--n", "6", "--steps", "1",
+                 "--output", str(tmp_path / "sft")]) == 0
+    assert [r["prompt"] for r in seen["rows"]] == [r["prompt"] for r in sft_records(6, variant=EVERY_RISKY)]
+    assert all(r["risky_steps"][:1] == [0] for r in seen["rows"])
+    assert main(["data", "hft", "--data", "arith:every-risky", "--n", "4", "--output", str(tmp_path / "h.jsonl")]) == 2
+    assert "--data arith:every-risky: the hybrid mixture is built on the task itself" in capsys.readouterr().err
+
+
 def test_more_test_problems_than_exist_is_a_usage_error(tmp_path, capsys):
     assert main(["data", "arith", "--split", "test", "--n", "15000", "--output", str(tmp_path / "t.jsonl")]) == 2
     assert "--n 15000: found only" in capsys.readouterr().err

@@ -160,6 +160,16 @@ def _is_arith(data: str) -> bool:
     return data == "arith" or data.startswith("arith:")
 
 
+def _arith_variant(data: str) -> Any:
+    """The :class:`~thinklean.data.arith.Variant` an ``arith[:VARIANT]`` ``--data`` names."""
+    from thinklean.data.arith import TASK, VARIANTS
+
+    name = data.partition(":")[2] or TASK.name
+    if name not in VARIANTS:
+        raise UsageError(f"--data {data}: unknown task variant {name!r} (available: {', '.join(VARIANTS)})")
+    return VARIANTS[name]
+
+
 def _load_examples(data: str, n: int, split: str, seed: int, require_solution: bool = False,
                    prompt_field: str = "prompt", answer_field: str = "answer") -> list[Any]:
     """``arith`` (the embedded task; ``arith:VARIANT`` another generator of
@@ -171,13 +181,8 @@ def _load_examples(data: str, n: int, split: str, seed: int, require_solution: b
     if n < 1 and (_is_arith(data) or data.startswith(REASONING_GYM)):
         raise UsageError(f"--n {n}: expected at least 1 problem (0 means every row only for a JSONL file)")
     if _is_arith(data):
-        from thinklean.data.arith import TASK, VARIANTS
-
-        name = data.partition(":")[2] or TASK.name
-        if name not in VARIANTS:
-            raise UsageError(f"--data {data}: unknown task variant {name!r} (available: {', '.join(VARIANTS)})")
         try:
-            return arith_examples(n, split, seed, VARIANTS[name])
+            return arith_examples(n, split, seed, _arith_variant(data))
         except ValueError as e:
             raise UsageError(f"--n {n}: {e}") from e
     if data.startswith(REASONING_GYM):
@@ -330,6 +335,9 @@ def _data_hft(args: argparse.Namespace) -> None:
     from thinklean.data.jsonl import load_jsonl, write_jsonl
     from thinklean.methods.lhrm import measured_no_think
 
+    if _is_arith(args.data) and args.data != "arith":
+        raise UsageError(f"--data {args.data}: the hybrid mixture is built on the task itself (--data arith) or on a "
+                         "JSONL file (e.g. one written by `thinklean data arith --variant NAME`)")
     rule = args.no_think_rule or ("difficulty<=2" if args.data == "arith" else None)
     try:
         if rule is not None:
@@ -386,8 +394,9 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
     _check_report_to(args.report_to)
     _prepare_run_dir(args)
-    if args.data == "arith":
-        rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate)
+    if _is_arith(args.data):
+        rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate,
+                           variant=_arith_variant(args.data))
     else:
         examples = load_examples(args.data, require_solution=True, prompt_field=args.prompt_field,
                                  answer_field=args.answer_field)
@@ -749,10 +758,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("sft", formatter_class=DEFAULTS, help="supervised fine-tuning on prompt/solution pairs",
                        description="SFT with loss on response tokens only; checkpoints in OUTPUT/checkpoints, final model in OUTPUT/model.")
     _add_model_and_data(p, model="tiny", model_help="'tiny' (fresh embedded model), 'base' (shipped) or a local HF directory",
-                        data_help="'arith'; or a JSONL, .parquet, .arrow or .csv file or a datasets save_to_disk "
+                        data_help="'arith' (or 'arith:VARIANT', a control arm); or a JSONL, .parquet, .arrow or .csv file or a datasets save_to_disk "
                         "directory with prompt (or question), answer, solution (tables need pip install "
                         "'thinklean[datasets]')")
-    p.add_argument("--n", type=AT_LEAST_1, default=30000, help="rows to generate when --data arith")
+    p.add_argument("--n", type=AT_LEAST_1, default=30000, help="rows to generate when --data arith[:VARIANT]")
     _add_style(p)
     p.add_argument("--steps", type=AT_LEAST_1, default=800, help="optimizer steps")
     p.add_argument("--batch-size", type=AT_LEAST_1, default=32, help="sequences per micro-batch")
