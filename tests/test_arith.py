@@ -7,6 +7,8 @@ from thinklean.data.arith import (
     EVERY_RISKY,
     STYLES,
     TWO_DIGIT,
+    X7X9,
+    X7X9_KINDS,
     ArithProblem,
     detect_style,
     generate_problems,
@@ -142,6 +144,33 @@ def test_sft_records_mix_styles_carry_answers_and_mask_only_wrong_digits():
             assert r["solution"][a:b].isdigit() and r["solution"][b] == "."
     assert masked > 20
     assert all("masked_spans" not in r for r in sft_records(20, seed=0))
+
+
+def test_kind_openers_check_rate_and_masked_products_write_what_they_say():
+    p = ArithProblem(347, (("*", 7), ("+", 5), ("-", 2)))
+    # 347 * 7 = 2429; 2429 + 5 = 2434; 2434 - 2 = 2432
+    text, spans = render_trace(p, "full", random.Random(0), variant=X7X9_KINDS, mask_products=True)
+    steps, ok = parse_steps(text)
+    assert ok and [(s.first, s.checked) for s in steps] == [(2429, True), (2434, True), (2432, True)]
+    assert text.startswith(("347 * 7 = 2429. Let me check:", "347 * 7 = 2429. Wait, let me verify:"))
+    assert "2429 + 5 = 2434. Double-check: 2434 - 5 = 2429." in text
+    assert text.count("Double-check:") == 2
+    # the product is masked although it is right and no repair was drawn
+    assert [text[a:b] for a, b in spans] == ["2429"] and text[spans[0][1]] == "."
+    # ... and unchecked: terse masks it too
+    terse, terse_spans = render_trace(p, "terse", random.Random(0), mask_products=True)
+    assert terse == "347 * 7 = 2429. 2429 + 5 = 2434. 2434 - 2 = 2432." and terse_spans == [(10, 14)]
+    # check_rate: 'partial' checks each step with that chance, independently
+    assert parse_steps(render_trace(p, "partial", random.Random(0), check_rate=1.0)[0])[0][2].checked
+    assert detect_style(THINK + render_trace(p, "partial", random.Random(0), check_rate=0.0)[0]) == "terse"
+    rows = sft_records(400, seed=1, style_weights={"partial": 1.0}, variant=X7X9, check_rate=0.8)
+    checked = [s.checked for r in rows for s in parse_steps(r["solution"])[0]]
+    assert 0.76 < sum(checked) / len(checked) < 0.84 and len(checked) > 1000
+    masked = sft_records(50, seed=1, variant=X7X9, mask_products=True)
+    assert all(len(r["masked_spans"]) == len(r["risky_steps"]) for r in masked)
+    assert sum(len(r["risky_steps"]) for r in masked) > 10
+    # the variant draws X7X9's problems
+    assert [r["prompt"] for r in masked] == [r["prompt"] for r in sft_records(50, seed=1, variant=X7X9_KINDS)]
 
 
 def test_detect_style_reads_which_steps_were_checked():

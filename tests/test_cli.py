@@ -40,13 +40,13 @@ def test_data_arith_writes_the_control_arm_variant_and_eval_reads_it_by_name(tmp
     # --data arith:every-risky draws the same problems as the file
     assert [e.prompt for e in _load_examples("arith:every-risky", 12, "test", 0)] == [r["prompt"] for r in rows]
     assert main(["eval", "--model", str(tiny_model_dir), "--data", "arith:every-risk", "--n", "2"]) == 2
-    assert "--data arith:every-risk: unknown task variant 'every-risk' (available: two-digit, three-digit, x7x9, every-risky)" \
+    assert "--data arith:every-risk: unknown task variant 'every-risk' (available: two-digit, three-digit, x7x9, every-risky, x7x9-kinds)" \
         in capsys.readouterr().err
 
 
 def test_sft_trains_on_the_variant_that_data_names_and_hft_refuses_one(tmp_path, tiny_model_dir, monkeypatch, capsys):
     import thinklean.train.sft as sft
-    from thinklean.data.arith import EVERY_RISKY, sft_records
+    from thinklean.data.arith import EVERY_RISKY, detect_style, sft_records
 
     seen = {}
     monkeypatch.setattr(sft, "train_sft", lambda model, tokenizer, rows, *a, **k: seen.setdefault("rows", rows) and {})
@@ -56,6 +56,13 @@ def test_sft_trains_on_the_variant_that_data_names_and_hft_refuses_one(tmp_path,
     assert all(r["risky_steps"][:1] == [0] for r in seen["rows"])
     assert main(["data", "hft", "--data", "arith:every-risky", "--n", "4", "--output", str(tmp_path / "h.jsonl")]) == 2
     assert "--data arith:every-risky: the hybrid mixture is built on the task itself" in capsys.readouterr().err
+    # the style flags reach the rows: every step checked, every product masked
+    out = tmp_path / "kinds.jsonl"
+    assert main(["data", "arith", "--variant", "x7x9-kinds", "--solutions", "--style", "partial", "--check-rate", "1",
+                 "--repair-rate", "0", "--mask-products", "--n", "30", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(detect_style(r["solution"]) == "full" for r in rows)
+    assert all(len(r["masked_spans"]) == len(r["risky_steps"]) for r in rows) and any(r["risky_steps"] for r in rows)
 
 
 def test_more_test_problems_than_exist_is_a_usage_error(tmp_path, capsys):

@@ -73,17 +73,22 @@ def _add_style(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--style", choices=["base", *STYLES], default="base",
                    help="arith solutions: which steps are checked: 'base' = the base model's mix (mostly 'full'), "
-                        "'terse' none, 'full' every step, 'partial' each with probability 1/2, 'risky' the "
+                        "'terse' none, 'full' every step, 'partial' each with probability --check-rate, 'risky' the "
                         "multiplications only")
     p.add_argument("--repair-rate", dest="repair_rate", type=RATE, default=REPAIR_RATE,
                    help="arith solutions: share of checked risky steps first written wrong and repaired by the "
                         "check (the wrong digits are masked from the SFT loss via masked_spans)")
+    p.add_argument("--check-rate", dest="check_rate", type=RATE, default=0.5,
+                   help="arith solutions, style 'partial': the chance that each step is checked")
+    p.add_argument("--mask-products", dest="mask_products", action="store_true",
+                   help="arith solutions: mask every multiplication's first-written result from the SFT loss, "
+                        "right or wrong, so SFT never teaches one-shot products (docs/task.md)")
 
 
 def _add_model_and_data(p: argparse.ArgumentParser, model: str = "base",
                         model_help: str = "'base' (shipped), a local HF model directory (safetensors) or a .gguf file",
-                        data_help: str = "'arith' (embedded task; 'arith:x7x9' and 'arith:every-risky' its control "
-                        "arms, docs/task.md); a JSONL, .parquet, .arrow or .csv file or a "
+                        data_help: str = "'arith' (embedded task; 'arith:x7x9', 'arith:every-risky' and "
+                        "'arith:x7x9-kinds' its control arms, docs/task.md); a JSONL, .parquet, .arrow or .csv file or a "
                         "datasets save_to_disk directory with prompt (or question), answer columns (GSM8K's "
                         "'... #### 72' is read as 72; tables need pip install 'thinklean[datasets]'); or "
                         "reasoning-gym:TASK, e.g. reasoning-gym:gsm_symbolic (N problems generated offline from "
@@ -296,7 +301,7 @@ def _warning_line(message: Warning | str, category: type[Warning], filename: str
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from thinklean.data.arith import VARIANTS, generate_problems, problem_record, sft_records
+    from thinklean.data.arith import VARIANTS, generate_problems, problem_record
     from thinklean.data.jsonl import write_jsonl
 
     tasks = _data_tasks()
@@ -308,8 +313,7 @@ def cmd_data(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown data task {args.task!r} (available: arith, hft, {', '.join(tasks)})")
     variant = VARIANTS[args.variant]
     if args.split == "train" and args.solutions:
-        rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate,
-                           variant=variant)
+        rows = _arith_sft_rows(args, variant)
     else:
         try:
             rows = [problem_record(p) for p in generate_problems(args.n, args.split, args.seed, variant=variant)]
@@ -318,6 +322,14 @@ def cmd_data(args: argparse.Namespace) -> None:
     out = args.output if args.output.suffix == ".jsonl" else args.output / f"arith-{args.split}.jsonl"
     write_jsonl(out, rows)
     print(f"wrote {len(rows)} rows to {out}")
+
+
+def _arith_sft_rows(args: argparse.Namespace, variant: Any) -> list[dict]:
+    """``--n`` SFT rows of the embedded task in ``--style`` (see :func:`_add_style`)."""
+    from thinklean.data.arith import sft_records
+
+    return sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate,
+                       variant=variant, check_rate=args.check_rate, mask_products=args.mask_products)
 
 
 def _style_weights(style: str) -> dict[str, float]:
@@ -386,7 +398,6 @@ def _data_from_model(args: argparse.Namespace, task: Any) -> None:
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    from thinklean.data.arith import sft_records
     from thinklean.data.jsonl import example_to_dict
     from thinklean.data.tables import load_examples
     from thinklean.models.tiny import build_model, build_tokenizer
@@ -395,8 +406,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     _check_report_to(args.report_to)
     _prepare_run_dir(args)
     if _is_arith(args.data):
-        rows = sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate,
-                           variant=_arith_variant(args.data))
+        rows = _arith_sft_rows(args, _arith_variant(args.data))
     else:
         examples = load_examples(args.data, require_solution=True, prompt_field=args.prompt_field,
                                  answer_field=args.answer_field)
@@ -670,7 +680,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solutions", action="store_true", help="include think-mode solutions (SFT data) in --style")
     p.add_argument("--variant", choices=list(VARIANTS), default=TASK.name,
                    help=f"arith: the problem generator ({TASK.name}: the task; x7x9: its multiplications by 7 and 9 "
-                        "only; every-risky: every problem starts with one, docs/task.md)")
+                        "only; every-risky: every problem starts with one; x7x9-kinds: x7x9 with a kind's own check "
+                        "openers, docs/task.md)")
     _add_style(p)
     _add_model_and_data(p, model=None, model_help="hft: send to no-think the problems this model answers right "
                         "when forced to '<no_think> \\boxed{' (replaces the rule); a method's task: the model whose "

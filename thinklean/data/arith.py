@@ -52,6 +52,8 @@ _MAX_MISSES = 100_000  # consecutive rejected draws before a difficulty counts a
 _OP_WORDS = {"+": "Add {k}.", "-": "Subtract {k}.", "*": "Multiply by {k}."}
 _INVERSE = {"+": "-", "-": "+"}
 _CHECK_OPENERS = ("Let me check:", "Wait, let me verify:", "Double-check:")
+# a variant with ``kind_openers`` opens the two kinds of check with different words
+_RISKY_OPENERS, _SAFE_OPENERS = _CHECK_OPENERS[:2], _CHECK_OPENERS[2:]
 _CHECK_CLOSERS = ("Correct.", "Yes.", "Good.")
 _REPAIR = "Wait, the result is"
 _RESTATE = "The result is"
@@ -64,10 +66,12 @@ class Variant:
     how a risky check splits ``a`` (``a - a % split`` and ``a % split``), whether a safe
     check restates the result, and whether a risky check carries its sum forward (``carry``:
     ``The result is N.``) or compares it with the first result (``Correct.`` or ``Wait, the
-    result is N.``), and the operands a multiplication may take. :data:`TASK` is the task;
-    :data:`TWO_DIGIT` is the variant the base model's first build stage was trained on
-    (two-digit multiplications turned out not to be risky: ``docs/task.md``); :data:`X7X9` and
-    :data:`EVERY_RISKY` are control arms of the task with its riskiest multiplications only."""
+    result is N.``), the operands a multiplication may take, and whether risky and safe checks
+    open with different words (``kind_openers``). :data:`TASK` is the task; :data:`TWO_DIGIT` is
+    the variant the base model's first build stage was trained on (two-digit multiplications
+    turned out not to be risky: ``docs/task.md``); :data:`X7X9` and :data:`EVERY_RISKY` are
+    control arms of the task with its riskiest multiplications only, and :data:`X7X9_KINDS` is
+    :data:`X7X9` written with a kind's own check openers."""
 
     name: str
     stream: str  # prefix of the random streams: the same rows for the same seed
@@ -79,6 +83,7 @@ class Variant:
     restate: bool
     carry: bool
     multipliers: tuple[int, ...] = tuple(MULTIPLIERS)
+    kind_openers: bool = False
 
 
 TWO_DIGIT = Variant("two-digit", "arith2", (2, 60), (10, 99), 999, 10, 0.3, True, False)
@@ -87,7 +92,10 @@ TASK = Variant("three-digit", "arith3", (100, 999), (100, 999), 9999, 100, 0.25,
 # those taken wherever legal, so that every problem starts with one
 X7X9 = replace(TASK, name="x7x9", multipliers=(7, 9))
 EVERY_RISKY = replace(X7X9, name="every-risky", multiply_share=1.0)
-VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK, X7X9, EVERY_RISKY)}
+# the same problems as X7X9; a risky check opens with "Let me check:" or "Wait, let me verify:", a safe
+# one with "Double-check:", so that a check's first token says which kind of step it checks
+X7X9_KINDS = replace(X7X9, name="x7x9-kinds", kind_openers=True)
+VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK, X7X9, EVERY_RISKY, X7X9_KINDS)}
 
 
 @dataclass(frozen=True)
@@ -216,38 +224,43 @@ def wrong_product(right: int, rng: random.Random) -> int:
             return wrong
 
 
-def _checks(problem: ArithProblem, style: str, rng: random.Random) -> list[bool]:
+def _checks(problem: ArithProblem, style: str, rng: random.Random, check_rate: float = 0.5) -> list[bool]:
     if style == "terse":
         return [False] * problem.difficulty
     if style == "full":
         return [True] * problem.difficulty
     if style == "partial":
-        return [rng.random() < 0.5 for _ in problem.ops]
+        return [rng.random() < check_rate for _ in problem.ops]
     if style == "risky":
         return [is_risky(s) for s, _ in problem.ops]
     raise ValueError(f"style must be one of {STYLES}, got {style!r}")
 
 
 def render_trace(
-    problem: ArithProblem, style: str, rng: random.Random, repair_rate: float = 0.0, variant: Variant = TASK
+    problem: ArithProblem, style: str, rng: random.Random, repair_rate: float = 0.0, variant: Variant = TASK,
+    check_rate: float = 0.5, mask_products: bool = False,
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The reasoning text (without tags) in one of :data:`STYLES`, and the character spans of
-    deliberately wrong results (``repair_rate`` of the checked risky steps are first written
-    wrong and then repaired by their check)."""
+    """The reasoning text (without tags) in one of :data:`STYLES`, and the character spans to keep
+    out of the SFT loss: deliberately wrong results (``repair_rate`` of the checked risky steps
+    are first written wrong and then repaired by their check) or, with ``mask_products``, every
+    risky step's first-written result, right or wrong. ``check_rate``: the chance that the
+    ``partial`` style checks a step."""
     text, spans = "", []
     values = problem.values()
-    for (symbol, k), a, b, check in zip(problem.ops, values[:-1], values[1:], _checks(problem, style, rng)):
+    checks = _checks(problem, style, rng, check_rate)
+    for (symbol, k), a, b, check in zip(problem.ops, values[:-1], values[1:], checks):
         if text:
             text += " "
         repaired = check and is_risky(symbol) and rng.random() < repair_rate
         first = wrong_product(b, rng) if repaired else b
         head = f"{a} {symbol} {k} = "
-        if repaired:
+        if repaired or (mask_products and is_risky(symbol)):
             spans.append((len(text) + len(head), len(text) + len(head) + len(str(first))))
         text += f"{head}{first}."
         if not check:
             continue
-        opener = rng.choice(_CHECK_OPENERS)
+        opener = rng.choice(_CHECK_OPENERS if not variant.kind_openers else
+                            _RISKY_OPENERS if is_risky(symbol) else _SAFE_OPENERS)
         if is_risky(symbol):
             high, low = a - a % variant.split, a % variant.split
             body = f"{_eq(high, '*', k, high * k)}, {_eq(low, '*', k, low * k)}, {_eq(high * k, '+', low * k, b)}."
@@ -295,21 +308,22 @@ def problem_record(problem: ArithProblem, solution: str | None = None, **meta: o
 
 def sft_records(
     n: int, seed: int = 0, style_weights: dict[str, float] = BASE_STYLE_WEIGHTS, repair_rate: float = 0.0,
-    variant: Variant = TASK,
+    variant: Variant = TASK, check_rate: float = 0.5, mask_products: bool = False,
 ) -> list[dict]:
     """``n`` training rows with a think-mode solution whose style is drawn from ``style_weights``.
 
-    With ``repair_rate > 0`` rows carry ``masked_spans``: ``[start, end)`` character spans of the
-    solution holding deliberately wrong results (see :func:`render_trace`).
+    With ``repair_rate > 0`` or ``mask_products`` rows carry ``masked_spans``: ``[start, end)``
+    character spans of the solution to keep out of the loss (see :func:`render_trace`, which
+    also explains ``check_rate``).
     """
     rng = random.Random(f"{variant.stream}-sft-{seed}")
     rows = []
     offset = len(f"{THINK} ")
     for problem in generate_problems(n, "train", seed, distinct=False, variant=variant):
         style = sample_style(rng, style_weights)
-        reasoning, spans = render_trace(problem, style, rng, repair_rate, variant)
+        reasoning, spans = render_trace(problem, style, rng, repair_rate, variant, check_rate, mask_products)
         meta: dict = {"style": style}
-        if repair_rate > 0:
+        if repair_rate > 0 or mask_products:
             meta["masked_spans"] = [[offset + s, offset + e] for s, e in spans]
         rows.append(problem_record(problem, think_response(reasoning, problem.answer), **meta))
     return rows
