@@ -23,7 +23,6 @@ Brackets are 95% intervals from 1,000 bootstrap resamples of the problems.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _results import task_sampling_arguments
+from _results import task_sampling_arguments, write_result
 
 from thinklean.core.advantages import group_normalised_scores
 from thinklean.core.rewards import correctness_reward, hmpo_reward, kimi_reward, thinkprune_reward
@@ -145,9 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{f['held']:+.3f} [{f['held_ci'][0]:+.3f}, {f['held_ci'][1]:+.3f}] |")
         result["rewards"][name] = point
     out = args.output or Path(__file__).parent / "results" / f"check_credit_{Path(str(args.model)).name}_{args.variant}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_finite(result), indent=1))
-    print(f"\nwrote {out}")
+    print()
+    write_result(_finite(result), out)
     return result
 
 

@@ -12,13 +12,12 @@ with and without a check. Writes everything as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
 
 import torch
-from _results import task_sampling_arguments
+from _results import task_sampling_arguments, write_result
 
 from thinklean.data.arith import STYLES, TASK, VARIANTS, Variant, generate_problems, solution_text
 from thinklean.eval.evaluate import EvalConfig, arith_examples, evaluate
@@ -88,10 +87,9 @@ def main() -> None:
         print(f"\nresponses whose steps do not follow the question (operation or operand, in order): "
               f"{_pct(reading['misread_rate'])}; reasoning that does not parse to the end: {_pct(reading['unparsed_rate'])}")
     out = args.output or Path(__file__).parent / "results" / f"task_{Path(str(args.model)).name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds,
-                               "terse_floor": floor, "summary": summary}, indent=1))
-    print(f"\nwrote {out}")
+    print()
+    write_result({"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds, "terse_floor": floor,
+                  "summary": summary}, out)
 
 
 if __name__ == "__main__":
