@@ -9,6 +9,7 @@ from thinklean.data.arith import (
     TWO_DIGIT,
     X7X9,
     X7X9_KINDS,
+    X7X9_KINDS_NI,
     ArithProblem,
     detect_style,
     generate_problems,
@@ -83,6 +84,19 @@ def test_the_every_risky_control_arm_opens_every_problem_with_a_multiplication_b
     for p in problems:
         assert all(k in (7, 9) for s, k in p.ops if s == "*")
         assert len(p.risky_steps) == 1 or p.start * p.ops[0][1] <= 999
+
+
+def _has_inverse_pair(p: ArithProblem) -> bool:
+    return any({a[0], b[0]} == {"+", "-"} and a[1] == b[1] for a, b in zip(p.ops, p.ops[1:]))
+
+
+def test_without_inverse_pairs_no_safe_step_undoes_the_one_before_it():
+    with_pairs = generate_problems(600, "test", 0, variant=X7X9_KINDS)
+    assert sum(map(_has_inverse_pair, with_pairs)) >= 20  # the rule has something to remove
+    without = generate_problems(600, "test", 0, variant=X7X9_KINDS_NI)
+    assert not any(map(_has_inverse_pair, without))
+    assert {p.difficulty for p in without} == {1, 2, 3, 4, 5, 6}
+    assert {k for p in without for s, k in p.ops if s == "*"} == {7, 9}
 
 
 def test_styles_check_the_steps_they_name():

@@ -71,3 +71,23 @@ def test_build_from_an_init_model_records_it_and_trains_with_masked_repairs(tmp_
     assert info["init"]["sha256"] == sha256_file(tiny_model_dir / "model.safetensors")
     assert info["stages"][0]["repair_rate"] == 1.0
     assert load_pretrained(tmp_path / "out")[1].get_vocab() == load_pretrained(tiny_model_dir)[1].get_vocab()
+
+
+def test_a_stage_passes_its_check_rate_and_product_masking_to_its_rows(tmp_path, tiny_model_dir, monkeypatch):
+    import thinklean.train.base_model as base_model
+    from thinklean.train.base_model import BuildStage, build_base_model
+    from thinklean.train.sft import SFTConfig
+
+    seen: list[list[dict]] = []
+    real = base_model.sft_records
+    monkeypatch.setattr(base_model, "sft_records", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    stage = BuildStage("kinds", SFTConfig(steps=1, batch_size=4, lr=1e-3), {"partial": 1.0}, 16,
+                       variant="x7x9-kinds", check_rate=1.0, mask_products=True)
+    info = build_base_model(tmp_path / "out", tmp_path / "work", stages=(stage,), init=tiny_model_dir, show_progress=False)
+    rows = seen[0]
+    # check rate 1: every step of a partial row is checked; every risky step's first product is masked
+    assert all(r["solution"].count("Let me check:") + r["solution"].count("Wait, let me verify:") == len(r["risky_steps"])
+               and r["solution"].count("Double-check:") == r["difficulty"] - len(r["risky_steps"]) for r in rows)
+    assert [len(r["masked_spans"]) for r in rows] == [len(r["risky_steps"]) for r in rows]
+    assert sum(len(r["risky_steps"]) for r in rows) > 0
+    assert (info["stages"][0]["check_rate"], info["stages"][0]["mask_products"]) == (1.0, True)

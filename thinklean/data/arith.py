@@ -67,11 +67,13 @@ class Variant:
     check restates the result, and whether a risky check carries its sum forward (``carry``:
     ``The result is N.``) or compares it with the first result (``Correct.`` or ``Wait, the
     result is N.``), the operands a multiplication may take, and whether risky and safe checks
-    open with different words (``kind_openers``). :data:`TASK` is the task; :data:`TWO_DIGIT` is
+    open with different words (``kind_openers``), and whether a safe step may undo the step
+    before it (``inverse_pairs``: a response that skips both is right at fewer tokens). :data:`TASK` is the task; :data:`TWO_DIGIT` is
     the variant the base model's first build stage was trained on (two-digit multiplications
     turned out not to be risky: ``docs/task.md``); :data:`X7X9` and :data:`EVERY_RISKY` are
     control arms of the task with its riskiest multiplications only, and :data:`X7X9_KINDS` is
-    :data:`X7X9` written with a kind's own check openers."""
+    :data:`X7X9` written with a kind's own check openers; :data:`X7X9_KINDS_NI` draws no
+    adjacent inverse pairs."""
 
     name: str
     stream: str  # prefix of the random streams: the same rows for the same seed
@@ -84,6 +86,7 @@ class Variant:
     carry: bool
     multipliers: tuple[int, ...] = tuple(MULTIPLIERS)
     kind_openers: bool = False
+    inverse_pairs: bool = True  # whether a safe step may undo the one before it ("Add 5. Subtract 5.")
 
 
 TWO_DIGIT = Variant("two-digit", "arith2", (2, 60), (10, 99), 999, 10, 0.3, True, False)
@@ -95,7 +98,9 @@ EVERY_RISKY = replace(X7X9, name="every-risky", multiply_share=1.0)
 # the same problems as X7X9; a risky check opens with "Let me check:" or "Wait, let me verify:", a safe
 # one with "Double-check:", so that a check's first token says which kind of step it checks
 X7X9_KINDS = replace(X7X9, name="x7x9-kinds", kind_openers=True)
-VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK, X7X9, EVERY_RISKY, X7X9_KINDS)}
+# no safe step undoes the one before it: skipping two steps never stays right by luck
+X7X9_KINDS_NI = replace(X7X9_KINDS, name="x7x9-kinds-ni", inverse_pairs=False)
+VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK, X7X9, EVERY_RISKY, X7X9_KINDS, X7X9_KINDS_NI)}
 
 
 @dataclass(frozen=True)
@@ -151,10 +156,15 @@ def apply_op(value: int, symbol: str, k: int) -> int:
     raise ValueError(f"unknown operation {symbol!r}")
 
 
-def _legal_ops(value: int, variant: Variant) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """(safe, risky) operations allowed at ``value``: results stay in [0, variant.max_value]."""
+def _legal_ops(
+    value: int, variant: Variant, previous: tuple[str, int] | None = None,
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(safe, risky) operations allowed at ``value`` after the operation ``previous``: results stay
+    in [0, variant.max_value], and without ``variant.inverse_pairs`` no step undoes ``previous``."""
     safe = [("+", k) for k in range(1, 10) if value + k <= variant.max_value]
     safe += [("-", k) for k in range(1, 10) if value - k >= 0]
+    if not variant.inverse_pairs and previous is not None and previous[0] in _INVERSE:
+        safe.remove((_INVERSE[previous[0]], previous[1]))
     lo, hi = variant.multiplied
     risky = [("*", k) for k in variant.multipliers if lo <= value <= hi and value * k <= variant.max_value]
     return safe, risky
@@ -167,7 +177,7 @@ def sample_problem(rng: random.Random, difficulty: int, variant: Variant = TASK)
     start = rng.randint(*variant.start)
     value, ops = start, []
     for _ in range(difficulty):
-        safe, risky = _legal_ops(value, variant)
+        safe, risky = _legal_ops(value, variant, ops[-1] if ops else None)
         symbol, k = rng.choice(risky if risky and rng.random() < variant.multiply_share else safe)
         ops.append((symbol, k))
         value = apply_op(value, symbol, k)

@@ -37,8 +37,10 @@ from thinklean.train.sft import SFTConfig, train_sft
 @dataclass(frozen=True)
 class BuildStage:
     """One SFT stage of the base-model recipe: its settings, style mix, number of rows, the
-    share of checked risky steps first written wrong (their wrong digits masked from the loss)
-    and the task variant its rows come from (:data:`thinklean.data.arith.VARIANTS`)."""
+    share of checked risky steps first written wrong (their wrong digits masked from the loss),
+    the task variant its rows come from (:data:`thinklean.data.arith.VARIANTS`), the chance that
+    the ``partial`` style checks a step, and whether every risky step's first-written result is
+    masked from the loss (:func:`thinklean.data.arith.render_trace`)."""
 
     name: str
     config: SFTConfig
@@ -46,6 +48,8 @@ class BuildStage:
     rows: int
     repair_rate: float = 0.0
     variant: str = TASK.name
+    check_rate: float = 0.5
+    mask_products: bool = False
 
 
 # From the v1 model, two stages. "checks" teaches the checks and repairs on two-digit
@@ -111,7 +115,8 @@ def build_base_model(
             model = load_model(stage_dir / "model")
         else:
             data = sft_records(stage.rows, seed=seed + i, style_weights=stage.style_weights,
-                               repair_rate=stage.repair_rate, variant=VARIANTS[stage.variant])
+                               repair_rate=stage.repair_rate, variant=VARIANTS[stage.variant],
+                               check_rate=stage.check_rate, mask_products=stage.mask_products)
             summary = train_sft(model, tokenizer, data, stage.config, stage_dir, resume=resume, show_progress=show_progress)
             summary_path.write_text(json.dumps(summary))
         summaries.append({"stage": stage.name, **json.loads(summary_path.read_text())})
@@ -119,7 +124,8 @@ def build_base_model(
         "command": "thinklean demo --rebuild",
         "init": origin or None,
         "stages": [{"name": s.name, "sft": asdict(s.config), "style_weights": s.style_weights, "rows": s.rows,
-                    "repair_rate": s.repair_rate, "variant": asdict(VARIANTS[s.variant])} for s in stages],
+                    "repair_rate": s.repair_rate, "variant": asdict(VARIANTS[s.variant]),
+                    "check_rate": s.check_rate, "mask_products": s.mask_products} for s in stages],
         "seed": seed,
         "summaries": summaries,
         "build_seconds": round(time.time() - t0, 1),
