@@ -85,7 +85,8 @@ def main() -> None:
               + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in faults.items()))
     if reading:
         print(f"\nresponses whose steps do not follow the question (operation or operand, in order): "
-              f"{_pct(reading['misread_rate'])}; reasoning that does not parse to the end: {_pct(reading['unparsed_rate'])}")
+              f"{_pct(reading['misread_rate'])} (steps left out, in order: {_pct(reading['skipped_rate'])}); "
+              f"reasoning that does not parse to the end: {_pct(reading['unparsed_rate'])}")
     out = args.output or Path(__file__).parent / "results" / f"task_{Path(str(args.model)).name}.json"
     print()
     write_result({"args": {k: str(v) for k, v in vars(args).items()}, "seconds": seconds, "terse_floor": floor,

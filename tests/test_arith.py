@@ -232,9 +232,15 @@ def test_step_stats_by_hand():
     assert faults["missed"] == 1 and faults["false_alarm"] == 1 and faults["sum"] == 0
     assert safe["check_faults"] is None
     # the first two questions parse; both responses follow them; the second stops parsing early
-    assert stats["reading"] == {"responses": 2, "misread_rate": 0.0, "unparsed_rate": 0.5}
+    assert stats["reading"] == {"responses": 2, "misread_rate": 0.0, "skipped_rate": 0.0, "unparsed_rate": 0.5}
     misread = step_stats([(question, "<think> 47 * 6 = 282. 282 + 6 = 288. </think>")])["reading"]
-    assert misread["misread_rate"] == 1.0
+    assert (misread["misread_rate"], misread["skipped_rate"]) == (1.0, 0.0)  # an operand changed
+    three = "Start with 47. Add 5. Subtract 5. Add 2. What is the result?"
+    skips = [(three, "<think> 47 + 2 = 49. </think>"),  # the inverse pair left out: skipped
+             (three, "<think> 47 - 5 = 42. 42 + 5 = 47. 47 + 2 = 49. </think>"),  # the order changed
+             (three, "<think> 47 + 2 = 49. 49 + 5 = 54. </think>")]  # fewer steps, out of order
+    assert step_stats(skips)["reading"]["misread_rate"] == 1.0
+    assert step_stats(skips)["reading"]["skipped_rate"] == pytest.approx(1 / 3)
     assert step_stats([(question, "no steps at all")]) == {}
 
 

@@ -40,7 +40,7 @@ def test_data_arith_writes_the_control_arm_variant_and_eval_reads_it_by_name(tmp
     # --data arith:every-risky draws the same problems as the file
     assert [e.prompt for e in _load_examples("arith:every-risky", 12, "test", 0)] == [r["prompt"] for r in rows]
     assert main(["eval", "--model", str(tiny_model_dir), "--data", "arith:every-risk", "--n", "2"]) == 2
-    assert "--data arith:every-risk: unknown task variant 'every-risk' (available: two-digit, three-digit, x7x9, every-risky, x7x9-kinds)" \
+    assert "--data arith:every-risk: unknown task variant 'every-risk' (available: two-digit, three-digit, x7x9, every-risky, x7x9-kinds, x7x9-kinds-ni)" \
         in capsys.readouterr().err
 
 
@@ -63,6 +63,14 @@ def test_sft_trains_on_the_variant_that_data_names_and_hft_refuses_one(tmp_path,
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(detect_style(r["solution"]) == "full" for r in rows)
     assert all(len(r["masked_spans"]) == len(r["risky_steps"]) for r in rows) and any(r["risky_steps"] for r in rows)
+    # a style mix is drawn per row in proportion to its weights
+    assert main(["data", "arith", "--variant", "x7x9-kinds", "--solutions", "--style", "full=3,terse=1", "--n", "400",
+                 "--output", str(out)]) == 0
+    styles = [json.loads(line)["style"] for line in out.read_text().splitlines()]
+    assert set(styles) == {"full", "terse"} and 0.15 < styles.count("terse") / 400 < 0.35
+    for bad in ("full=3,terse", "full=0", "full=1,full=2", "fulll=1", "riskyy"):
+        assert main(["data", "arith", "--solutions", "--style", bad, "--n", "2", "--output", str(out)]) == 2
+        assert "argument --style:" in capsys.readouterr().err
 
 
 def test_more_test_problems_than_exist_is_a_usage_error(tmp_path, capsys):

@@ -71,10 +71,10 @@ def _add_common(p: argparse.ArgumentParser, output: str) -> None:
 def _add_style(p: argparse.ArgumentParser) -> None:
     from thinklean.data.arith import REPAIR_RATE, STYLES
 
-    p.add_argument("--style", choices=["base", *STYLES], default="base",
+    p.add_argument("--style", type=_style_weights, default="base", metavar="STYLE|STYLE=W,...",
                    help="arith solutions: which steps are checked: 'base' = the base model's mix (mostly 'full'), "
                         "'terse' none, 'full' every step, 'partial' each with probability --check-rate, 'risky' the "
-                        "multiplications only")
+                        "multiplications only; or a mix drawn per row, e.g. partial=0.8,terse=0.2")
     p.add_argument("--repair-rate", dest="repair_rate", type=RATE, default=REPAIR_RATE,
                    help="arith solutions: share of checked risky steps first written wrong and repaired by the "
                         "check (the wrong digits are masked from the SFT loss via masked_spans)")
@@ -328,15 +328,33 @@ def _arith_sft_rows(args: argparse.Namespace, variant: Any) -> list[dict]:
     """``--n`` SFT rows of the embedded task in ``--style`` (see :func:`_add_style`)."""
     from thinklean.data.arith import sft_records
 
-    return sft_records(args.n, seed=args.seed, style_weights=_style_weights(args.style), repair_rate=args.repair_rate,
+    return sft_records(args.n, seed=args.seed, style_weights=args.style, repair_rate=args.repair_rate,
                        variant=variant, check_rate=args.check_rate, mask_products=args.mask_products)
 
 
 def _style_weights(style: str) -> dict[str, float]:
-    """``--style``: ``base`` (the base model's mix) or one of the task's styles alone."""
-    from thinklean.data.arith import BASE_STYLE_WEIGHTS
+    """``--style``: ``base`` (the base model's mix), one of the task's styles alone, or a mix
+    ``STYLE=W,...`` (positive weights, drawn per row in proportion)."""
+    from thinklean.data.arith import BASE_STYLE_WEIGHTS, STYLES
 
-    return dict(BASE_STYLE_WEIGHTS) if style == "base" else {style: 1.0}
+    if style == "base":
+        return dict(BASE_STYLE_WEIGHTS)
+    if "=" not in style:
+        if style not in STYLES:
+            raise argparse.ArgumentTypeError(f"{style!r} is not base or one of {', '.join(STYLES)}")
+        return {style: 1.0}
+    weights: dict[str, float] = {}
+    for part in style.split(","):
+        name, _, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if name.strip() not in STYLES or not weight > 0 or weight == float("inf") or name.strip() in weights:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected STYLE=W with STYLE one of {', '.join(STYLES)} "
+                                             "(each once) and W a positive number")
+        weights[name.strip()] = weight
+    return weights
 
 
 def _data_hft(args: argparse.Namespace) -> None:

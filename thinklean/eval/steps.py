@@ -8,7 +8,7 @@ wrote (``a op k``), so an error early in a response does not count again in late
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from thinklean.data.arith import STYLES, ParsedStep, detect_style, is_risky, parse_question, parse_steps
@@ -54,6 +54,12 @@ def _check_faults(step: ParsedStep) -> dict[str, bool]:
     }
 
 
+def _in_order_within(short: Sequence[object], long: Sequence[object]) -> bool:
+    """Whether ``short`` is ``long`` with some items left out (a subsequence, order kept)."""
+    rest = iter(long)
+    return all(any(item == other for other in rest) for item in short)
+
+
 def step_stats(responses: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """Error rates of ``risky`` and ``safe`` steps and per operation (``*7``, ``+``, ``-``) over
     ``(question, response)`` pairs, and how often a response misread the question.
@@ -63,21 +69,26 @@ def step_stats(responses: Iterable[tuple[str, str]]) -> dict[str, Any]:
     after a check; ``repaired``: checks that turned a wrong result right; ``broken``: the other
     way round. ``check_faults`` counts, over checked risky steps, where the check went wrong: the
     split of ``a``, either product, the sum, a value carried on other than the check's right sum
-    (``missed``) or a right result replaced (``false_alarm``). Under ``"reading"``: ``responses`` whose question parsed, ``misread_rate`` the
-    share whose steps (operation and operand, in order) differ from the question's, and
-    ``unparsed_rate`` the share whose reasoning did not parse to the end. Empty when no response
-    has a step.
+    (``missed``) or a right result replaced (``false_alarm``). Under ``"reading"``: ``responses``
+    whose question parsed, ``misread_rate`` the share whose steps (operation and operand, in
+    order) differ from the question's, ``skipped_rate`` the share (of all) that write the
+    question's steps with some left out (the other misread ones change an operation, an operand
+    or the order),
+    and ``unparsed_rate`` the share whose reasoning did not parse to the end. Empty when no
+    response has a step.
     """
     fields = ("steps", "checked", "first_wrong", "unchecked_wrong", "checked_wrong", "checked_first_wrong",
               "repaired", "broken", "parts", *_FAULTS)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(fields, 0))
-    read = {"responses": 0, "misread": 0, "unparsed": 0}
+    read = {"responses": 0, "misread": 0, "skipped": 0, "unparsed": 0}
     for question, text in responses:
         steps, parsed = parse_steps(text)
         problem = parse_question(question)
         if problem is not None and steps:
             read["responses"] += 1
-            read["misread"] += [(s.op, s.k) for s in steps] != list(problem.ops)
+            written = [(s.op, s.k) for s in steps]
+            read["misread"] += written != list(problem.ops)
+            read["skipped"] += len(written) < problem.difficulty and _in_order_within(written, problem.ops)
             read["unparsed"] += not parsed
         for step in steps:
             right = step.right
@@ -102,8 +113,7 @@ def step_stats(responses: Iterable[tuple[str, str]]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {key: _rates(counts[key]) for key in sorted(counts, key=lambda k: (k not in ("risky", "safe"), k))}
     n = read["responses"]
-    out["reading"] = {"responses": n, "misread_rate": read["misread"] / n if n else None,
-                      "unparsed_rate": read["unparsed"] / n if n else None}
+    out["reading"] = {"responses": n, **{f"{k}_rate": read[k] / n if n else None for k in ("misread", "skipped", "unparsed")}}
     return out
 
 
