@@ -346,14 +346,15 @@ def _style_weights(style: str) -> dict[str, float]:
     weights: dict[str, float] = {}
     for part in style.split(","):
         name, _, value = part.partition("=")
+        name = name.strip()
         try:
-            weight = float(value)
-        except ValueError:
-            weight = -1.0
-        if name.strip() not in STYLES or not weight > 0 or weight == float("inf") or name.strip() in weights:
+            weight = ABOVE_0(value)
+        except argparse.ArgumentTypeError:
+            weight = None
+        if name not in STYLES or weight is None or name in weights:
             raise argparse.ArgumentTypeError(f"{part!r}: expected STYLE=W with STYLE one of {', '.join(STYLES)} "
                                              "(each once) and W a positive number")
-        weights[name.strip()] = weight
+        weights[name] = weight
     return weights
 
 

@@ -68,9 +68,9 @@ class Variant:
     ``The result is N.``) or compares it with the first result (``Correct.`` or ``Wait, the
     result is N.``), the operands a multiplication may take, and whether risky and safe checks
     open with different words (``kind_openers``), and whether a safe step may undo the step
-    before it (``inverse_pairs``: a response that skips both is right at fewer tokens). :data:`TASK` is the task; :data:`TWO_DIGIT` is
-    the variant the base model's first build stage was trained on (two-digit multiplications
-    turned out not to be risky: ``docs/task.md``); :data:`X7X9` and :data:`EVERY_RISKY` are
+    before it (``inverse_pairs``: a response that skips both is right at fewer tokens).
+    :data:`TASK` is the task; :data:`TWO_DIGIT` is the variant the base model's first build
+    stage was trained on (two-digit multiplications turned out not to be risky: ``docs/task.md``); :data:`X7X9` and :data:`EVERY_RISKY` are
     control arms of the task with its riskiest multiplications only, and :data:`X7X9_KINDS` is
     :data:`X7X9` written with a kind's own check openers; :data:`X7X9_KINDS_NI` draws no
     adjacent inverse pairs."""

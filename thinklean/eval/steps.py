@@ -73,9 +73,8 @@ def step_stats(responses: Iterable[tuple[str, str]]) -> dict[str, Any]:
     whose question parsed, ``misread_rate`` the share whose steps (operation and operand, in
     order) differ from the question's, ``skipped_rate`` the share (of all) that write the
     question's steps with some left out (the other misread ones change an operation, an operand
-    or the order),
-    and ``unparsed_rate`` the share whose reasoning did not parse to the end. Empty when no
-    response has a step.
+    or the order), and ``unparsed_rate`` the share whose reasoning did not parse to the end.
+    Empty when no response has a step.
     """
     fields = ("steps", "checked", "first_wrong", "unchecked_wrong", "checked_wrong", "checked_first_wrong",
               "repaired", "broken", "parts", *_FAULTS)
