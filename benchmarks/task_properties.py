@@ -29,7 +29,7 @@ def terse_floor(tokenizer, n: int, seed: int, variant: Variant = TASK) -> dict[s
     problems = generate_problems(n, "test", seed, variant=variant)
     per: dict[str, list[int]] = {}
     for p in problems:
-        tokens = len(tokenizer(solution_text(p, "terse", random.Random(0)), add_special_tokens=False).input_ids) + 1
+        tokens = len(tokenizer(solution_text(p, "terse", random.Random(0), variant), add_special_tokens=False).input_ids) + 1
         per.setdefault(str(p.difficulty), []).append(tokens)
     out = {d: sum(v) / len(v) for d, v in sorted(per.items())}
     out["all"] = sum(sum(v) for v in per.values()) / len(problems)

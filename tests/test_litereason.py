@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from thinklean.data.arith import generate_problems, solution_text
+from thinklean.data.arith import THREE_DIGIT, generate_problems, solution_text
 from thinklean.data.formats import LATENT, LATENT_END
 from thinklean.data.grading import format_ok, grade
 from thinklean.data.jsonl import Example
@@ -157,11 +157,11 @@ def test_records_keep_only_correct_traces_and_are_deterministic(monkeypatch, tin
 
 
 def _sft_rows(tokenizer, n: int = 4) -> list[dict]:
-    problems = generate_problems(n, "train", 0)
+    problems = generate_problems(n, "train", 0, variant=THREE_DIGIT)
     rows = []
     for i, p in enumerate(problems):
         example = Example(prompt=p.question, answer=str(p.answer))
-        trace = solution_text(p, "full", random.Random(i))
+        trace = solution_text(p, "full", random.Random(i), variant=THREE_DIGIT)
         rows += variant_rows(example, trace, tokenizer, random.Random(i), variants=1)
     return rows
 

@@ -674,7 +674,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
                    f"l1 is evaluated without its length target; {'; '.join(starts)})")
     _add_plugin(p)
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
-    p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v1 first (about 1 h on 2 cores)")
+    p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v2 first (about 30 min on 2 cores)")
     p.add_argument("--n", type=AT_LEAST_1, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
     p.add_argument("--steps", type=AT_LEAST_1, default=None,
                    help="RL steps per method (default 40, --quick 3); BuPO's IPA phase is 10%% of them")
@@ -698,9 +698,11 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["train", "test"], default="train", help="problem split (disjoint by hash)")
     p.add_argument("--solutions", action="store_true", help="include think-mode solutions (SFT data) in --style")
     p.add_argument("--variant", choices=list(VARIANTS), default=TASK.name,
-                   help=f"arith: the problem generator ({TASK.name}: the task; x7x9: its multiplications by 7 and 9 "
-                        "only; every-risky: every problem starts with one; x7x9-kinds: x7x9 with a kind's own check "
-                        "openers, docs/task.md)")
+                   help=f"arith: the problem generator ({TASK.name}: the task, three-digit values multiplied by 7 "
+                        "or 9, a kind's own check openers, no step undoing the one before; three-digit: multipliers "
+                        "4-9, the same check opener for both kinds; x7x9: three-digit with multipliers 7 and 9; "
+                        "x7x9-kinds: x7x9 with a kind's own openers; every-risky: every problem starts with a "
+                        "multiplication; two-digit: base-v2's first stage; docs/task.md)")
     _add_style(p)
     _add_model_and_data(p, model=None, model_help="hft: send to no-think the problems this model answers right "
                         "when forced to '<no_think> \\boxed{' (replaces the rule); a method's task: the model whose "

@@ -250,7 +250,7 @@ def run_demo(
     if rebuild:
         from thinklean.train.base_model import build_base_model
 
-        console.print("[bold]rebuilding the base model[/bold] (SFT of base-v1 on the checking styles)")
+        console.print("[bold]rebuilding the base model[/bold] (SFT of base-v2 on the task's style mix)")
         info = build_base_model(base_model, output / "base-build", seed=seed)
         console.print(f"base model rebuilt: sha256 {info['sha256']}")
         record["base_model_sha256"] = weights_sha256(base_model)

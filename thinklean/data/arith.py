@@ -1,12 +1,13 @@
 """The embedded task (v2): multi-step arithmetic whose steps differ in risk, with checks that repair.
 
 A problem is a start value and 1–6 operations (the difficulty), e.g.
-``Start with 347. Multiply by 6. Add 5. What is the result?``. Additions and subtractions of
+``Start with 347. Multiply by 7. Add 5. What is the result?``. Additions and subtractions of
 1–9 are *safe* steps: the base model almost never gets them wrong. A multiplication of a
-three-digit value by 4–9 is a *risky* step: written in one shot (``347 * 6 = 2082.``) the tiny
-model often gets it wrong when it samples, while the pieces of its check (a two-digit product,
-a digit times a hundred, one addition) are ones it gets right. ``docs/task.md`` has the measured
-error rates, and why two-digit multiplications are not risky enough.
+three-digit value (by 7 or 9 in :data:`TASK`, by 4–9 in :data:`THREE_DIGIT`) is a *risky* step:
+written in one shot (``347 * 7 = 2419.``) the tiny model often gets it wrong when it samples,
+while the pieces of its check (a two-digit product, a digit times a hundred, one addition) are
+ones it gets right. ``docs/task.md`` has the measured error rates, and why two-digit
+multiplications are not risky enough.
 Values stay in ``[0, 9999]``. Train and test are disjoint: a problem belongs to the test split
 iff a stable hash of its question text falls in the test bucket.
 
@@ -19,12 +20,16 @@ A solution writes every step as ``a op k = b.`` and may follow a step with a *ch
 * safe step: the inverse operation, ``2082 + 5 = 2087. Double-check: 2087 - 5 = 2082. Correct.``
   This one never changes anything: it is the overthinking the methods should remove.
 
+In :data:`TASK` a risky check opens with ``Let me check:`` or ``Wait, let me verify:`` and a safe
+one with ``Double-check:``, and no safe step undoes the one before it.
+
 Every word is one the first base model's tokenizer already has (``thinklean/assets/base-v1``),
 so the new model, trained from it, never spells a word letter by letter.
 
 Which steps are checked is the *style* (:data:`STYLES`): ``terse`` checks none, ``full`` every
-step, ``partial`` each step with probability 1/2, ``risky`` only the risky steps (the policy
-RL should find). The base model is trained mostly on ``full`` (:data:`BASE_STYLE_WEIGHTS`).
+step, ``partial`` each step with probability ``check_rate``, ``risky`` only the risky steps (the
+policy RL should find). The base model is trained on ``partial`` at :data:`BASE_CHECK_RATE` and
+on ``risky`` (:data:`BASE_STYLE_WEIGHTS`): it checks most steps, safe ones included.
 In :func:`sft_records` a share of the risky steps (``repair_rate``) is first written with a
 wrong result that the check repairs; the wrong digits are listed in ``masked_spans`` so SFT can
 keep them out of the loss.
@@ -41,8 +46,10 @@ from thinklean.data.formats import THINK, THINK_END, format_prompt, no_think_res
 
 DIFFICULTIES = (1, 2, 3, 4, 5, 6)
 STYLES = ("terse", "partial", "full", "risky")
-# The base model is trained on this mix: it checks nearly every step (see docs/task.md).
-BASE_STYLE_WEIGHTS = {"terse": 0.1, "partial": 0.1, "full": 0.8}
+# The base model's last build stage is trained on this mix, ``partial`` at BASE_CHECK_RATE: it
+# checks most steps, and a fifth of its rows show the risky-only policy (see docs/task.md).
+BASE_STYLE_WEIGHTS = {"partial": 0.8, "risky": 0.2}
+BASE_CHECK_RATE = 0.8
 # share of checked risky steps first written wrong, then repaired, in SFT rows: at 0.3 a first model
 # learnt to copy the first result into the check's sum (right 70% of the time) instead of adding
 REPAIR_RATE = 0.5
@@ -69,11 +76,12 @@ class Variant:
     result is N.``), the operands a multiplication may take, and whether risky and safe checks
     open with different words (``kind_openers``), and whether a safe step may undo the step
     before it (``inverse_pairs``: a response that skips both is right at fewer tokens).
-    :data:`TASK` is the task; :data:`TWO_DIGIT` is the variant the base model's first build
-    stage was trained on (two-digit multiplications turned out not to be risky: ``docs/task.md``); :data:`X7X9` and :data:`EVERY_RISKY` are
-    control arms of the task with its riskiest multiplications only, and :data:`X7X9_KINDS` is
-    :data:`X7X9` written with a kind's own check openers; :data:`X7X9_KINDS_NI` draws no
-    adjacent inverse pairs."""
+    :data:`TASK` is :data:`X7X9_KINDS_NI`: :data:`THREE_DIGIT` (multiplications by 4–9) with
+    only its riskiest multiplications (:data:`X7X9`), written with a kind's own check openers
+    (:data:`X7X9_KINDS`) and no adjacent inverse pairs. :data:`TWO_DIGIT` is the variant
+    base-v2's first build stage was trained on (two-digit multiplications turned out not to be
+    risky: ``docs/task.md``); :data:`EVERY_RISKY` is a control arm that multiplies wherever
+    legal."""
 
     name: str
     stream: str  # prefix of the random streams: the same rows for the same seed
@@ -90,17 +98,19 @@ class Variant:
 
 
 TWO_DIGIT = Variant("two-digit", "arith2", (2, 60), (10, 99), 999, 10, 0.3, True, False)
-TASK = Variant("three-digit", "arith3", (100, 999), (100, 999), 9999, 100, 0.25, False, True)
-# control arms (docs/task.md): the task with only its riskiest multiplications (x7, x9), and
-# those taken wherever legal, so that every problem starts with one
-X7X9 = replace(TASK, name="x7x9", multipliers=(7, 9))
+THREE_DIGIT = Variant("three-digit", "arith3", (100, 999), (100, 999), 9999, 100, 0.25, False, True)
+# the three-digit task with only its riskiest multiplications (x7, x9), and a control arm that
+# takes those wherever legal, so that every problem starts with one (docs/task.md)
+X7X9 = replace(THREE_DIGIT, name="x7x9", multipliers=(7, 9))
 EVERY_RISKY = replace(X7X9, name="every-risky", multiply_share=1.0)
 # the same problems as X7X9; a risky check opens with "Let me check:" or "Wait, let me verify:", a safe
 # one with "Double-check:", so that a check's first token says which kind of step it checks
 X7X9_KINDS = replace(X7X9, name="x7x9-kinds", kind_openers=True)
 # no safe step undoes the one before it: skipping two steps never stays right by luck
 X7X9_KINDS_NI = replace(X7X9_KINDS, name="x7x9-kinds-ni", inverse_pairs=False)
-VARIANTS = {v.name: v for v in (TWO_DIGIT, TASK, X7X9, EVERY_RISKY, X7X9_KINDS, X7X9_KINDS_NI)}
+# the task: what the demo, the base model's last build stage and ``arith`` data default to
+TASK = X7X9_KINDS_NI
+VARIANTS = {v.name: v for v in (TWO_DIGIT, THREE_DIGIT, X7X9, EVERY_RISKY, X7X9_KINDS, X7X9_KINDS_NI)}
 
 
 @dataclass(frozen=True)
@@ -290,9 +300,9 @@ def render_reasoning(problem: ArithProblem, style: str, rng: random.Random, vari
     return render_trace(problem, style, rng, variant=variant)[0]
 
 
-def solution_text(problem: ArithProblem, style: str, rng: random.Random) -> str:
+def solution_text(problem: ArithProblem, style: str, rng: random.Random, variant: Variant = TASK) -> str:
     """Full think-mode response: ``<think> reasoning </think> \\boxed{answer}``."""
-    return think_response(render_reasoning(problem, style, rng), problem.answer)
+    return think_response(render_reasoning(problem, style, rng, variant), problem.answer)
 
 
 def direct_solution_text(problem: ArithProblem) -> str:
@@ -341,11 +351,11 @@ def sft_records(
 
 def tokenizer_corpus(n: int = 3000, seed: int = 0) -> list[str]:
     """Texts the embedded BPE tokenizer is trained on: prompts with every style of solution."""
-    rng = random.Random(f"{TASK.stream}-corpus-{seed}")
+    rng = random.Random(f"{THREE_DIGIT.stream}-corpus-{seed}")
     texts = []
-    for problem in generate_problems(n, "train", seed + 10_000, distinct=False):
+    for problem in generate_problems(n, "train", seed + 10_000, distinct=False, variant=THREE_DIGIT):
         for style in STYLES:
-            reasoning, _ = render_trace(problem, style, rng, repair_rate=0.3)
+            reasoning, _ = render_trace(problem, style, rng, repair_rate=0.3, variant=THREE_DIGIT)
             texts.append(format_prompt(problem.question) + think_response(reasoning, problem.answer))
         texts.append(format_prompt(problem.question) + direct_solution_text(problem))
     return texts

@@ -22,9 +22,11 @@ from thinklean.models.card import CardInfo, write_model_card
 hf_logging.disable_progress_bar()  # per-file load/save bars drown thinklean's own progress output
 
 BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base"
-# the first base model (task v1): the current one is trained from it, and docs/base-model.md
-# keeps what it showed; `--model base-v1` loads it
+# the earlier base models: base-v1 (task v1; docs/base-model.md keeps what it showed) and base-v2
+# (checks on every step, trained from base-v1), which the current one is trained from;
+# `--model base-v1` / `--model base-v2` load them
 BASE_V1_MODEL_DIR = BASE_MODEL_DIR.with_name("base-v1")
+BASE_V2_MODEL_DIR = BASE_MODEL_DIR.with_name("base-v2")
 TINY_CONFIG = dict(
     hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=1024
 )
@@ -156,9 +158,10 @@ def check_safetensors(file: str | Path) -> None:
 
 
 def resolve_model_path(path: str | Path | None) -> Path:
-    """``None`` or ``"base"`` means the shipped embedded base model, ``"base-v1"`` the first one."""
-    if str(path) == "base-v1":
-        return BASE_V1_MODEL_DIR
+    """``None`` or ``"base"`` means the shipped embedded base model, ``"base-v1"`` and ``"base-v2"``
+    the earlier ones."""
+    if str(path) in ("base-v1", "base-v2"):
+        return BASE_MODEL_DIR.with_name(str(path))
     if path is None or str(path) == "base":
         if not (BASE_MODEL_DIR / "config.json").is_file():
             raise FileNotFoundError(
