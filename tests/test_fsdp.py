@@ -53,12 +53,13 @@ def _latent_config(**overrides) -> RLConfig:
 
 def _assert_adam_close(trained: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], step: float) -> None:
     """Every tensor of ``reference`` within 1e-5 of ``trained``'s, but for at most 0.1% of its
-    entries, each within one Adam ``step``: where a gradient is near Adam's epsilon, the update
-    (about ``step * sign(gradient)``) shows float-order differences between the runs."""
+    entries, each within two Adam ``step``s: where a gradient is near zero, the update (about
+    ``step * sign(gradient)``) shows float-order differences between the runs, up to the full
+    ``2 * step`` when the sign differs (1.2e-3 at step 1e-3, in 0.04% of one tensor's entries)."""
     for name, value in reference.items():
         if name in trained:
             diff = (trained[name] - value).abs()
-            assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < step, name
+            assert float((diff >= 1e-5).float().mean()) <= 1e-3 and float(diff.max()) < 2 * step, name
 
 
 @pytest.mark.slow
