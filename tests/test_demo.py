@@ -33,9 +33,12 @@ def test_demo_trains_each_method_evaluates_all_and_resumes(tmp_path, tiny_model_
     assert "[3/3] training hmpo" in printed and "evaluating hmpo" not in printed  # ... and is not repeated
 
     stamp = (out / "grpo" / "eval.json").stat().st_mtime_ns
+    wall = saved["methods"]["grpo"]["wall_seconds"]
     run_demo(out, methods=("grpo",), budget=budget, base_model=tiny_model_dir)
     assert (out / "grpo" / "eval.json").stat().st_mtime_ns == stamp  # finished methods are not re-run
     assert "already done" in capsys.readouterr().out
+    # ... and keep the wall time they took when they ran
+    assert json.loads((out / "results.json").read_text())["methods"]["grpo"]["wall_seconds"] == wall > 0
     # a later run into the same directory keeps the earlier methods in the table (same budget and seed)
     assert list(json.loads((out / "results.json").read_text())["methods"]) == ["base", "hmpo", "grpo"]
     # another budget: refused before any work, unless overwrite re-runs the rows

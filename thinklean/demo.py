@@ -261,7 +261,8 @@ def run_demo(
                                                         "base_model": str(base_model),
                                                         "base_model_sha256": record["base_model_sha256"],
                                                         "methods": list(methods)}}
-    earlier = {k: v for k, v in _earlier_methods(output / "results.json", results["config"]).items() if k not in names}
+    previous = _earlier_methods(output / "results.json", results["config"])
+    earlier = {k: v for k, v in previous.items() if k not in names}
     starts = start_rows()
 
     def stage_of(row: str) -> DemoStage:
@@ -304,6 +305,8 @@ def run_demo(
                           f" ({summary['wall_seconds']:.0f}s)")
         else:
             console.print(f"[{index}/{len(names)}] {name}: already done ({run_dir / 'eval.json'}), skipping")
+            if "wall_seconds" in previous.get(name, {}):  # the time it took when it ran
+                summary["wall_seconds"] = previous[name]["wall_seconds"]
         results["methods"][name] = summary
         if name == "base":  # earlier methods follow the base model, this run's come last
             results["methods"].update(earlier)
