@@ -107,3 +107,13 @@ def test_a_stage_passes_its_check_rate_and_product_masking_to_its_rows(tmp_path,
     assert [len(r["masked_spans"]) for r in rows] == [len(r["risky_steps"]) for r in rows]
     assert sum(len(r["risky_steps"]) for r in rows) > 0
     assert (info["stages"][0]["check_rate"], info["stages"][0]["mask_products"]) == (1.0, True)
+
+
+@needs_base
+def test_earlier_base_models_load_by_name_with_their_recorded_weights():
+    from thinklean.models.tiny import resolve_model_path
+
+    for name in ("base-v1", "base-v2"):
+        path = resolve_model_path(name)
+        assert path.name == name and path.parent == BASE_MODEL_DIR.parent
+        assert sha256_file(path / "model.safetensors") == json.loads((path / "BUILD.json").read_text())["sha256"]

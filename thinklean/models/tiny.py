@@ -27,6 +27,7 @@ BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base"
 # `--model base-v1` / `--model base-v2` load them
 BASE_V1_MODEL_DIR = BASE_MODEL_DIR.with_name("base-v1")
 BASE_V2_MODEL_DIR = BASE_MODEL_DIR.with_name("base-v2")
+EARLIER_BASE_MODELS = {"base-v1": BASE_V1_MODEL_DIR, "base-v2": BASE_V2_MODEL_DIR}
 TINY_CONFIG = dict(
     hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=1024
 )
@@ -160,8 +161,8 @@ def check_safetensors(file: str | Path) -> None:
 def resolve_model_path(path: str | Path | None) -> Path:
     """``None`` or ``"base"`` means the shipped embedded base model, ``"base-v1"`` and ``"base-v2"``
     the earlier ones."""
-    if str(path) in ("base-v1", "base-v2"):
-        return BASE_MODEL_DIR.with_name(str(path))
+    if str(path) in EARLIER_BASE_MODELS:
+        return EARLIER_BASE_MODELS[str(path)]
     if path is None or str(path) == "base":
         if not (BASE_MODEL_DIR / "config.json").is_file():
             raise FileNotFoundError(
