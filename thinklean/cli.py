@@ -69,11 +69,12 @@ def _add_common(p: argparse.ArgumentParser, output: str) -> None:
 
 
 def _add_style(p: argparse.ArgumentParser) -> None:
-    from thinklean.data.arith import REPAIR_RATE, STYLES
+    from thinklean.data.arith import BASE_CHECK_RATE, BASE_STYLE_WEIGHTS, REPAIR_RATE, STYLES
 
+    base_mix = ",".join(f"{name}={weight}" for name, weight in BASE_STYLE_WEIGHTS.items())
     p.add_argument("--style", type=_style_weights, default="base", metavar="STYLE|STYLE=W,...",
-                   help="arith solutions: which steps are checked: 'base' = the base model's mix (partial=0.8,risky=0.2; "
-                        "its rows also use --check-rate 0.8 --mask-products), "
+                   help=f"arith solutions: which steps are checked: 'base' = the base model's mix ({base_mix}; "
+                        f"its rows also use --check-rate {BASE_CHECK_RATE} --mask-products), "
                         "'terse' none, 'full' every step, 'partial' each with probability --check-rate, 'risky' the "
                         "multiplications only; or a mix drawn per row, e.g. partial=0.8,terse=0.2")
     p.add_argument("--repair-rate", dest="repair_rate", type=RATE, default=REPAIR_RATE,
