@@ -76,6 +76,23 @@ def test_demo_bupo_is_grpo_plus_an_ipa_phase_of_a_tenth_of_the_steps(steps, s_in
     assert (grpo["loss_agg"], grpo["steps"], grpo["seed"]) == ("seq-mean-token-mean", steps, 3)
 
 
+def test_demo_rows_train_at_the_budget_lr_unless_lr_by_row_names_them(tmp_path, tiny_model_dir):
+    from thinklean.demo import method_config
+
+    budget = DemoBudget()
+    assert (budget.lr, budget.lr_by_row) == (3e-5, {"grpo": 1e-5, "bupo": 1e-5})
+    assert {row: method_config(row, budget, seed=0).lr for row in ("grpo", "bupo", "hmpo", "iapo", "kimi")} == \
+        {"grpo": 1e-5, "bupo": 1e-5, "hmpo": 3e-5, "iapo": 3e-5, "kimi": 3e-5}
+    assert method_config("grpo", DemoBudget(lr_by_row={}), seed=0).lr == 3e-5
+    # a row's own lr is part of the record: rows made under another one are stale
+    small = DemoBudget(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, n_eval=4,
+                       lr_by_row={"grpo": 1e-3})
+    run_demo(tmp_path / "d", methods=("grpo",), budget=small, base_model=tiny_model_dir)
+    other = DemoBudget(**{**small.__dict__, "lr_by_row": {"grpo": 2e-3}})
+    with pytest.raises(StaleResultsError, match=r"budget.lr_by_row \{'grpo': 0.001\} -> \{'grpo': 0.002\}"):
+        run_demo(tmp_path / "d", methods=("grpo",), budget=other, base_model=tiny_model_dir)
+
+
 def test_demo_with_bupo_puts_the_entropy_comparison_in_the_report(tmp_path, tiny_model_dir, monkeypatch):
     budget = DemoBudget(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, lr=1e-3, n_eval=4)
     monkeypatch.setattr(thinklean.methods.bupo, "ANALYZE_PROMPTS", 3)
@@ -186,4 +203,6 @@ def test_litereason_in_the_demo_builds_its_start_model_and_reports_latent_steps(
     sft_row = next(line for line in report.splitlines() if line.startswith("| litereason-sft |"))
     assert sft_row.endswith(" - |")  # built by SFT: its logged SFT step times are not RL seconds per step
     grpo, litereason = asdict(method_config("grpo", budget, 0)), asdict(method_config("litereason", budget, 0))
-    assert {k for k in grpo if grpo[k] != litereason[k]} == {"method", "method_kwargs"}  # same prompts and budget
+    # same prompts and budget; GRPO at its own lr (lr_by_row)
+    assert {k for k in grpo if grpo[k] != litereason[k]} == {"method", "method_kwargs", "lr"}
+    assert (grpo["lr"], litereason["lr"]) == (budget.lr_by_row["grpo"], budget.lr)

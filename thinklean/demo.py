@@ -25,7 +25,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,13 +51,17 @@ class StaleResultsError(ValueError):
 
 @dataclass
 class DemoBudget:
-    """What every method gets: the same steps, prompts, samples and response cap."""
+    """What every method gets: the same steps, prompts, samples and response cap; the learning
+    rate is ``lr`` except for the rows in ``lr_by_row``, which train at their own."""
 
     steps: int = 40
     prompts_per_step: int = 8
     samples_per_prompt: int = 8
     max_new_tokens: int = 320  # the longest checking responses (6 operations, every step checked) are <= 287
-    lr: float = 3e-5  # HMPO 91.6% here, 91.8% at 2e-5, 89.8% at 1e-5 (seed 0); GRPO best at 1e-5 (docs/task.md)
+    lr: float = 3e-5  # HMPO: 92.5% here, 92.6% at 2e-5 (3 seeds), 89.8% at 1e-5 (seed 0; docs/task.md)
+    # GRPO at the best lr of its sweep (1e-5 of 1e-5 / 2e-5 / 3e-5 / 1e-4), so the baseline is not
+    # weakened; BuPO is GRPO after an internal-policy phase and keeps GRPO's lr
+    lr_by_row: dict[str, float] = field(default_factory=lambda: {"grpo": 1e-5, "bupo": 1e-5})
     n_eval: int = 500
     eval_every: int = 20  # held-out evaluations during training (0: none), for iso-accuracy
     # sampled evaluation: the base model's greedy answer is always its terse style, so greedy
@@ -172,15 +176,17 @@ def _load_summary(path: Path) -> dict[str, Any] | None:
 
 def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int = 0, report_to: str = "none") -> Any:
     """The :class:`~thinklean.train.rl.RLConfig` the demo trains ``name`` with: the method's YAML,
-    then the budget, then the row's overrides in :data:`DEMO_METHODS` and the spec's
-    ``demo_settings`` for the budget's steps (and ``report_to``)."""
+    then the budget (with the row's lr from ``lr_by_row``), then the row's overrides in
+    :data:`DEMO_METHODS` and the spec's ``demo_settings`` for the budget's steps (and ``report_to``)."""
     from thinklean.methods.config import load_config
 
     method, method_overrides = DEMO_ROWS[name]
     spec = METHODS[method]
     if spec.demo_settings is not None:
         method_overrides = {**method_overrides, "method_kwargs": dict(spec.demo_settings(budget.steps))}
-    overrides = {k: (v, 0) for k, v in {**asdict(budget), **method_overrides}.items() if k != "n_eval"}
+    shared = {k: v for k, v in asdict(budget).items() if k not in ("n_eval", "lr_by_row")}
+    shared["lr"] = budget.lr_by_row.get(name, budget.lr)
+    overrides = {k: (v, 0) for k, v in {**shared, **method_overrides}.items()}
     overrides.update({"seed": (seed, 0), "save_every": (10, 0), "report_to": (report_to, 0)})
     if eval_problems:
         overrides["eval_problems"] = (eval_problems, 0)
@@ -284,7 +290,8 @@ def run_demo(
                 model_dir = spec.start.build(stage_of(name))
             else:
                 console.print(f"[bold][{index}/{len(names)}] training {name}[/bold]: {budget.steps} steps × "
-                              f"{budget.prompts_per_step} prompts × {budget.samples_per_prompt} samples")
+                              f"{budget.prompts_per_step} prompts × {budget.samples_per_prompt} samples, "
+                              f"lr {budget.lr_by_row.get(name, budget.lr):g}")
                 start_model = base_model if spec.start is None else spec.start.build(stage_of(spec.start.row))
                 model_dir = train_method(name, budget, run_dir, seed, start_model, eval_examples=examples,
                                          report_to=report_to)
