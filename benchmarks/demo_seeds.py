@@ -17,8 +17,12 @@ from pathlib import Path
 
 
 def _spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    mean = statistics.fmean(values)
-    return f"{scale * mean:.{digits}f} ({scale * min(values):.{digits}f}-{scale * max(values):.{digits}f})"
+    """``mean (min-max)``, or ``-`` for no values; a range with a negative end reads ``a to b``."""
+    if not values:
+        return "-"
+    low, high = scale * min(values), scale * max(values)
+    sep = " to " if low < 0 or high < 0 else "-"
+    return f"{scale * statistics.fmean(values):.{digits}f} ({low:.{digits}f}{sep}{high:.{digits}f})"
 
 
 def main() -> None:
@@ -42,16 +46,14 @@ def main() -> None:
             "risky_check_rate": [st["risky"]["check_rate"] for st in steps if st.get("risky")],
             "safe_check_rate": [st["safe"]["check_rate"] for st in steps if st.get("safe")],
             "truncated_rate": [s["truncated_rate"] for s in summaries],
-            "wall_seconds": [s.get("wall_seconds", 0.0) for s in summaries],
+            "wall_seconds": [s["wall_seconds"] for s in summaries if "wall_seconds" in s],  # absent: not recorded
         }
     print(f"{len(args.runs)} seeds: " + ", ".join(str(s) for s in rows[methods[0]]["seeds"]) + " (mean, min-max)")
     print("| method | accuracy (%) | mean tokens | saved vs GRPO (%) | risky steps checked (%) | safe steps checked (%) | wall (s) |")
     print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
-        cells = [_spread(row["accuracy"], 100), _spread(row["mean_response_tokens"]),
-                 _spread(row["saved_vs_grpo"], 100) if row["saved_vs_grpo"] else "-",
-                 _spread(row["risky_check_rate"], 100) if row["risky_check_rate"] else "-",
-                 _spread(row["safe_check_rate"], 100) if row["safe_check_rate"] else "-",
+        cells = [_spread(row["accuracy"], 100), _spread(row["mean_response_tokens"]), _spread(row["saved_vs_grpo"], 100),
+                 _spread(row["risky_check_rate"], 100), _spread(row["safe_check_rate"], 100),
                  _spread(row["wall_seconds"], digits=0)]
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.output:

@@ -76,7 +76,8 @@ def test_demo_bupo_is_grpo_plus_an_ipa_phase_of_a_tenth_of_the_steps(steps, s_in
     assert (grpo["loss_agg"], grpo["steps"], grpo["seed"]) == ("seq-mean-token-mean", steps, 3)
 
 
-def test_demo_rows_train_at_the_budget_lr_unless_lr_by_row_names_them(tmp_path, tiny_model_dir):
+def test_demo_rows_train_at_the_budget_lr_unless_lr_by_row_names_them(tmp_path, tiny_model_dir, capsys):
+    from thinklean.cli import main
     from thinklean.demo import method_config
 
     budget = DemoBudget()
@@ -84,6 +85,9 @@ def test_demo_rows_train_at_the_budget_lr_unless_lr_by_row_names_them(tmp_path, 
     assert {row: method_config(row, budget, seed=0).lr for row in ("grpo", "bupo", "hmpo", "iapo", "kimi")} == \
         {"grpo": 1e-5, "bupo": 1e-5, "hmpo": 3e-5, "iapo": 3e-5, "kimi": 3e-5}
     assert method_config("grpo", DemoBudget(lr_by_row={}), seed=0).lr == 3e-5
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "Learning rate 3e-05, except grpo 1e-05, bupo 1e-05" in " ".join(capsys.readouterr().out.split())
     # a row's own lr is part of the record: rows made under another one are stale
     small = DemoBudget(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, n_eval=4,
                        lr_by_row={"grpo": 1e-3})

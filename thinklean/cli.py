@@ -667,7 +667,13 @@ def _add_method_flags(p: argparse.ArgumentParser, flags: Sequence[Any], where: s
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     """``thinklean demo``'s arguments: the demo rows of every registered method."""
+    from thinklean.demo import DemoBudget
     from thinklean.methods import DEMO_ROWS, METHODS
+
+    budget = DemoBudget()
+    own = ", ".join(f"{row} {lr:g}" for row, lr in budget.lr_by_row.items())
+    p.description += (f" Learning rate {budget.lr:g}, except {own} (GRPO at the best lr of its sweep, "
+                      "docs/task.md; BuPO is GRPO after an internal-policy phase).")
 
     starts = [f"{name} first builds {spec.start.description}, the '{spec.start.row}' row"
               for name, spec in METHODS.items() if spec.start is not None and name in DEMO_ROWS]
