@@ -68,6 +68,10 @@ class DemoBudget:
     # scores cannot show a method moving the style mix; T=1 scores the policy as it samples
     eval_temperature: float = 1.0
 
+    def lr_of(self, row: str) -> float:
+        """The learning rate demo row ``row`` trains at."""
+        return self.lr_by_row.get(row, self.lr)
+
 
 QUICK = DemoBudget(steps=3, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=200, n_eval=40, eval_every=2)
 
@@ -185,7 +189,7 @@ def method_config(name: str, budget: DemoBudget, seed: int, eval_problems: int =
     if spec.demo_settings is not None:
         method_overrides = {**method_overrides, "method_kwargs": dict(spec.demo_settings(budget.steps))}
     shared = {k: v for k, v in asdict(budget).items() if k not in ("n_eval", "lr_by_row")}
-    shared["lr"] = budget.lr_by_row.get(name, budget.lr)
+    shared["lr"] = budget.lr_of(name)
     overrides = {k: (v, 0) for k, v in {**shared, **method_overrides}.items()}
     overrides.update({"seed": (seed, 0), "save_every": (10, 0), "report_to": (report_to, 0)})
     if eval_problems:
@@ -291,7 +295,7 @@ def run_demo(
             else:
                 console.print(f"[bold][{index}/{len(names)}] training {name}[/bold]: {budget.steps} steps × "
                               f"{budget.prompts_per_step} prompts × {budget.samples_per_prompt} samples, "
-                              f"lr {budget.lr_by_row.get(name, budget.lr):g}")
+                              f"lr {budget.lr_of(name):g}")
                 start_model = base_model if spec.start is None else spec.start.build(stage_of(spec.start.row))
                 model_dir = train_method(name, budget, run_dir, seed, start_model, eval_examples=examples,
                                          report_to=report_to)
