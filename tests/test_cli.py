@@ -198,7 +198,7 @@ def test_data_hft_writes_both_modes_and_rejects_bad_rules(tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     modes = {r["mode"] for r in rows}
     assert len(rows) == 60 and modes == {"think", "no_think"}
-    assert all(r["difficulty"] <= 2 for r in rows if r["mode"] == "no_think")
+    assert all(r["difficulty"] == 1 and not r["risky_steps"] for r in rows if r["mode"] == "no_think")  # the default rule
     assert main(["data", "hft", "--no-think-rule", "easy", "--output", str(tmp_path / "x.jsonl")]) == 2
     assert "--no-think-rule" in capsys.readouterr().err
 

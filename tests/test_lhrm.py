@@ -7,7 +7,8 @@ import torch
 
 from thinklean.core.advantages import hgpo_advantages
 from thinklean.data.formats import NO_THINK, THINK
-from thinklean.data.hft import DIRECT_ANSWER_PREFIX, format_mix_stats, hft_from_jsonl, hft_records, mix_stats, upsample_mode
+from thinklean.data.hft import (DIRECT_ANSWER_PREFIX, format_mix_stats, hft_from_jsonl, hft_records, mix_stats,
+                                parse_no_think_rule, upsample_mode)
 from thinklean.data.jsonl import DataError, Example
 from thinklean.eval.hybrid import hybrid_accuracy
 from thinklean.methods.lhrm import (
@@ -251,7 +252,7 @@ def test_hybrid_accuracy_runs_on_the_tiny_model(tmp_path, tiny_model, tiny_token
 
 
 def test_hft_records_send_rule_selected_problems_to_no_think():
-    rows = hft_records(12, seed=0, no_think_share=1.0)  # difficulties cycle 1..6 twice
+    rows = hft_records(12, seed=0, no_think_rule="difficulty<=2", no_think_share=1.0)  # difficulties cycle 1..6 twice
     assert mix_stats(rows) == {
         "n": 12, "think": 8, "no_think": 4,
         "per_difficulty": {"1": {"think": 0, "no_think": 2}, "2": {"think": 0, "no_think": 2},
@@ -267,6 +268,27 @@ def test_hft_records_send_rule_selected_problems_to_no_think():
     assert "difficulty 6: 0 think, 2 no_think" in format_mix_stats(by_function)
 
 
+def test_hft_default_rule_sends_only_one_step_problems_without_a_multiplication_to_no_think():
+    rows = hft_records(600, seed=2, no_think_share=1.0)
+    for row in rows:
+        direct = row["difficulty"] == 1 and not row["risky_steps"]
+        assert row["mode"] == ("no_think" if direct else "think"), row
+    one_step = [row for row in rows if row["difficulty"] == 1]
+    assert 0 < sum(row["mode"] == "think" for row in one_step) < len(one_step)  # 1-step products think
+
+
+def test_hft_think_rows_mask_every_first_written_product_like_the_base_models_data():
+    rows = [row for row in hft_records(300, seed=3) if row["mode"] == "think"]
+    assert {row["style"] for row in rows} == {"partial", "risky"}
+    for row in rows:
+        masked = [row["solution"][start:end] for start, end in row["masked_spans"]]
+        assert len(masked) == len(row["risky_steps"]) and all(text.isdigit() for text in masked)
+        for (start, _), text in zip(row["masked_spans"], masked):  # each span is the result of a 'a * k = '
+            assert row["solution"][:start].endswith(" = ") and "*" in row["solution"][max(0, start - 12):start]
+    plain = [row for row in hft_records(300, seed=3, repair_rate=0.0, mask_products=False) if row["mode"] == "think"]
+    assert not any("masked_spans" in row for row in plain)
+
+
 def test_hft_records_keep_think_rows_at_every_difficulty_with_a_share():
     per = mix_stats(hft_records(600, seed=1, no_think_rule="difficulty<2", no_think_share=0.5))["per_difficulty"]
     assert 30 < per["1"]["no_think"] < 70 and per["1"]["think"] == 100 - per["1"]["no_think"]
@@ -276,6 +298,13 @@ def test_hft_records_keep_think_rows_at_every_difficulty_with_a_share():
 def test_hft_rule_strings_are_checked():
     with pytest.raises(ValueError, match="difficulty<=K"):
         hft_records(6, no_think_rule="easy ones")
+    with pytest.raises(ValueError, match="not understood"):
+        parse_no_think_rule("difficulty<=1 & size==2")
+    rule = parse_no_think_rule("difficulty<=2 & risky<1")
+    assert rule({"difficulty": 2, "risky_steps": []}) and not rule({"difficulty": 2, "risky_steps": [1]})
+    assert not rule({"difficulty": 3, "risky_steps": []})
+    with pytest.raises(ValueError, match='needs a "risky_steps" list'):
+        rule({"difficulty": 1})
 
 
 def test_hft_from_jsonl_builds_rows_and_names_the_bad_row(tmp_path):
@@ -331,7 +360,7 @@ def test_build_hft_model_runs_the_stages_in_order_and_keeps_finished_ones(tmp_pa
         return real(model, tokenizer, rows, *args, **kwargs)
 
     monkeypatch.setattr(lhrm, "train_sft", recording_train_sft)
-    stages = (lhrm.HFTStage("first", SFTConfig(steps=2, batch_size=4), 60, no_think_share=1.0, no_think_upsample=0.75),
+    stages = (lhrm.HFTStage("first", SFTConfig(steps=2, batch_size=4), 60, "difficulty<=1", 1.0, 0.75),
               lhrm.HFTStage("second", SFTConfig(steps=2, batch_size=4), 60))
     final = lhrm.build_hft_model(tiny_model_dir, tmp_path / "hft", stages)
     assert final == tmp_path / "hft" / "second" / "model" and (final / "model.safetensors").is_file()

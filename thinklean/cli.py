@@ -363,15 +363,15 @@ def _style_weights(style: str) -> dict[str, float]:
 def _data_hft(args: argparse.Namespace) -> None:
     """Hybrid SFT mixture (lhrm.md): the embedded task by rule or measurement, or a JSONL naming each row's mode."""
     from thinklean.data.arith import generate_problems
-    from thinklean.data.hft import (format_mix_stats, hft_from_jsonl, hft_records, mix_stats, parse_no_think_rule,
-                                    upsample_mode)
+    from thinklean.data.hft import (ARITH_NO_THINK_RULE, format_mix_stats, hft_from_jsonl, hft_records, mix_stats,
+                                    parse_no_think_rule, upsample_mode)
     from thinklean.data.jsonl import load_jsonl, write_jsonl
     from thinklean.methods.lhrm import measured_no_think
 
     if _is_arith(args.data) and args.data != "arith":
         raise UsageError(f"--data {args.data}: the hybrid mixture is built on the task itself (--data arith) or on a "
                          "JSONL file (e.g. one written by `thinklean data arith --variant NAME`)")
-    rule = args.no_think_rule or ("difficulty<=2" if args.data == "arith" else None)
+    rule = args.no_think_rule or (ARITH_NO_THINK_RULE if args.data == "arith" else None)
     try:
         if rule is not None:
             parse_no_think_rule(rule)
@@ -720,7 +720,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     _add_device(p)
     p.add_argument("--mode-field", dest="mode_field", default="mode", help="hft JSONL: field holding think / no_think")
     p.add_argument("--no-think-rule", dest="no_think_rule", default=None,
-                   help="hft: problems that may go no-think: 'difficulty<=2' (arith default), 'none', 'all'")
+                   help="hft: problems that may go no-think: terms on 'difficulty' and 'risky' (the number of "
+                        "risky steps) joined by '&' (arith default 'difficulty<=1 & risky==0'), 'none', 'all'")
     p.add_argument("--no-think-share", dest="no_think_share", type=RATE, default=0.5,
                    help="hft arith: share of rule-selected problems written as no-think (the rest think)")
     p.add_argument("--no-think-upsample", dest="no_think_upsample", type=FINITE, default=None,

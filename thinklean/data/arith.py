@@ -337,16 +337,23 @@ def sft_records(
     also explains ``check_rate``).
     """
     rng = random.Random(f"{variant.stream}-sft-{seed}")
-    rows = []
-    offset = len(f"{THINK} ")
-    for problem in generate_problems(n, "train", seed, distinct=False, variant=variant):
-        style = sample_style(rng, style_weights)
-        reasoning, spans = render_trace(problem, style, rng, repair_rate, variant, check_rate, mask_products)
-        meta: dict = {"style": style}
-        if repair_rate > 0 or mask_products:
-            meta["masked_spans"] = [[offset + s, offset + e] for s, e in spans]
-        rows.append(problem_record(problem, think_response(reasoning, problem.answer), **meta))
-    return rows
+    return [think_record(problem, sample_style(rng, style_weights), rng, repair_rate, variant, check_rate, mask_products)
+            for problem in generate_problems(n, "train", seed, distinct=False, variant=variant)]
+
+
+def think_record(
+    problem: ArithProblem, style: str, rng: random.Random, repair_rate: float = 0.0, variant: Variant = TASK,
+    check_rate: float = 0.5, mask_products: bool = False,
+) -> dict:
+    """A row (:func:`problem_record`) whose solution is ``problem`` in ``style``, rendered by
+    :func:`render_trace` with these settings; it carries ``style`` and, with ``repair_rate > 0``
+    or ``mask_products``, ``masked_spans`` (character spans of the solution)."""
+    reasoning, spans = render_trace(problem, style, rng, repair_rate, variant, check_rate, mask_products)
+    meta: dict = {"style": style}
+    if repair_rate > 0 or mask_products:
+        offset = len(f"{THINK} ")
+        meta["masked_spans"] = [[offset + s, offset + e] for s, e in spans]
+    return problem_record(problem, think_response(reasoning, problem.answer), **meta)
 
 
 def tokenizer_corpus(n: int = 3000, seed: int = 0) -> list[str]:

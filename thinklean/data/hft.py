@@ -8,8 +8,11 @@ picks a mode itself (its first token) when not forced. Every row carries ``mode`
 (``"think"`` / ``"no_think"``) next to ``prompt``, ``answer``, ``solution`` and, when known,
 ``difficulty``.
 
-Which problems get no-think rows is a rule: ``"difficulty<=2"`` (the default on the embedded
-task), any function ``row -> bool``, or a measured set
+Which problems get no-think rows is a rule: terms on a row's ``difficulty`` and ``risky`` (its
+number of risky steps) joined by ``&``, e.g. :data:`ARITH_NO_THINK_RULE` (the default on the
+embedded task: one-operation problems without a multiplication, the ones a direct answer can get
+right without the one-shot product the task makes risky), any function ``row -> bool``, or a
+measured set
 (:func:`thinklean.methods.lhrm.measured_no_think`: problems a model already answers right
 without reasoning)::
 
@@ -30,13 +33,15 @@ from dataclasses import replace
 from typing import Any
 
 from thinklean.data.arith import (
+    BASE_CHECK_RATE,
     BASE_STYLE_WEIGHTS,
+    REPAIR_RATE,
     ArithProblem,
     direct_solution_text,
     generate_problems,
     problem_record,
     sample_style,
-    solution_text,
+    think_record,
 )
 from thinklean.data.formats import NO_THINK, THINK, boxed, no_think_response, think_response
 from thinklean.data.jsonl import DataError, Example, _decode_line, example_from_dict, example_to_dict
@@ -46,41 +51,57 @@ NoThinkRule = str | Callable[[Mapping[str, Any]], bool]
 # Forcing the box too lets a model that never saw a no-think row still answer directly.
 DIRECT_ANSWER_PREFIX = f"{NO_THINK} {boxed('')[:-1]}"  # "<no_think> \boxed{"
 
-_RULE = re.compile(r"^\s*difficulty\s*(<=|>=|==|<|>)\s*(\d+)\s*$")
+ARITH_NO_THINK_RULE = "difficulty<=1 & risky==0"
+_TERM = re.compile(r"^\s*(difficulty|risky)\s*(<=|>=|==|<|>)\s*(\d+)\s*$")
 _COMPARE = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt}
-_RULES_ACCEPTED = "accepted: 'difficulty<=K' (or <, ==, >=, >), 'none', 'all', or a function row -> bool"
+_RULES_ACCEPTED = ("accepted: terms 'difficulty<=K' or 'risky==K' (risky: the number of risky steps; "
+                   "<, <=, ==, >=, >) joined by '&', 'none', 'all', or a function row -> bool")
+
+
+def _rule_value(row: Mapping[str, Any], name: str, rule: str) -> int:
+    """``row``'s ``difficulty``, or the length of its ``risky_steps`` list for ``risky``."""
+    if name == "risky":
+        steps = row.get("risky_steps")
+        if not isinstance(steps, list):
+            raise ValueError(f"no_think_rule {rule!r} needs a \"risky_steps\" list, got {steps!r}")
+        return len(steps)
+    value = row.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"no_think_rule {rule!r} needs an integer \"{name}\" field, got {value!r}")
+    return value
 
 
 def parse_no_think_rule(rule: NoThinkRule) -> Callable[[Mapping[str, Any]], bool]:
     """``rule`` as a function ``row -> bool`` (True: the row's problem may go to no-think).
 
-    A difficulty rule raises ``ValueError`` on a row without an integer ``difficulty``.
+    A rule string's terms must all hold. Applied to a row without an integer ``difficulty`` (or a
+    ``risky_steps`` list, for ``risky``) a term raises ``ValueError``.
     """
     if callable(rule):
         return rule
     if isinstance(rule, str) and rule.strip() in ("none", "all"):
         everything = rule.strip() == "all"
         return lambda row: everything
-    match = _RULE.match(rule) if isinstance(rule, str) else None
-    if match is None:
+    matches = [_TERM.match(term) for term in rule.split("&")] if isinstance(rule, str) else [None]
+    if not all(matches):
         raise ValueError(f"no_think_rule {rule!r} is not understood ({_RULES_ACCEPTED})")
-    compare, bound = _COMPARE[match.group(1)], int(match.group(2))
+    terms = [(m.group(1), _COMPARE[m.group(2)], int(m.group(3))) for m in matches if m is not None]
 
-    def by_difficulty(row: Mapping[str, Any]) -> bool:
-        difficulty = row.get("difficulty")
-        if not isinstance(difficulty, int) or isinstance(difficulty, bool):
-            raise ValueError(f"no_think_rule {rule!r} needs an integer \"difficulty\" field, got {difficulty!r}")
-        return compare(difficulty, bound)
+    def by_terms(row: Mapping[str, Any]) -> bool:
+        return all(compare(_rule_value(row, name, rule), bound) for name, compare, bound in terms)
 
-    return by_difficulty
+    return by_terms
 
 
 def hft_records(
     n: int,
     seed: int = 0,
-    no_think_rule: NoThinkRule = "difficulty<=2",
+    no_think_rule: NoThinkRule = ARITH_NO_THINK_RULE,
     style_weights: dict[str, float] = BASE_STYLE_WEIGHTS,
     no_think_share: float = 0.5,
+    repair_rate: float = REPAIR_RATE,
+    check_rate: float = BASE_CHECK_RATE,
+    mask_products: bool = True,
 ) -> list[dict]:
     """``n`` embedded-task HFT rows (problems ``generate_problems(n, "train", seed, distinct=False)``).
 
@@ -88,6 +109,9 @@ def hft_records(
     every other problem a think row with a style drawn from ``style_weights``. So think rows
     cover all difficulties and the selected (easy) problems are seen in both modes: forcing
     either mode works on them, and the model's unforced choice there is left for HGPO to learn.
+    Think rows are rendered as the base model's SFT rows are (:func:`thinklean.data.arith.think_record`
+    with ``repair_rate``, ``check_rate``, ``mask_products``; their ``masked_spans`` keep every
+    first-written product out of the loss), so HFT teaches the modes, not one-shot products.
     """
     if not 0.0 <= no_think_share <= 1.0:
         raise ValueError(f"no_think_share must be in [0, 1], got {no_think_share}")
@@ -100,7 +124,8 @@ def hft_records(
             rows.append({**row, "solution": direct_solution_text(problem), "mode": "no_think"})
         else:
             style = sample_style(rng, style_weights)
-            rows.append({**row, "solution": solution_text(problem, style, rng), "mode": "think", "style": style})
+            think = think_record(problem, style, rng, repair_rate, check_rate=check_rate, mask_products=mask_products)
+            rows.append({**think, "mode": "think"})
     return rows
 
 

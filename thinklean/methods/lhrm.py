@@ -37,7 +37,7 @@ import torch
 from thinklean.data.arith import ArithProblem
 from thinklean.data.formats import NO_THINK, THINK, format_prompt, response_mode
 from thinklean.data.grading import format_ok, grade
-from thinklean.data.hft import DIRECT_ANSWER_PREFIX, as_example, hft_records, upsample_mode
+from thinklean.data.hft import ARITH_NO_THINK_RULE, DIRECT_ANSWER_PREFIX, as_example, hft_records, upsample_mode
 from thinklean.data.jsonl import Example
 from thinklean.methods.registry import DemoStage, MethodSpec, StartModel, register_method
 from thinklean.rollout import RolloutBatch, SamplingConfig, generate
@@ -230,14 +230,14 @@ class HFTStage:
     name: str
     config: SFTConfig
     rows: int
-    no_think_rule: str = "difficulty<=1"
+    no_think_rule: str = ARITH_NO_THINK_RULE
     no_think_share: float = 0.5
     no_think_upsample: float | None = None  # repeat no-think rows until they are this share of the rows
 
 
-# Direct answers for 1-operation problems (2,500 rows over the 888 distinct ones in the training
-# split, half of that difficulty's rows), repeated to 75% of ~110k rows; length bucketing puts them
-# in their own short batches, so most steps are cheap.
+# Direct answers for the 1-operation problems without a multiplication (1,883 rows over 1,777
+# distinct problems, half of those problems' rows), repeated to 75% of ~112k rows; length bucketing
+# puts them in their own short batches, so most steps are cheap.
 HFT_STAGES = (
     HFTStage("hft", SFTConfig(steps=1500, batch_size=64, lr=5e-4, save_every=150), 30_000, no_think_upsample=0.75),
 )
