@@ -93,7 +93,7 @@ def test_demo_rows_train_at_the_budget_lr_unless_lr_by_row_names_them(tmp_path, 
                        lr_by_row={"grpo": 1e-3})
     run_demo(tmp_path / "d", methods=("grpo",), budget=small, base_model=tiny_model_dir)
     other = DemoBudget(**{**small.__dict__, "lr_by_row": {"grpo": 2e-3}})
-    with pytest.raises(StaleResultsError, match=r"budget.lr_by_row \{'grpo': 0.001\} -> \{'grpo': 0.002\}"):
+    with pytest.raises(StaleResultsError, match=r"budget.lr_by_row.grpo 0.001 -> 0.002"):
         run_demo(tmp_path / "d", methods=("grpo",), budget=other, base_model=tiny_model_dir)
 
 
@@ -162,6 +162,28 @@ def test_hgpo_in_the_demo_builds_the_hybrid_model_first_and_reports_hybrid_metri
     report = (out / "report" / "report.md").read_text()
     assert "## Hybrid think / no-think" in report and "| hgpo |" in report.split("## Hybrid")[1]
     assert "building the hybrid model" in capsys.readouterr().out
+
+    # the hybrid model's recipe is recorded with its row and with the row trained from it ...
+    from dataclasses import replace
+
+    from thinklean.methods import METHODS
+    from thinklean.methods.lhrm import hft_stages
+
+    records = {name: json.loads((out / name / "demo-run.json").read_text()) for name in ("base", "hft", "hgpo")}
+    assert "start_recipe" not in records["base"]
+    (stage,) = hft_stages(quick=True)
+    assert records["hft"]["start_recipe"] == records["hgpo"]["start_recipe"] == [
+        {"name": "hft", "config": {**records["hft"]["start_recipe"][0]["config"], "lr": stage.config.lr, "steps": 3},
+         "rows": 120, "no_think_rule": stage.no_think_rule, "no_think_share": stage.no_think_share,
+         "no_think_upsample": stage.no_think_upsample}]
+    # ... so a changed recipe stops the demo instead of re-using those rows (the base row stays)
+    spec = METHODS["hgpo"]
+    changed = (replace(stage, config=replace(stage.config, lr=2 * stage.config.lr)),)
+    monkeypatch.setitem(METHODS, "hgpo", replace(spec, start=replace(spec.start, recipe=lambda quick: changed)))
+    lr = stage.config.lr
+    with pytest.raises(StaleResultsError, match=rf"holds hft, hgpo from .*start recipe \(start_recipe.0.config.lr "
+                                                rf"{lr} -> {2 * lr}\)"):
+        run_demo(out, quick=True, methods=("hgpo",), budget=budget, base_model=tiny_model_dir)
 
 
 def test_litereason_in_the_demo_builds_its_start_model_and_reports_latent_steps(tmp_path, tiny_model_dir, monkeypatch):

@@ -8,7 +8,8 @@ held-out problems; the same problems are evaluated during training (``DemoBudget
 so the report can interpolate compression at the base model's accuracy. A method's spec may
 replace the evaluation, add entries to a row's summary and add images to the report. Each row's
 directory records what it was made with (``OUTPUT/METHOD/demo-run.json``: budget, seed,
-``quick`` and the SHA-256 of the base model's weights). A row whose ``eval.json`` exists under
+``quick``, the SHA-256 of the base model's weights and, for a start row and the rows trained from
+it, the start model's recipe). A row whose ``eval.json`` exists under
 this run's record is not re-run, and an interrupted one resumes from its checkpoint; a row
 recorded under another one (or finished with no record) stops the demo before any work with
 :class:`StaleResultsError`, unless ``overwrite``, which deletes and re-runs it.
@@ -25,7 +26,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,26 @@ def weights_sha256(model_dir: Path) -> str:
     return "-".join(sha256_file(f) for f in sorted(model_dir.glob("*.safetensors")))
 
 
+def _as_json(value: Any) -> Any:
+    """Dataclasses as dicts and tuples as lists, recursively: how a value reads back from JSON."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    return value
+
+
+def row_record(record: dict[str, Any], name: str) -> dict[str, Any]:
+    """``record`` plus ``start_recipe`` when row ``name`` is a start model or trains from one."""
+    spec = row_spec(name)
+    start = spec.start if spec is not None else None
+    if start is None or start.recipe is None:
+        return record
+    return {**record, "start_recipe": _as_json(start.recipe(record["quick"]))}
+
+
 def _row_dirs(output: Path, name: str) -> list[Path]:
     """The directories a row's work lives in (a start row's build may use more, e.g. ``hft-build``)."""
     spec = start_rows().get(name)
@@ -148,27 +169,35 @@ def _is_stale(output: Path, name: str, record: dict[str, Any]) -> bool:
         return _has_work(output, name)
 
 
-def _record_change(saved: Path, record: dict[str, Any]) -> str:
-    """How the record in ``saved`` differs from ``record``, e.g. ``budget.steps 40 -> 5``."""
-    def flat(r: dict[str, Any]) -> dict[str, Any]:
-        return {**{k: v for k, v in r.items() if k != "budget"}, **{f"budget.{k}": v for k, v in r["budget"].items()}}
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts and lists as one dict of leaves keyed by path: ``{"budget.lr_by_row.grpo": 1e-05}``."""
+    if isinstance(value, (dict, list)):
+        out: dict[str, Any] = {}
+        for k, v in (value.items() if isinstance(value, dict) else enumerate(value)):
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
 
+
+def _record_change(saved: Path, record: dict[str, Any]) -> str:
+    """How the record in ``saved`` differs from ``record``, e.g. ``budget.steps 40 -> 5`` or
+    ``start_recipe.0.config.lr 0.0005 -> 0.0001`` (``None``: the entry is missing on that side)."""
     try:
-        before = flat(json.loads(saved.read_text()))
-    except (OSError, ValueError, KeyError, AttributeError):
+        before = _flat(json.loads(saved.read_text()))
+    except (OSError, ValueError):
         return f"{saved.parent} has no readable {RUN_RECORD}"
-    now = flat(record)
+    now = _flat(record)
     return ", ".join(f"{k} {before.get(k)} -> {now.get(k)}" for k in sorted({*before, *now}) if before.get(k) != now.get(k))
 
 
 def _clear_stale(output: Path, names: Sequence[str], record: dict[str, Any], overwrite: bool) -> None:
     """Delete the stale rows among ``names`` when ``overwrite``; else :class:`StaleResultsError`."""
-    stale = [name for name in names if _is_stale(output, name, record)]
+    stale = [name for name in names if _is_stale(output, name, row_record(record, name))]
     if stale and not overwrite:
         raise StaleResultsError(
-            f"{output} holds {', '.join(stale)} from another budget, seed or base model "
-            f"({_record_change(output / stale[0] / RUN_RECORD, record)}); pass --overwrite to re-run "
-            f"{'it' if len(stale) == 1 else 'them'}, or choose another --output")
+            f"{output} holds {', '.join(stale)} from another budget, seed, base model or start recipe "
+            f"({_record_change(output / stale[0] / RUN_RECORD, row_record(record, stale[0]))}); pass --overwrite "
+            f"to re-run {'it' if len(stale) == 1 else 'them'}, or choose another --output")
     for name in stale:
         for path in _row_dirs(output, name):
             shutil.rmtree(path, ignore_errors=True)
@@ -272,7 +301,8 @@ def run_demo(
                                                         "base_model_sha256": record["base_model_sha256"],
                                                         "methods": list(methods)}}
     previous = _earlier_methods(output / "results.json", results["config"])
-    earlier = {k: v for k, v in previous.items() if k not in names}
+    earlier = {k: v for k, v in previous.items()
+               if k not in names and not _is_stale(output, k, row_record(record, k))}
     starts = start_rows()
 
     def stage_of(row: str) -> DemoStage:
@@ -285,7 +315,7 @@ def run_demo(
         if summary is None:
             t0 = time.time()
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=1))
+            (run_dir / RUN_RECORD).write_text(json.dumps(row_record(record, name), indent=1))
             if name == "base":
                 model_dir = base_model
             elif name in starts:

@@ -306,6 +306,6 @@ register_method(MethodSpec(
     "hgpo", HGPOTrainer, "HGPO (LHRM): mode-forced rollouts, think/no-think advantages; starts from an HFT model",
     advantage_inputs=("modes", "mode_token_mask", "alpha", "delta"),
     start=StartModel("hft", "a hybrid model from the base model (about 50 min)", build_demo_start,
-                     work_dirs=("hft-build",)),
+                     work_dirs=("hft-build",), recipe=hft_stages),
     extra_results=hybrid_results,
 ))

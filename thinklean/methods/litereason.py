@@ -687,7 +687,7 @@ register_method(MethodSpec(
                                     "partial products and their sum) or 'safe' (only additions and subtractions "
                                     "are latent; multiplications are written with their check)",
                                     choices=TARGET_KINDS))),
-    start=StartModel("litereason-sft", "a model with a trained projector", build_demo_start),
+    start=StartModel("litereason-sft", "a model with a trained projector", build_demo_start, recipe=start_recipe),
     # from the litereason-sft row's model (LM + trained projector); the prompts GRPO sees (RLConfig's
     # default pool, not litereason.yaml's 400 for a projector refresh every 100 steps)
     demo_rows={"litereason": {"train_problems": 20000}},

@@ -81,6 +81,9 @@ class StartModel:
     description: str  # for --help: "`METHOD` first builds DESCRIPTION, the 'ROW' row"
     build: Callable[[DemoStage], Path]  # returns the model directory; returns at once when already built
     work_dirs: tuple[str, ...] = ()  # directories under OUTPUT besides OUTPUT/ROW that the build writes
+    # the build's settings for `quick` (dataclasses or JSON values): recorded with the start row and
+    # the method's row, so a demo directory built under another recipe is refused, not re-used
+    recipe: Callable[[bool], Any] | None = None
 
 
 @dataclass(frozen=True)
