@@ -184,6 +184,12 @@ def test_hgpo_in_the_demo_builds_the_hybrid_model_first_and_reports_hybrid_metri
     with pytest.raises(StaleResultsError, match=rf"holds hft, hgpo from .*start recipe \(start_recipe.0.config.lr "
                                                 rf"{lr} -> {2 * lr}\)"):
         run_demo(out, quick=True, methods=("hgpo",), budget=budget, base_model=tiny_model_dir)
+    # a record from before start recipes were recorded names the missing entry once
+    record = json.loads((out / "hft" / "demo-run.json").read_text())
+    del record["start_recipe"]
+    (out / "hft" / "demo-run.json").write_text(json.dumps(record))
+    with pytest.raises(StaleResultsError, match=r"holds hft, hgpo .*\(start_recipe none -> recorded\); pass"):
+        run_demo(out, quick=True, methods=("hgpo",), budget=budget, base_model=tiny_model_dir)
     # ... and a later run of another method leaves those rows out of its table
     run_demo(out, quick=True, methods=("grpo",), budget=budget, base_model=tiny_model_dir)
     assert list(json.loads((out / "results.json").read_text())["methods"]) == ["base", "grpo"]

@@ -183,11 +183,18 @@ def _record_change(saved: Path, record: dict[str, Any]) -> str:
     """How the record in ``saved`` differs from ``record``, e.g. ``budget.steps 40 -> 5`` or
     ``start_recipe.0.config.lr 0.0005 -> 0.0001`` (``None``: the entry is missing on that side)."""
     try:
-        before = _flat(json.loads(saved.read_text()))
+        old = json.loads(saved.read_text())
     except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict):
         return f"{saved.parent} has no readable {RUN_RECORD}"
-    now = _flat(record)
-    return ", ".join(f"{k} {before.get(k)} -> {now.get(k)}" for k in sorted({*before, *now}) if before.get(k) != now.get(k))
+    # an entry one side lacks altogether is named once, not leaf by leaf
+    whole = [f"{k} {'recorded' if k in old else 'none'} -> {'recorded' if k in record else 'none'}"
+             for k in sorted({*old, *record} - (old.keys() & record.keys()))]
+    now = _flat({k: v for k, v in record.items() if k in old})
+    before = _flat({k: v for k, v in old.items() if k in record})
+    return ", ".join(whole + [f"{k} {before.get(k)} -> {now.get(k)}" for k in sorted({*before, *now})
+                              if before.get(k) != now.get(k)])
 
 
 def _clear_stale(output: Path, names: Sequence[str], record: dict[str, Any], overwrite: bool) -> None:
