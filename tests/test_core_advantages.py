@@ -194,6 +194,25 @@ def test_hgpo_ties_within_a_mode_broken_by_length_then_index():
     close(adv, rows([-third, 2 * third, -third, 0.0], [0.5, 0.5, 0.5, -1.5]))
 
 
+@pytest.mark.parametrize("threshold", [0.0, None])
+def test_hgpo_half_that_failed_throughout_rewards_no_shortest_failure(threshold):
+    # think 1, 0 -> mean 0.5 > 0 + 0.2 -> think wins: r_inter 1, 1, 0, 0 -> R3, R3, -R3, -R3
+    # think half: row 0 (reward 1) wins -> R2, -R2
+    # no-think half: both 0; at threshold 0 both are the best (r_intra 1, 1 -> 0, 0); with None
+    # the shorter (row 3) wins -> -R2, R2
+    adv = hgpo([1.0, 0.0, 0.0, 0.0], [10, 12, 4, 3], [1, 1, 0, 0], [0, 0, 0, 0], success_threshold=threshold)
+    no_think = [0.0, 0.0] if threshold is not None else [-R2, R2]
+    close(adv, rows([R2, -R2, *no_think], [R3, R3, -R3, -R3]))
+
+
+def test_hgpo_failed_half_still_prefers_its_best_reward_over_length():
+    # no-think half: a wrong answer (0, 9 tokens) beats a malformed one (-1, 2 tokens): the best
+    # reward 0 is no success, so no length tie-break, but it is still the best -> R2, -R2
+    # think half: 1 (row 0) -> R2, -R2; means 0.5 vs -0.5 -> think wins: R3, R3, -R3, -R3
+    adv = hgpo([1.0, 0.0, 0.0, -1.0], [10, 12, 9, 2], [1, 1, 0, 0], [0, 0, 0, 0])
+    close(adv, rows([R2, -R2, R2, -R2], [R3, R3, -R3, -R3]))
+
+
 def test_hgpo_group_with_one_mode_has_no_inter_term():
     # all think: r_inter constant -> 0; intra: row 1 (reward 1) wins -> -R2, +R2
     adv = hgpo([0.0, 1.0], [5, 6], [1, 1], [2, 2])

@@ -152,11 +152,28 @@ def test_mode_stats_by_hand():
                      "no_think_length_mean": 4.5, "think_wins": 0.5}
 
 
+@pytest.mark.parametrize("malformed_reward", [-1.0, None])
+def test_hgpo_reward_scores_a_malformed_mode_below_a_wrong_answer(tmp_path, tiny_model, tiny_tokenizer,
+                                                                   malformed_reward):
+    # one prompt, N = 4: think right, think wrong, no-think right but reasoning closed by </think>,
+    # no-think stopped right after its tag
+    texts = ["<think> 3 + 4 = 7. </think> \\boxed{7}", "<think> 3 + 4 = 8. </think> \\boxed{8}",
+             "<no_think> 3 + 4 = 7. </think> \\boxed{7}", "<no_think>"]
+    config = hgpo_config(method_kwargs={"malformed_reward": malformed_reward})
+    trainer = HGPOTrainer(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path)
+    correct = torch.tensor([True, False, True, False])
+    rewards, info = trainer.compute_rewards(fake_batch(texts, [9, 9, 9, 1], 4), [Example("p", "7")], correct)
+    assert rewards.tolist() == ([1.0, 0.0, -1.0, -1.0] if malformed_reward else [1.0, 0.0, 1.0, 0.0])
+    assert info["no_think_format_ok"] == 0.0 and info["think_format_ok"] == 1.0
+    assert info["no_think_accuracy"] == 0.5  # the task accuracy, format aside
+
+
 def test_one_hgpo_step_on_the_tiny_model_writes_mode_metrics(tmp_path, tiny_model, tiny_tokenizer):
     trainer = HGPOTrainer(tiny_model, tiny_tokenizer, hgpo_config(kl_coef=0.001), PROMPTS, tmp_path)
     trainer.train(show_progress=False)
     (record,) = read_metrics(tmp_path / "metrics.jsonl")
-    for key in ("think_accuracy", "no_think_accuracy", "think_length_mean", "no_think_length_mean", "think_wins", "loss", "kl"):
+    for key in ("think_accuracy", "no_think_accuracy", "think_length_mean", "no_think_length_mean", "think_wins",
+                "think_format_ok", "no_think_format_ok", "loss", "kl"):
         assert key in record, key
     # the two modes have equal halves, so their accuracies average to the overall accuracy
     assert record["accuracy"] == pytest.approx((record["think_accuracy"] + record["no_think_accuracy"]) / 2)
@@ -220,7 +237,8 @@ def test_hybrid_accuracy_uses_the_first_unforced_tag(monkeypatch, tiny_model, ti
         for i, prefix in enumerate(forced_prefixes):
             example = examples[i // num_samples]
             answer = example.answer if forced[example.prompt][i % num_samples] == "R" else "0"
-            texts.append(f"{prefix} \\boxed{{{answer}}}")
+            texts.append(f"<think> x </think> \\boxed{{{answer}}}" if prefix == THINK
+                         else f"<no_think> \\boxed{{{answer}}} </no_think>")
         return fake_batch(texts, [4] * len(texts), num_samples)
 
     monkeypatch.setattr("thinklean.eval.hybrid.generate", fake_generate)
@@ -238,6 +256,27 @@ def test_hybrid_accuracy_uses_the_first_unforced_tag(monkeypatch, tiny_model, ti
     # a wider margin makes no-think correct for p2 (1.0 > 1.1 false) and p3: only p0 is then a hit
     calls.clear()
     assert hybrid_accuracy(tiny_model, tiny_tokenizer, examples, k=2, margin=0.6)["hacc"] == 0.25
+
+
+@pytest.mark.parametrize("mode_format", [True, False])
+def test_hybrid_accuracy_counts_a_no_think_rollout_that_reasons_as_wrong(monkeypatch, tiny_model, tiny_tokenizer,
+                                                                         mode_format):
+    # both forced no-think rollouts carry the right answer, but the first reasons and closes with
+    # </think> (malformed no-think): with mode_format no-think scores 0.5, think 1.0 wins (> 0.7)
+    texts = ["<think> 3 + 4 = 7. </think> \\boxed{7}", "<think> 3 + 4 = 7. </think> \\boxed{7}",
+             "<no_think> 3 + 4 = 7. </think> \\boxed{7}", "<no_think> \\boxed{7} </no_think>"]
+
+    def fake_generate(model, tokenizer, prompts, num_samples, config, forced_prefixes=None, generator=None):
+        if forced_prefixes is None:
+            return fake_batch(["<think> 3 + 4 = 7. </think> \\boxed{7}"], [9], 1)
+        return fake_batch(texts, [9, 9, 9, 4], num_samples)
+
+    monkeypatch.setattr("thinklean.eval.hybrid.generate", fake_generate)
+    summary = hybrid_accuracy(tiny_model, tiny_tokenizer, [Example("p0", "7", difficulty=1)], k=2, margin=0.2,
+                              mode_format=mode_format)
+    assert summary["forced_no_think_accuracy"] == (0.5 if mode_format else 1.0)
+    assert summary["hacc"] == (1.0 if mode_format else 0.0)  # the greedy answer thinks
+    assert summary["config"]["mode_format"] is mode_format
 
 
 def test_hybrid_accuracy_runs_on_the_tiny_model(tmp_path, tiny_model, tiny_tokenizer):

@@ -193,13 +193,18 @@ def hgpo_advantages(
     alpha: float = 1.0,
     delta: float = 0.2,
     eps: float = 1e-6,
+    success_threshold: float | None = 0.0,
 ) -> Tensor:
     """HGPO advantages (lhrm.md, "Stage 2 — HGPO").
 
     Per group (prompt): winning mode = think iff ``mean_think > mean_no_think + delta``.
     ``r_inter = 1`` for rollouts in the winning mode, else 0. ``r_intra = 1`` for the best
     rollout of its (group, mode) half — highest reward, ties broken by shorter length, then
-    lower batch index — else 0 (so a half with all-equal rewards still rewards its shortest).
+    lower batch index — else 0. The length tie-break applies where the best reward is above
+    ``success_threshold`` (a success: the cheaper of equally good answers wins); at or below it
+    every rollout tied at the half's best reward gets ``r_intra = 1`` (the paper's indicator of
+    the best), so a half that failed throughout teaches nothing rather than rewarding its
+    shortest failure. ``None``: the tie-break everywhere (lhrm.md as written).
     ``A[i, t] = norm_mode(r_intra)_i * response_mask + alpha * mode_token_mask *
     norm_all(r_inter)_i`` with both norms as in GRPO (unbiased std + eps; one sample or
     all-equal values -> 0). A group where only one mode was sampled has no winner to learn:
@@ -241,8 +246,14 @@ def hgpo_advantages(
     sorted_keys = half_key[order]
     is_first = torch.ones_like(sorted_keys, dtype=torch.bool)
     is_first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    winners = order[is_first]
     r_intra = torch.zeros_like(r64)
-    r_intra[order[is_first]] = 1.0
+    r_intra[winners] = 1.0
+    if success_threshold is not None:
+        half_best = torch.zeros(2 * num_groups, dtype=torch.float64)
+        half_best[half_key[winners]] = r64[winners]
+        row_best = half_best[half_key]
+        r_intra = torch.where(row_best <= success_threshold, (r64 == row_best).to(torch.float64), r_intra)
 
     intra_score = group_normalised_scores(r_intra, half_key, norm_by_std=True, eps=eps)
     inter_score = group_normalised_scores(r_inter, group_ids, norm_by_std=True, eps=eps)

@@ -1,6 +1,8 @@
 """Hybrid Accuracy (HAcc, lhrm.md): does the model pick the right mode by itself?
 
-Per prompt: ``k`` sampled rollouts forced into each mode are graded; the *correct mode* is
+Per prompt: ``k`` sampled rollouts forced into each mode are graded (right and, with
+``mode_format``, well formed in that mode: a no-think rollout that reasons and closes with
+``</think>`` is not a direct answer, as in HGPO's reward); the *correct mode* is
 think iff ``mean_think > mean_no_think + margin``, else no-think (the cheaper one wins ties
 and near-ties). The model then answers unforced and greedily; its *chosen mode* is the tag
 its response opens with (no tag counts as a wrong choice). HAcc = fraction of prompts where
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from thinklean.data.formats import NO_THINK, THINK, format_prompt, response_mode
-from thinklean.data.grading import grade
+from thinklean.data.grading import format_ok, grade
 from thinklean.data.jsonl import Example
 from thinklean.rollout import SamplingConfig, generate
 
@@ -30,7 +32,7 @@ class HybridRecord:
 
     prompt_index: int
     difficulty: int | None
-    think_reward: float  # mean correctness of the k forced think rollouts
+    think_reward: float  # mean correctness of the k forced think rollouts (and format, with mode_format)
     no_think_reward: float
     correct_mode: str  # "think" or "no_think"
     chosen_mode: str | None  # first tag of the unforced greedy response; None: no tag
@@ -73,6 +75,7 @@ def hybrid_accuracy(
     seed: int = 0,
     batch_size: int = 128,
     output: str | Path | None = None,
+    mode_format: bool = True,
 ) -> dict[str, Any]:
     """HAcc and friends overall and ``per_difficulty``; ``output`` gets ``{"summary", "records"}`` JSON.
 
@@ -91,7 +94,8 @@ def hybrid_accuracy(
     rewards = [[0.0, 0.0] for _ in examples]  # [think, no_think] sums
     for i, text in enumerate(forced.texts):
         g = int(forced.group_ids[i])
-        rewards[g][0 if i % (2 * k) < k else 1] += float(grade(text, examples[g].answer))
+        right = grade(text, examples[g].answer) and (format_ok(text) or not mode_format)
+        rewards[g][0 if i % (2 * k) < k else 1] += float(right)
     records = []
     for g, e in enumerate(examples):
         think, no_think = rewards[g][0] / k, rewards[g][1] / k
@@ -105,7 +109,7 @@ def hybrid_accuracy(
     summary = summarize_hybrid(records)
     difficulties = sorted({r.difficulty for r in records if r.difficulty is not None})
     summary["per_difficulty"] = {str(d): summarize_hybrid([r for r in records if r.difficulty == d]) for d in difficulties}
-    summary["config"] = {"k": k, "margin": margin, "max_new_tokens": max_new_tokens, "temperature": temperature,
+    summary["config"] = {"k": k, "margin": margin, "mode_format": mode_format, "max_new_tokens": max_new_tokens, "temperature": temperature,
                          "seed": seed, "n_examples": len(examples)}
     if output is not None:
         path = Path(output)

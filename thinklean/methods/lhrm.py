@@ -7,7 +7,17 @@ Of each prompt's N rollouts the first N/2 are forced to open with ``<think>`` an
 (best rollout of its mode half) and the mode-tag token, in addition, ``alpha`` times the
 between-mode signal (was this rollout's mode the winner, with margin ``delta`` for no-think).
 
-``config.method_kwargs``: ``alpha`` (1.0), ``delta`` (0.2), ``tag_mass`` (1.0).
+``config.method_kwargs``: ``alpha`` (1.0), ``delta`` (0.2), ``tag_mass`` (1.0), ``malformed_reward`` (-1.0).
+
+``malformed_reward`` is a thinklean addition (the spec only says "score with the task reward"):
+a rollout not well formed in its forced mode (:func:`~thinklean.data.grading.format_ok`: a
+no-think answer holds no think tags and ends with ``</no_think>``) gets this reward instead of the
+task's, below any well-formed wrong answer; ``None`` is the bare task reward. With the bare
+correctness reward the no-think half of the embedded task learned to reason and close with
+``</think>``, so "no-think wins" stopped meaning a direct answer. Scoring malformed rollouts 0, like
+wrong ones, made the no-think route stop right after its tag instead: in a mode half where every
+rollout scores the same, the intra-mode reward goes to the shortest. At -1 a direct answer, even a
+wrong one, is the best a no-think rollout can do when it cannot answer (figures: docs/lhrm.md).
 
 ``tag_mass`` is a thinklean addition (the spec and the authors' recipe are silent): the loss
 gains ``tag_mass * mean(-log(P(<think>) + P(<no_think>)))`` at the tag position of every rollout.
@@ -103,11 +113,13 @@ def mode_stats(rewards: torch.Tensor, correct: torch.Tensor, lengths: torch.Tens
 
 @dataclass(frozen=True)
 class HGPOSettings:
-    """``method_kwargs`` of HGPO: ``alpha`` and ``delta`` of the advantage, ``tag_mass`` of the auxiliary loss."""
+    """``method_kwargs`` of HGPO: ``alpha`` and ``delta`` of the advantage, ``tag_mass`` of the
+    auxiliary loss, ``malformed_reward``: the reward of a rollout malformed in its forced mode."""
 
     alpha: float = 1.0
     delta: float = 0.2
     tag_mass: float = 1.0
+    malformed_reward: float | None = -1.0
 
 
 class HGPOTrainer(RLTrainer):
@@ -127,9 +139,17 @@ class HGPOTrainer(RLTrainer):
         return prompts, forced_mode_prefixes(len(prompts), self.config.samples_per_prompt)
 
     def compute_rewards(self, batch: RolloutBatch, examples: Sequence[Example], correct: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The task reward, or ``malformed_reward`` for a rollout malformed in its forced mode;
+        logs per-mode accuracy, length and share well formed, and ``think_wins``."""
+        modes = rollout_modes(batch.texts)
+        well_formed = torch.tensor([format_ok(t) for t in batch.texts], dtype=torch.bool)
         rewards, info = super().compute_rewards(batch, examples, correct)
-        stats = mode_stats(rewards, correct, batch.lengths, rollout_modes(batch.texts), batch.group_ids,
-                           self.settings.delta)
+        if self.settings.malformed_reward is not None:
+            rewards = torch.where(well_formed, rewards.float(), torch.tensor(self.settings.malformed_reward))
+        stats = mode_stats(rewards, correct, batch.lengths, modes, batch.group_ids, self.settings.delta)
+        for name, value in (("think", 1), ("no_think", 0)):
+            rows = modes == value
+            stats[f"{name}_format_ok"] = float(well_formed[rows].float().mean()) if rows.any() else float("nan")
         return rewards, {**info, **stats}
 
     def auxiliary_loss(self, batch: StepBatch, mini: torch.Tensor) -> torch.Tensor | None:
