@@ -162,6 +162,14 @@ def test_hgpo_in_the_demo_builds_the_hybrid_model_first_and_reports_hybrid_metri
     report = (out / "report" / "report.md").read_text()
     assert "## Hybrid think / no-think" in report and "| hgpo |" in report.split("## Hybrid")[1]
     assert "building the hybrid model" in capsys.readouterr().out
+    # a resumed demo keeps the finished rows' hybrid metrics, from results.json or, without it, anew
+    for drop_results in (False, True):
+        if drop_results:
+            (out / "results.json").unlink()
+        run_demo(out, quick=True, methods=("hgpo",), budget=budget, base_model=tiny_model_dir)
+        again = json.loads((out / "results.json").read_text())["methods"]
+        assert [again[name]["hybrid"] for name in ("hft", "hgpo")] == [saved["methods"][name]["hybrid"]
+                                                                        for name in ("hft", "hgpo")]
 
     # the hybrid model's recipe is recorded with its row and with the row trained from it ...
     from dataclasses import replace

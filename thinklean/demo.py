@@ -353,8 +353,12 @@ def run_demo(
                           f" ({summary['wall_seconds']:.0f}s)")
         else:
             console.print(f"[{index}/{len(names)}] {name}: already done ({run_dir / 'eval.json'}), skipping")
-            if "wall_seconds" in previous.get(name, {}):  # the time it took when it ran
-                summary["wall_seconds"] = previous[name]["wall_seconds"]
+            # the time it took when it ran and what its method's hooks added (e.g. the hybrid metrics)
+            summary.update({k: v for k, v in previous.get(name, {}).items() if k not in summary})
+            if spec is not None and spec.extra_results is not None and name not in previous:
+                model_dir = (base_model if name == "base" else spec.start.build(stage_of(name)) if name in starts
+                             else run_dir / "model")
+                summary.update(spec.extra_results(stage_of(name), model_dir, examples))
         results["methods"][name] = summary
         if name == "base":  # earlier methods follow the base model, this run's come last
             results["methods"].update(earlier)
