@@ -126,6 +126,15 @@ def test_eval_force_mode_starts_every_response_with_the_tag(tmp_path, tiny_model
     assert len(responses) == 3 and all(r["mode"] == mode for r in responses)
 
 
+@pytest.mark.parametrize("flags, mode_format", [([], True), (["--answer-only"], False)])
+def test_eval_hybrid_grades_forced_rollouts_with_their_format_unless_answer_only(tmp_path, tiny_model_dir, flags,
+                                                                                 mode_format):
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(tiny_model_dir), "--n", "2", "--max-new-tokens", "4", "--hybrid", "--k", "1",
+                 *flags, "--output", str(out)]) == 0
+    assert json.loads((out / "hybrid.json").read_text())["summary"]["config"]["mode_format"] is mode_format
+
+
 def test_analyze_writes_plots_and_json(tmp_path, tiny_model_dir):
     out = tmp_path / "an"
     assert main(["analyze", "--model", str(tiny_model_dir), "--n", "2", "--max-new-tokens", "4", "--output", str(out)]) == 0

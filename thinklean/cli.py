@@ -560,7 +560,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         summary = hybrid_accuracy(
             model, tokenizer, examples, k=args.k, margin=args.margin, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature if args.temperature > 0 else 1.0, seed=args.seed,
-            batch_size=args.batch_size, output=args.output / "hybrid.json",
+            batch_size=args.batch_size, output=args.output / "hybrid.json", mode_format=not args.answer_only,
         )
         print_hybrid(summary, title=f"hybrid accuracy: {args.model}")
         print(f"wrote {args.output / 'hybrid.json'}")
@@ -922,6 +922,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    "mode decide the right mode; the unforced greedy answer's first tag is the chosen one")
     p.add_argument("--k", type=AT_LEAST_1, default=4, help="--hybrid: forced samples per mode (temperature 1 unless --temperature > 0)")
     p.add_argument("--margin", type=FINITE, default=0.2, help="--hybrid: think is right only if it beats no-think by more")
+    p.add_argument("--answer-only", dest="answer_only", action="store_true",
+                   help="--hybrid: grade forced rollouts on their answer alone (default: also well formed in their "
+                        "mode, so a no-think rollout that reasons and closes with </think> does not count)")
     _add_fields(p)
     _add_common(p, "runs/eval")
     p.set_defaults(func=cmd_eval)
