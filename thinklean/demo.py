@@ -26,7 +26,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -128,24 +128,15 @@ def weights_sha256(model_dir: Path) -> str:
     return "-".join(sha256_file(f) for f in sorted(model_dir.glob("*.safetensors")))
 
 
-def _as_json(value: Any) -> Any:
-    """Dataclasses as dicts and tuples as lists, recursively: how a value reads back from JSON."""
-    if is_dataclass(value) and not isinstance(value, type):
-        value = asdict(value)
-    if isinstance(value, dict):
-        return {str(k): _as_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_as_json(v) for v in value]
-    return value
-
-
 def row_record(record: dict[str, Any], name: str) -> dict[str, Any]:
     """``record`` plus ``start_recipe`` when row ``name`` is a start model or trains from one."""
     spec = row_spec(name)
     start = spec.start if spec is not None else None
     if start is None or start.recipe is None:
         return record
-    return {**record, "start_recipe": _as_json(start.recipe(record["quick"]))}
+    # as it reads back from demo-run.json: dataclasses as dicts, tuples as lists
+    recipe = json.loads(json.dumps(start.recipe(record["quick"]), default=asdict))
+    return {**record, "start_recipe": recipe}
 
 
 def _row_dirs(output: Path, name: str) -> list[Path]:
@@ -356,8 +347,7 @@ def run_demo(
             # the time it took when it ran and what its method's hooks added (e.g. the hybrid metrics)
             summary.update({k: v for k, v in previous.get(name, {}).items() if k not in summary})
             if spec is not None and spec.extra_results is not None and name not in previous:
-                model_dir = (base_model if name == "base" else spec.start.build(stage_of(name)) if name in starts
-                             else run_dir / "model")
+                model_dir = spec.start.build(stage_of(name)) if name in starts else run_dir / "model"
                 summary.update(spec.extra_results(stage_of(name), model_dir, examples))
         results["methods"][name] = summary
         if name == "base":  # earlier methods follow the base model, this run's come last

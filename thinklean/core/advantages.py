@@ -250,7 +250,7 @@ def hgpo_advantages(
     r_intra = torch.zeros_like(r64)
     r_intra[winners] = 1.0
     if success_threshold is not None:
-        half_best = torch.zeros(2 * num_groups, dtype=torch.float64)
+        half_best = r64.new_zeros(2 * num_groups)
         half_best[half_key[winners]] = r64[winners]
         row_best = half_best[half_key]
         r_intra = torch.where(row_best <= success_threshold, (r64 == row_best).to(torch.float64), r_intra)

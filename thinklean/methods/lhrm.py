@@ -145,7 +145,7 @@ class HGPOTrainer(RLTrainer):
         well_formed = torch.tensor([format_ok(t) for t in batch.texts], dtype=torch.bool)
         rewards, info = super().compute_rewards(batch, examples, correct)
         if self.settings.malformed_reward is not None:
-            rewards = torch.where(well_formed, rewards.float(), torch.tensor(self.settings.malformed_reward))
+            rewards = torch.where(well_formed.to(rewards.device), rewards.float(), self.settings.malformed_reward)
         stats = mode_stats(rewards, correct, batch.lengths, modes, batch.group_ids, self.settings.delta)
         for name, value in (("think", 1), ("no_think", 0)):
             rows = modes == value
