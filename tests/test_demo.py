@@ -127,6 +127,22 @@ def test_demo_steps_flag_sets_the_budget_and_rejects_zero(tmp_path, monkeypatch,
     assert calls == [80]
 
 
+def test_demo_model_flag_starts_from_an_earlier_base_and_refuses_rebuild(tmp_path, monkeypatch, capsys):
+    from thinklean.cli import main
+    from thinklean.models.tiny import BASE_V2_MODEL_DIR
+
+    calls = []
+    monkeypatch.setattr(thinklean.demo, "run_demo", lambda **kwargs: calls.append(kwargs["base_model"]))
+    assert main(["demo", "--output", str(tmp_path)]) == 0
+    assert main(["demo", "--model", "base-v2", "--output", str(tmp_path)]) == 0
+    assert calls == [None, BASE_V2_MODEL_DIR]
+    assert main(["demo", "--model", "base-v2", "--rebuild", "--output", str(tmp_path)]) == 2
+    assert "--rebuild retrains the shipped base model; it cannot start from --model base-v2" in capsys.readouterr().err
+    assert main(["demo", "--model", str(tmp_path / "nope"), "--output", str(tmp_path)]) == 2
+    assert f"no model directory (config.json) at {tmp_path / 'nope'}" in capsys.readouterr().err
+    assert len(calls) == 2
+
+
 def test_unknown_methods_are_named_before_any_work(tmp_path, capsys):
     from thinklean.cli import main
 

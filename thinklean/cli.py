@@ -639,10 +639,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(f"--methods: {e}") from e
     _check_report_to(args.report_to)
+    base_model = None
+    if args.model != "base":
+        from thinklean.models.tiny import resolve_model_path
+
+        if args.rebuild:
+            raise UsageError(f"--rebuild retrains the shipped base model; it cannot start from --model {args.model}")
+        base_model = resolve_model_path(args.model)
+        if not (base_model / "config.json").is_file():
+            raise UsageError(f"--model {args.model}: no model directory (config.json) at {base_model}")
     try:
         run_demo(output=args.output, quick=args.quick, rebuild=args.rebuild, seed=args.seed, n_eval=args.n,
                  steps=args.steps, methods=methods or DEFAULT_METHODS, overwrite=args.overwrite,
-                 report_to=args.report_to)
+                 report_to=args.report_to, base_model=base_model)
     except StaleResultsError as e:
         raise UsageError(str(e)) from e
 
@@ -683,6 +692,10 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     _add_plugin(p)
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
     p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v2 first (about 30 min on 2 cores)")
+    p.add_argument("--model", default="base",
+                   help="the model every row starts from: 'base' (shipped), an earlier embedded base model "
+                        "('base-v1', 'base-v2'; docs/base-model.md) or a local directory of a model trained on the "
+                        "embedded task (rows already in OUTPUT from another model are refused, see --overwrite)")
     p.add_argument("--n", type=AT_LEAST_1, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
     p.add_argument("--steps", type=AT_LEAST_1, default=None,
                    help="RL steps per method (default 40, --quick 3); BuPO's IPA phase is 10%% of them")
