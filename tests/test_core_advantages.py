@@ -1,4 +1,4 @@
-"""Advantage estimators (GRPO, Dr.GRPO, RLOO, GRPO with floored correct advantages, IAPO, HGPO) against hand-computed values."""
+"""Advantage estimators (GRPO, Dr.GRPO, RLOO, IAPO, HGPO) against hand-computed values."""
 
 import math
 
@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from thinklean.core.advantages import (
     drgrpo_advantages,
     grpo_advantages,
-    grpo_floor_correct_advantages,
     hgpo_advantages,
     iapo_advantages,
     rloo_advantages,
@@ -72,26 +71,8 @@ def test_rloo_subtracts_mean_of_the_other_samples():
     close(rloo_advantages(REWARDS, IDS, MASK), per_row([0.0, -1.0, 0.0, -1.5, 1.0, 1.5]))
 
 
-def test_floor_correct_raises_only_correct_responses_below_the_floor():
-    # HMPO-like group: rewards 1.0 (short, correct), 0.0 (long, correct), 0.0 (wrong), 0.8 (correct)
-    # mean 0.45, deviations 0.55, -0.45, -0.45, 0.35, unbiased var 0.83 / 3 -> std 0.525991
-    # GRPO: 1.045645, -0.855528, -0.855528, 0.665410; the long correct one is raised to 0
-    rewards, ids, mask = t([1.0, 0.0, 0.0, 0.8]), t([3, 3, 3, 3]), t([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]])
-    correct = t([True, True, False, True])
-    std = math.sqrt(0.83 / 3)
-    expected = torch.tensor([0.55 / std, 0.0, -0.45 / std, 0.35 / std], dtype=torch.float64)[:, None] * mask
-    adv = grpo_floor_correct_advantages(rewards, ids, mask, correct)
-    assert adv.dtype == torch.float32
-    close(adv, expected)
-    # a floor above a correct response's advantage lifts it; wrong ones and padding stay as GRPO has them
-    lifted = grpo_floor_correct_advantages(rewards, ids, mask, correct, floor=0.8)
-    close(lifted, torch.tensor([0.55 / std, 0.8, -0.45 / std, 0.8], dtype=torch.float64)[:, None] * mask)
-    with pytest.raises(ValueError, match="correct must be"):
-        grpo_floor_correct_advantages(rewards, ids, mask, correct[:3])
-
-
 def test_advantage_estimators_are_registered_by_name():
-    assert {"grpo", "drgrpo", "rloo", "grpo_floor_correct", "iapo", "hgpo"} <= set(list_advantages())
+    assert {"grpo", "drgrpo", "rloo", "iapo", "hgpo"} <= set(list_advantages())
     assert get_advantage("grpo") is grpo_advantages
     with pytest.raises(KeyError, match="grpoo.*drgrpo"):
         get_advantage("grpoo")

@@ -104,16 +104,17 @@ def test_any_registered_estimator_can_be_chosen_by_config(tmp_path, tiny_model, 
     assert torch.equal(trainer.compute_advantages(batch), expected)
 
 
-def test_a_method_passes_correctness_to_an_estimator_that_takes_it(tmp_path, tiny_model, tiny_tokenizer):
+def test_a_plugin_estimator_gets_correctness_from_the_trainer(tmp_path, tiny_model, tiny_tokenizer):
     from dataclasses import replace
 
+    load_plugin(PLUGIN.with_name("floor_correct.py"))
     config = load_config("hmpo", None, parse_overrides(["advantage=grpo_floor_correct"]))
     config = replace(config, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6)
     trainer = get_trainer_class("hmpo")(tiny_model, tiny_tokenizer, config, PROMPTS, tmp_path)
     batch = trainer.collect(0)
     ids = batch.rollout.group_ids
     assert ids[0] == ids[1] and ids[2] == ids[3] and ids[0] != ids[2]
-    # group 1: both correct, the longer one rewarded 0 (GRPO: +-0.707107, the 0 raised to 0);
+    # group 1: both correct, the longer one rewarded 0 (GRPO: +-0.707107, the -0.707107 raised to 0);
     # group 2: a correct response rewarded 0 beside a wrong one rewarded 1 (raised to 0; the wrong
     # one keeps its +0.707107: the floor only lifts correct responses)
     batch.correct = torch.tensor([True, True, True, False])

@@ -18,7 +18,6 @@ __all__ = [
     "grpo_advantages",
     "drgrpo_advantages",
     "rloo_advantages",
-    "grpo_floor_correct_advantages",
     "sequence_l2_normalise",
     "iapo_advantages",
     "hgpo_advantages",
@@ -103,29 +102,6 @@ def rloo_advantages(rewards: Tensor, group_ids: Tensor, response_mask: Tensor) -
     others_mean = (sums[inverse] - r64) / (n - 1).clamp(min=1)
     scores = torch.where(n > 1, r64 - others_mean, torch.zeros_like(r64))
     return _broadcast(scores, response_mask)
-
-
-@register_advantage("grpo_floor_correct")
-def grpo_floor_correct_advantages(
-    rewards: Tensor, group_ids: Tensor, response_mask: Tensor, correct: Tensor, floor: float = 0.0, eps: float = 1e-6
-) -> Tensor:
-    """GRPO's advantages with every correct response's raised to at least ``floor``.
-
-    A length-shaped reward (HMPO's, Kimi's) ranks a long correct response below its group's
-    mean, so GRPO pushes its tokens down, the right digits of its arithmetic included; at 0 the
-    floor keeps the length pressure on the short correct responses (pushed up) and the wrong ones
-    (pushed down) only. GR3's advantage-aware calibration (arXiv 2603.10535, Eq. 16) asks the same
-    of the best-rewarded response at its group's mean length; this enforces it for every correct
-    one. A thinklean extension, in no method's paper.
-
-    Args / shapes as :func:`grpo_advantages`; ``correct``: ``[B]`` bool (or 0/1).
-    Returns: ``float32 [B, T]``.
-    """
-    if correct.shape != rewards.shape:
-        raise ValueError(f"correct must be [B={rewards.shape[0]}], got {tuple(correct.shape)}")
-    advantages = grpo_advantages(rewards, group_ids, response_mask, eps=eps)
-    raise_to = correct.bool().to(advantages.device)[:, None] & response_mask.bool()
-    return torch.where(raise_to, advantages.clamp(min=floor), advantages)
 
 
 def sequence_l2_normalise(values: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
