@@ -83,6 +83,11 @@ def main() -> None:
     if faults:
         print(f"\nrisky checks ({steps['risky']['checked']}) that went wrong, by where: "
               + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in faults.items()))
+    risky_by_style = {s: st["steps"]["risky"] for s, st in summary["per_style"].items()
+                      if st.get("steps", {}).get("risky", {}).get("checked")}
+    if risky_by_style:
+        print("risky steps wrong after a check, by the response's style: "
+              + ", ".join(f"{s} {_pct(r['checked_error_rate'])} of {r['checked']}" for s, r in risky_by_style.items()))
     if reading:
         print(f"\nresponses whose steps do not follow the question (operation or operand, in order): "
               f"{_pct(reading['misread_rate'])} (steps left out, in order: {_pct(reading['skipped_rate'])}); "

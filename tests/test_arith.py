@@ -22,7 +22,8 @@ from thinklean.data.arith import (
     wrong_product,
 )
 from thinklean.data.formats import EOS, THINK, THINK_END
-from thinklean.eval.steps import step_stats
+from thinklean.eval.metrics import ResponseRecord
+from thinklean.eval.steps import step_stats, style_stats
 
 
 def test_problem_text_answer_and_risky_steps_worked_by_hand():
@@ -243,6 +244,26 @@ def test_step_stats_by_hand():
     assert step_stats(skips)["reading"]["misread_rate"] == 1.0
     assert step_stats(skips)["reading"]["skipped_rate"] == pytest.approx(1 / 3)
     assert step_stats([(question, "no steps at all")]) == {}
+
+
+def test_style_stats_gives_each_style_its_own_step_error_rates():
+    question = "Start with 47. Multiply by 6. Add 5. What is the result?"
+    risky_check = "47 * 6 = 272. Let me check: 40 * 6 = 240, 7 * 6 = 42, 240 + 42 = {}. The result is {}."
+    full = f"<think> {risky_check.format(282, 282)} 282 + 5 = 287. Double-check: 287 - 5 = 282. Correct. </think>"
+    risky_only = f"<think> {risky_check.format(272, 272)} 272 + 5 = 277. </think>"  # the check's sum wrong
+
+    def record(text: str, correct: bool) -> ResponseRecord:
+        return ResponseRecord(prompt_index=0, difficulty=2, correct=correct, format_ok=True, response_tokens=10,
+                              reasoning_tokens=8, mode="think", finished=True, text=text)
+
+    records = [record(full, True), record(risky_only, False), record(risky_only, False)]
+    by_style = style_stats(records, [question])
+    assert set(by_style) == {"full", "risky"}
+    assert (by_style["full"]["n"], by_style["risky"]["n"]) == (1, 2)
+    assert by_style["full"]["steps"]["risky"]["checked_error_rate"] == 0.0
+    assert by_style["risky"]["steps"]["risky"]["checked_error_rate"] == 1.0
+    assert by_style["risky"]["steps"]["risky"]["check_faults"]["sum"] == 2
+    assert "steps" not in style_stats(records)["full"]  # without the questions: no step statistics
 
 
 def test_questions_parse_back_to_their_problems():

@@ -150,7 +150,7 @@ def evaluate(
     ks = [k for k in (1, 2, 4, 8) if k <= config.samples] if config.samples > 1 else []
     summary = summarize(records, ks)
     summary["per_difficulty"] = summarize_by_difficulty(records)
-    summary["per_style"] = style_stats(records)
+    summary["per_style"] = style_stats(records, [e.prompt for e in examples])
     steps = step_stats((examples[r.prompt_index].prompt, r.text) for r in records)
     if steps:  # embedded-task responses: step error rates with and without checks
         summary["steps"] = steps

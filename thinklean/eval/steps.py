@@ -116,12 +116,19 @@ def step_stats(responses: Iterable[tuple[str, str]]) -> dict[str, Any]:
     return out
 
 
-def style_stats(records: Iterable[ResponseRecord]) -> dict[str, dict[str, Any]]:
+def style_stats(records: Iterable[ResponseRecord], questions: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """:func:`~thinklean.eval.metrics.summarize` per detected style (think-mode responses),
-    overall and per difficulty."""
+    overall and per difficulty; given ``questions`` (the question of each ``prompt_index``), also
+    each style's :func:`step_stats` under ``"steps"`` (a risky check may fare differently in a
+    response that checks every step than in one that checks only the risky steps)."""
     by_style: dict[str, list[ResponseRecord]] = defaultdict(list)
     for r in records:
         if r.mode == "think":
             by_style[detect_style(r.text)].append(r)
-    return {style: {**summarize(by_style[style]), "per_difficulty": summarize_by_difficulty(by_style[style])}
-            for style in STYLES if style in by_style}
+    out: dict[str, dict[str, Any]] = {}
+    for style in (s for s in STYLES if s in by_style):
+        rows = by_style[style]
+        out[style] = {**summarize(rows), "per_difficulty": summarize_by_difficulty(rows)}
+        if questions is not None and (steps := step_stats((questions[r.prompt_index], r.text) for r in rows)):
+            out[style]["steps"] = steps
+    return out
