@@ -11,7 +11,7 @@ import torch
 
 import thinklean.demo
 from thinklean.cli import main
-from thinklean.core import grpo_advantages
+from thinklean.core import get_loss, grpo_advantages
 from thinklean.data.jsonl import Example
 from thinklean.methods import (DEMO_ROWS, METHODS, DataTask, MethodSpec, get_trainer_class, load_plugin,
                                register_method)
@@ -128,6 +128,7 @@ def test_a_plugin_estimator_gets_correctness_from_the_trainer(tmp_path, tiny_mod
     ("advantage_kwargs={norm: false}", "unknown key(s) norm for advantage 'grpo' (valid keys: norm_by_std, eps)"),
     ("method_kwargs={alpah: 1}", "--set:0: method_kwargs: hmpo takes no method_kwargs, got alpah"),
     ("loss=ppo", "--set:0: unknown loss 'ppo'; valid losses: ppo_clip"),
+    ("loss_kwargs={clip: 0.1}", "--set:0: loss_kwargs: unknown key(s) clip for loss 'ppo_clip' (valid keys: none)"),
 ])
 def test_unknown_settings_are_refused_with_the_valid_keys(pair, expected):
     with pytest.raises(ConfigError) as error:
@@ -220,3 +221,36 @@ def test_a_broken_plugin_is_one_error_line(tmp_path, capsys, text, expected):
     assert main(["train", "--plugin", str(plugin), "--output", str(tmp_path / "o")]) == 2
     line = one_error(capsys)
     assert f"--plugin {plugin}" in line and expected in line
+
+
+def test_a_plugin_loss_keeps_the_highest_entropy_tokens_by_hand():
+    load_plugin(PLUGIN.with_name("high_entropy_tokens.py"))
+    loss_fn = get_loss("ppo_clip_high_entropy")
+    zeros = torch.zeros(1, 4)
+    advantages, mask = torch.tensor([[1.0, 2.0, 6.0, 4.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    entropy = torch.tensor([[0.1, 0.9, 0.5, 2.0]])  # the padded token's entropy never counts
+    # of the valid entropies 0.1, 0.9, 0.5 the top third is the 0.9 token; at ratio 1 PPO's loss is -A there
+    assert float(loss_fn(zeros, zeros, advantages, mask, entropy, top_fraction=1 / 3)[0]) == pytest.approx(-2.0)
+    assert float(loss_fn(zeros, zeros, advantages, mask, entropy, top_fraction=1.0)[0]) == pytest.approx(-3.0)
+
+
+def test_a_plugin_loss_gets_the_policy_entropy_from_the_trainer(tmp_path, tiny_model, tiny_tokenizer):
+    import copy
+    from dataclasses import replace
+
+    load_plugin(PLUGIN.with_name("high_entropy_tokens.py"))
+    weights = {}
+    for overrides in ([], ["loss=ppo_clip_high_entropy", "loss_kwargs={top_fraction: 1.0}"],
+                      ["loss=ppo_clip_high_entropy", "loss_kwargs={top_fraction: 0.2}"]):
+        config = replace(load_config("grpo", None, parse_overrides(overrides)), prompts_per_step=2,
+                         samples_per_prompt=4, max_new_tokens=8, lr=1e-2, seed=1)
+        trainer = get_trainer_class("grpo")(copy.deepcopy(tiny_model), tiny_tokenizer, config, PROMPTS,
+                                            tmp_path / str(len(weights)))
+        batch = trainer.collect(0)
+        batch.rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0])  # an untrained model solves none
+        batch.advantages = trainer.compute_advantages(batch)
+        trainer.update(batch)
+        weights[tuple(overrides)] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    plain, every, top = weights.values()
+    assert torch.equal(plain, every)  # every token kept: PPO-clip's update, bit for bit
+    assert not torch.equal(plain, top)  # a fifth kept: the entropy reached the loss and changed the update

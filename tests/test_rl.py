@@ -1,3 +1,4 @@
+import re
 
 import pytest
 import torch
@@ -150,6 +151,35 @@ def test_kl_runs_with_a_reference_model_and_starts_at_zero(digit_trainer, tmp_pa
     digit_trainer(tiny_model, tiny_tokenizer, _config(steps=1, kl_coef=0.1), PROMPTS, tmp_path).train(show_progress=False)
     record = read_metrics(tmp_path / "metrics.jsonl")[0]
     assert record["kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference before the first update
+
+
+def test_adam_settings_reach_the_optimizer(digit_trainer, tmp_path, tiny_model, tiny_tokenizer):
+    trainer = digit_trainer(tiny_model, tiny_tokenizer, _config(adam_eps=1e-5, adam_beta2=0.95), PROMPTS, tmp_path)
+    group = trainer.optimizer.param_groups[0]
+    assert group["eps"] == 1e-5 and group["betas"] == (0.9, 0.95)
+
+
+def test_train_only_updates_the_matching_parameters_and_leaves_the_rest_bit_identical(
+        digit_trainer, tmp_path, tiny_model, tiny_tokenizer):
+    before = {name: p.detach().clone() for name, p in tiny_model.named_parameters()}
+    trainer = digit_trainer(tiny_model, tiny_tokenizer, _config(steps=2, train_only=r"\.mlp\."), PROMPTS, tmp_path)
+    trainer.train(show_progress=False)
+    after = dict(trainer.model.named_parameters())
+    mlp = [name for name in before if ".mlp." in name]
+    assert mlp and all(not torch.equal(before[name], after[name].detach()) for name in mlp)
+    assert all(torch.equal(before[name], after[name].detach()) for name in before if name not in mlp)
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ("(", "train_only '(' is not a regular expression"),
+    ("feed_forward", "train_only 'feed_forward' matches none of the model's"),
+])
+def test_train_only_refuses_a_pattern_it_cannot_use(tiny_model, pattern, message):
+    from thinklean.train.rl import freeze_all_but
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        freeze_all_but(tiny_model, pattern)
+    assert all(p.requires_grad for p in tiny_model.parameters())
 
 
 def test_config_unknown_key_names_file_line_and_valid_keys(tmp_path):

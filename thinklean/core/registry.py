@@ -10,14 +10,17 @@ functions, not by editing the trainer::
 
 One call convention for all three kinds (:func:`call_with_inputs`): the trainer calls ``fn`` with
 keyword arguments only, the inputs it has that ``fn`` names as parameters, plus the config's
-settings (``reward_kwargs``, ``advantage_kwargs``). A function takes the inputs it needs by name:
+settings (``reward_kwargs``, ``advantage_kwargs``, ``loss_kwargs``). A function takes the inputs it
+needs by name:
 
 - reward -> ``float32[B]``: :data:`REWARD_INPUTS` ``correct[B], lengths[B], group_ids[B]``;
 - advantage -> ``float32[B, T]``: :data:`ADVANTAGE_INPUTS` ``rewards[B], group_ids[B],
   response_mask[B, T], correct[B], lengths[B]``;
 - loss -> ``(loss, metrics)`` with ``clip_frac`` and ``approx_kl`` in ``metrics``:
-  :data:`LOSS_INPUTS` ``logprobs, old_logprobs, advantages, response_mask`` (``[b, T]``) and the
-  config's ``clip_low, clip_high, dual_clip``, ``agg`` (``loss_agg``), ``max_len`` (``max_new_tokens``).
+  :data:`LOSS_INPUTS` ``logprobs, old_logprobs, advantages, response_mask`` and ``entropy`` (``[b, T]``;
+  ``entropy``: the current policy's detached entropy in nats at each response position, at the
+  sampling temperature; the trainer calls the loss once per micro-batch) and the config's
+  ``clip_low, clip_high, dual_clip``, ``agg`` (``loss_agg``), ``max_len`` (``max_new_tokens``).
 
 A method's trainer may supply more inputs by name (L1's ``targets``, IAPO's ``info_gain``); the
 config loader refuses a function whose required parameters neither the method's inputs nor the
@@ -50,8 +53,8 @@ __all__ = [
 
 REWARD_INPUTS = ("correct", "lengths", "group_ids")
 ADVANTAGE_INPUTS = ("rewards", "group_ids", "response_mask", "correct", "lengths")
-LOSS_INPUTS = ("logprobs", "old_logprobs", "advantages", "response_mask", "clip_low", "clip_high", "dual_clip", "agg",
-               "max_len")
+LOSS_INPUTS = ("logprobs", "old_logprobs", "advantages", "response_mask", "entropy", "clip_low", "clip_high", "dual_clip",
+               "agg", "max_len")
 
 F = TypeVar("F", bound=Callable)
 

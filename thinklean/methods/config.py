@@ -174,7 +174,7 @@ def load_config(method: str, user_file: str | Path | None = None, overrides: dic
 def check_config(config: RLConfig, spec: MethodSpec, where: Callable[[str | None], str]) -> None:
     """Raise :class:`ConfigError` at ``where(key)`` (``FILE:LINE`` of the config key) unless
     ``method_kwargs`` fit the method's settings dataclass and the reward, advantage estimator and
-    loss are registered and take the config's settings and the method's inputs
+    loss are registered and take the config's settings (``*_kwargs``) and the method's inputs
     (:mod:`thinklean.core.registry`)."""
     build_settings(spec.settings, config.method_kwargs, config.method, where)
     for kind, getter, base, extra in (("reward", get_reward, REWARD_INPUTS, spec.reward_inputs),
@@ -199,6 +199,10 @@ def check_config(config: RLConfig, spec: MethodSpec, where: Callable[[str | None
         loss = get_loss(config.loss)
     except UnknownNameError as e:
         raise ConfigError(f"{where('loss')}: {e}") from None
-    if missing := signature_problems(loss, (), LOSS_INPUTS)[1]:
-        raise ConfigError(f"{where('loss')}: loss {config.loss!r} needs {', '.join(missing)}, which the trainer "
-                          f"does not pass (it passes {', '.join(LOSS_INPUTS)})")
+    unknown, missing, valid = signature_problems(loss, config.loss_kwargs, LOSS_INPUTS)
+    if unknown:
+        raise ConfigError(f"{where(f'loss_kwargs.{unknown[0]}')}: loss_kwargs: unknown key(s) {', '.join(unknown)} "
+                          f"for loss {config.loss!r} (valid keys: {', '.join(valid) or 'none'})")
+    if missing:
+        raise ConfigError(f"{where('loss')}: loss {config.loss!r} needs {', '.join(missing)}, which neither the "
+                          f"trainer passes (it passes {', '.join(LOSS_INPUTS)}) nor loss_kwargs sets")

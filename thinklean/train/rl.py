@@ -34,6 +34,7 @@ import copy
 import json
 import math
 import random
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -95,6 +96,7 @@ class RLConfig:
     advantage: str = "grpo"
     advantage_kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str = "ppo_clip"  # registered policy loss
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
     loss_agg: str = "token-mean"
     clip_low: float = 0.2
     clip_high: float = 0.2
@@ -107,6 +109,10 @@ class RLConfig:
     lr: float = 5e-5
     weight_decay: float = 0.0
     adam_beta2: float = 0.99
+    adam_eps: float = 1e-8  # AdamW's epsilon (torch's default)
+    # train only the parameters whose name matches this regular expression (re.search), e.g.
+    # "mlp" for the feed-forward blocks of a Qwen2/Llama decoder; the others are frozen ("": all)
+    train_only: str = ""
     grad_clip: float = 1.0
     warmup_steps: int = 0
     lr_schedule: str = "constant"  # or "cosine" (to 0.1x)
@@ -192,6 +198,24 @@ def _first_prompt_column(prompt_mask: torch.Tensor) -> int:
     return int((prompt_mask.sum(0) > 0).nonzero()[0]) if prompt_mask.any() else 0
 
 
+def freeze_all_but(model: torch.nn.Module, pattern: str) -> None:
+    """Freeze every parameter of ``model`` whose name does not match ``pattern`` (``re.search``;
+    ``""`` leaves every parameter as it is). Raises :class:`ConfigError` for a pattern that is not a
+    regular expression or matches no parameter."""
+    if not pattern:
+        return
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"train_only {pattern!r} is not a regular expression: {e}") from None
+    names = [name for name, _ in model.named_parameters()]
+    if not any(regex.search(name) for name in names):
+        raise ConfigError(f"train_only {pattern!r} matches none of the model's {len(names)} parameters "
+                          f"(names such as {names[0]!r}, {names[-1]!r})")
+    for name, param in model.named_parameters():
+        param.requires_grad_(bool(regex.search(name)))
+
+
 class RLTrainer:
     """Generic policy-gradient trainer; subclass and override hooks for a method."""
 
@@ -227,6 +251,7 @@ class RLTrainer:
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=True)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp],
                                        **accelerator_kwargs(config.report_to, self.run_dir))
+        freeze_all_but(model, config.train_only)
         self.reference = None
         if config.kl_coef > 0 or config.kl_in_reward > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -251,7 +276,7 @@ class RLTrainer:
                                                     self.accelerator.device)
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=config.lr,
-            weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2),
+            weight_decay=config.weight_decay, betas=(0.9, config.adam_beta2), eps=config.adam_eps,
         )
         if self.fsdp:
             keep_root_gathered(model, self.optimizer)
@@ -711,9 +736,10 @@ class RLTrainer:
             logprobs, entropy = self.policy_logprobs(self.model, micro, with_entropy=True)
         old = micro.get("old_logprobs", logprobs.detach())
         inputs = {"logprobs": logprobs, "old_logprobs": old, "advantages": micro["advantages"],
-                  "response_mask": micro["response_mask"], "clip_low": cfg.clip_low, "clip_high": cfg.clip_high,
-                  "dual_clip": cfg.dual_clip, "agg": cfg.loss_agg, "max_len": cfg.max_new_tokens}
-        loss, metrics = call_with_inputs(get_loss(cfg.loss), inputs, {})
+                  "response_mask": micro["response_mask"], "entropy": entropy, "clip_low": cfg.clip_low,
+                  "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip, "agg": cfg.loss_agg,
+                  "max_len": cfg.max_new_tokens}
+        loss, metrics = call_with_inputs(get_loss(cfg.loss), inputs, cfg.loss_kwargs)
         kl_value = torch.zeros(())
         if cfg.kl_coef > 0:
             kl = kl_penalty(logprobs, micro["ref_logprobs"], cfg.kl_kind)
