@@ -68,12 +68,13 @@ def _launch(config: Path = DDP_CONFIG) -> list[str]:
 
 
 def _ddp_against_one_process(tmp_path, tokenizer, method: str, trainer_class, args: list[str], keys: tuple[str, ...],
-                             config_file: Path = DDP_CONFIG, atol: float = 2e-5, outliers: float = 0.0):
+                             config_file: Path = DDP_CONFIG, atol: float = 2e-5, outliers: float = 0.0,
+                             changed: str = "model.norm.weight"):
     """Train ``method`` for 2 steps with 2 processes (DDP, or what ``config_file`` sets up) and
     replay the same rollouts in one process; the logged numbers and the trained weights must agree.
     Weights agree within ``atol`` except for at most the fraction ``outliers`` of each tensor's
     entries, which must still differ by less than one Adam step (``lr``). Returns the
-    multi-process run's metrics."""
+    multi-process run's metrics. The tensor ``changed`` must have moved."""
     _save_base_model(tokenizer, tmp_path / "base")
     run = tmp_path / "ddp"
     command = [
@@ -106,7 +107,7 @@ def _ddp_against_one_process(tmp_path, tokenizer, method: str, trainer_class, ar
             diff = (trained[name] - value).abs()
             assert float((diff >= atol).float().mean()) <= outliers, (name, float(diff.max()))
             assert float(diff.max()) < config.lr, (name, float(diff.max()))
-    assert not torch.equal(trained["model.norm.weight"], load_file(tmp_path / "base" / "model.safetensors")["model.norm.weight"])
+    assert not torch.equal(trained[changed], load_file(tmp_path / "base" / "model.safetensors")[changed])
     return ddp
 
 

@@ -84,6 +84,18 @@ def test_two_process_fsdp_with_hmpo_kl_settings_matches_one_process(tmp_path, ti
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("config_file, tolerance", [(DDP_CONFIG, {}), (FSDP_CONFIG, WEIGHTS)], ids=["ddp", "fsdp"])
+def test_two_process_training_only_the_mlps_matches_one_process(tmp_path, tiny_tokenizer, config_file, tolerance):
+    # frozen and trained parameters side by side (under FSDP in every sharded unit); the frozen ones stay as they were
+    _ddp_against_one_process(tmp_path, tiny_tokenizer, "grpo", ShardReplay,
+                             ["--reward", "kimi", *UNEVEN, "--set", "train_only=mlp"], (), config_file=config_file,
+                             changed="model.layers.0.mlp.up_proj.weight", **tolerance)
+    base = load_file(tmp_path / "base" / "model.safetensors")
+    trained = load_file(tmp_path / "ddp" / "model" / "model.safetensors")
+    assert all(torch.equal(trained[name], value) for name, value in base.items() if ".mlp." not in name)
+
+
+@pytest.mark.slow
 def test_two_process_fsdp_hgpo_matches_one_process(tmp_path, tiny_tokenizer):
     # forced modes, and the tag-mass auxiliary loss: one more forward and backward per mini-batch
     _ddp_against_one_process(tmp_path, tiny_tokenizer, "hgpo", HGPOShardReplay, UNEVEN, ("auxiliary_loss",),
