@@ -136,6 +136,21 @@ def test_unknown_settings_are_refused_with_the_valid_keys(pair, expected):
     assert expected in str(error.value)
 
 
+def test_a_loss_needing_an_input_the_trainer_lacks_is_refused_naming_what_it_passes(monkeypatch):
+    from thinklean.core import registry
+
+    def needs_targets(logprobs, advantages, response_mask, targets):
+        raise AssertionError("never called: the config is refused first")
+
+    monkeypatch.setitem(registry._LOSSES, "needs_targets", needs_targets)
+    with pytest.raises(ConfigError) as error:
+        load_config("grpo", None, parse_overrides(["loss=needs_targets"]))
+    assert ("--set:0: loss 'needs_targets' needs loss_kwargs targets (no default; the trainer passes logprobs, "
+            "old_logprobs, advantages, response_mask, entropy, clip_low") in str(error.value)
+    assert load_config("grpo", None, parse_overrides(["loss=needs_targets", "loss_kwargs={targets: 3}"])).loss_kwargs == {
+        "targets": 3}
+
+
 def test_method_settings_are_typed_and_checked_at_their_line(tmp_path):
     user = tmp_path / "c.yaml"
     user.write_text("lr: 1.0e-5\nmethod_kwargs: {layer: two}\n")

@@ -178,7 +178,8 @@ def check_config(config: RLConfig, spec: MethodSpec, where: Callable[[str | None
     (:mod:`thinklean.core.registry`)."""
     build_settings(spec.settings, config.method_kwargs, config.method, where)
     for kind, getter, base, extra in (("reward", get_reward, REWARD_INPUTS, spec.reward_inputs),
-                                      ("advantage", get_advantage, ADVANTAGE_INPUTS, spec.advantage_inputs)):
+                                      ("advantage", get_advantage, ADVANTAGE_INPUTS, spec.advantage_inputs),
+                                      ("loss", get_loss, LOSS_INPUTS, ())):
         name, values = getattr(config, kind), getattr(config, f"{kind}_kwargs")
         try:
             fn = getter(name)
@@ -188,21 +189,11 @@ def check_config(config: RLConfig, spec: MethodSpec, where: Callable[[str | None
         if unknown:
             raise ConfigError(f"{where(f'{kind}_kwargs.{unknown[0]}')}: {kind}_kwargs: unknown key(s) "
                               f"{', '.join(unknown)} for {kind} {name!r} (valid keys: {', '.join(valid) or 'none'})")
-        providers = [m for m, spec in METHODS.items() if set(missing) <= set(getattr(spec, f"{kind}_inputs"))]
+        # methods whose trainers add inputs of this kind (no method adds loss inputs)
+        providers = [m for m, spec in METHODS.items() if set(missing) <= set(getattr(spec, f"{kind}_inputs", ()))]
         if missing and providers:
             raise ConfigError(f"{where(kind)}: {kind} {name!r} needs {', '.join(missing)}, which --method "
                               f"{config.method} does not provide (use --method {' or --method '.join(providers)})")
         if missing:
-            raise ConfigError(f"{where(kind)}: {kind} {name!r} needs {kind}_kwargs "
-                              f"{', '.join(missing)} (no default)")
-    try:
-        loss = get_loss(config.loss)
-    except UnknownNameError as e:
-        raise ConfigError(f"{where('loss')}: {e}") from None
-    unknown, missing, valid = signature_problems(loss, config.loss_kwargs, LOSS_INPUTS)
-    if unknown:
-        raise ConfigError(f"{where(f'loss_kwargs.{unknown[0]}')}: loss_kwargs: unknown key(s) {', '.join(unknown)} "
-                          f"for loss {config.loss!r} (valid keys: {', '.join(valid) or 'none'})")
-    if missing:
-        raise ConfigError(f"{where('loss')}: loss {config.loss!r} needs {', '.join(missing)}, which neither the "
-                          f"trainer passes (it passes {', '.join(LOSS_INPUTS)}) nor loss_kwargs sets")
+            raise ConfigError(f"{where(kind)}: {kind} {name!r} needs {kind}_kwargs {', '.join(missing)} "
+                              f"(no default; the trainer passes {', '.join((*base, *extra))})")
