@@ -10,6 +10,7 @@ from thinklean.data.arith import (
     X7X9,
     X7X9_KINDS,
     X7X9_KINDS_NI,
+    X7X9_RESTATE,
     ArithProblem,
     detect_style,
     generate_problems,
@@ -98,6 +99,20 @@ def test_without_inverse_pairs_no_safe_step_undoes_the_one_before_it():
     assert not any(map(_has_inverse_pair, without))
     assert {p.difficulty for p in without} == {1, 2, 3, 4, 5, 6}
     assert {k for p in without for s, k in p.ops if s == "*"} == {7, 9}
+
+
+def test_restate_variant_lengthens_only_the_safe_checks():
+    problems = generate_problems(50, "test", 0, variant=X7X9_RESTATE)
+    assert problems == generate_problems(50, "test", 0)  # the task's problems, written differently
+    p = ArithProblem(347, (("*", 7), ("+", 5)))
+    full = render_reasoning(p, "full", random.Random(0), variant=X7X9_RESTATE)
+    safe_check = full.split("2429 + 5 = 2434. ")[1]
+    assert safe_check in {f"Double-check: 2434 - 5 = 2429. {c} The result is 2434." for c in ("Correct.", "Yes.", "Good.")}
+    steps, parsed = parse_steps(full)
+    assert parsed and [s.checked for s in steps] == [True, True] and detect_style(full) == "full"
+    # a response that checks only the risky steps reads the same in both variants
+    assert render_reasoning(p, "risky", random.Random(1), variant=X7X9_RESTATE) == render_reasoning(
+        p, "risky", random.Random(1))
 
 
 def test_styles_check_the_steps_they_name():

@@ -110,7 +110,10 @@ X7X9_KINDS = replace(X7X9, name="x7x9-kinds", kind_openers=True)
 X7X9_KINDS_NI = replace(X7X9_KINDS, name="x7x9-kinds-ni", inverse_pairs=False)
 # the task: what the demo, the base model's last build stage and ``arith`` data default to
 TASK = X7X9_KINDS_NI
-VARIANTS = {v.name: v for v in (TWO_DIGIT, THREE_DIGIT, X7X9, EVERY_RISKY, X7X9_KINDS, X7X9_KINDS_NI)}
+# the same problems, a safe check closing with the result it confirmed ("Correct. The result is 2087."):
+# longer safe checks, so that the redundant share of a checking response grows (docs/task.md)
+X7X9_RESTATE = replace(X7X9_KINDS_NI, name="x7x9-restate", restate=True)
+VARIANTS = {v.name: v for v in (TWO_DIGIT, THREE_DIGIT, X7X9, EVERY_RISKY, X7X9_KINDS, X7X9_KINDS_NI, X7X9_RESTATE)}
 
 
 @dataclass(frozen=True)
