@@ -40,7 +40,7 @@ def test_data_arith_writes_the_control_arm_variant_and_eval_reads_it_by_name(tmp
     # --data arith:every-risky draws the same problems as the file
     assert [e.prompt for e in _load_examples("arith:every-risky", 12, "test", 0)] == [r["prompt"] for r in rows]
     assert main(["eval", "--model", str(tiny_model_dir), "--data", "arith:every-risk", "--n", "2"]) == 2
-    assert "--data arith:every-risk: unknown task variant 'every-risk' (available: two-digit, three-digit, x7x9, every-risky, x7x9-kinds, x7x9-kinds-ni)" \
+    assert "--data arith:every-risk: unknown task variant 'every-risk' (available: two-digit, three-digit, x7x9, every-risky, x7x9-kinds, x7x9-kinds-ni, x7x9-restate)" \
         in capsys.readouterr().err
 
 
