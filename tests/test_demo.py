@@ -78,16 +78,22 @@ def test_demo_bupo_is_grpo_plus_an_ipa_phase_of_a_tenth_of_the_steps(steps, s_in
 
 def test_demo_rows_train_at_the_budget_lr_unless_lr_by_row_names_them(tmp_path, tiny_model_dir, capsys):
     from thinklean.cli import main
-    from thinklean.demo import method_config
+    from thinklean.demo import BASE_V3_BUDGET, default_budget, method_config
 
     budget = DemoBudget()
-    assert (budget.lr, budget.lr_by_row) == (3e-5, {"grpo": 1e-5, "bupo": 1e-5})
-    assert {row: method_config(row, budget, seed=0).lr for row in ("grpo", "bupo", "hmpo", "iapo", "kimi")} == \
-        {"grpo": 1e-5, "bupo": 1e-5, "hmpo": 3e-5, "iapo": 3e-5, "kimi": 3e-5}
-    assert method_config("grpo", DemoBudget(lr_by_row={}), seed=0).lr == 3e-5
+    assert (budget.lr, budget.lr_by_row, budget.train_only) == (3e-5, {}, "mlp")
+    assert {method_config(row, budget, seed=0).train_only for row in ("grpo", "hmpo", "iapo")} == {"mlp"}
+    assert {row: method_config(row, budget, seed=0).lr for row in ("grpo", "bupo", "hmpo")} == \
+        {"grpo": 3e-5, "bupo": 3e-5, "hmpo": 3e-5}
+    # base-v3 keeps the budget its figures were measured with: every weight, GRPO and BuPO at 1e-5
+    assert default_budget("base-v3") is BASE_V3_BUDGET and default_budget("base") == default_budget() == budget
+    assert {row: (method_config(row, BASE_V3_BUDGET, seed=0).lr, method_config(row, BASE_V3_BUDGET, seed=0).train_only)
+            for row in ("grpo", "bupo", "hmpo", "iapo")} == \
+        {"grpo": (1e-5, ""), "bupo": (1e-5, ""), "hmpo": (3e-5, ""), "iapo": (3e-5, "")}
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
-    assert "Learning rate 3e-05, except grpo 1e-05, bupo 1e-05" in " ".join(capsys.readouterr().out.split())
+    assert "Every row trains the weights matching 'mlp' (the MLPs) at learning rate 3e-05" in \
+        " ".join(capsys.readouterr().out.split())
     # a row's own lr is part of the record: rows made under another one are stale
     small = DemoBudget(steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, n_eval=4,
                        lr_by_row={"grpo": 1e-3})
@@ -129,15 +135,15 @@ def test_demo_steps_flag_sets_the_budget_and_rejects_zero(tmp_path, monkeypatch,
 
 def test_demo_model_flag_starts_from_an_earlier_base_and_refuses_rebuild(tmp_path, monkeypatch, capsys):
     from thinklean.cli import main
-    from thinklean.models.tiny import BASE_V2_MODEL_DIR
+    from thinklean.models.tiny import BASE_V3_MODEL_DIR
 
     calls = []
     monkeypatch.setattr(thinklean.demo, "run_demo", lambda **kwargs: calls.append(kwargs["base_model"]))
     assert main(["demo", "--output", str(tmp_path)]) == 0
-    assert main(["demo", "--model", "base-v2", "--output", str(tmp_path)]) == 0
-    assert calls == [None, BASE_V2_MODEL_DIR]
-    assert main(["demo", "--model", "base-v2", "--rebuild", "--output", str(tmp_path)]) == 2
-    assert "--rebuild retrains the shipped base model; it cannot start from --model base-v2" in capsys.readouterr().err
+    assert main(["demo", "--model", "base-v3", "--output", str(tmp_path)]) == 0
+    assert calls == [None, BASE_V3_MODEL_DIR]
+    assert main(["demo", "--model", "base-v3", "--rebuild", "--output", str(tmp_path)]) == 2
+    assert "--rebuild retrains the shipped base model; it cannot start from --model base-v3" in capsys.readouterr().err
     assert main(["demo", "--model", str(tmp_path / "nope"), "--output", str(tmp_path)]) == 2
     assert f"no model directory (config.json) at {tmp_path / 'nope'}" in capsys.readouterr().err
     assert len(calls) == 2
@@ -262,6 +268,5 @@ def test_litereason_in_the_demo_builds_its_start_model_and_reports_latent_steps(
     sft_row = next(line for line in report.splitlines() if line.startswith("| litereason-sft |"))
     assert sft_row.endswith(" - |")  # built by SFT: its logged SFT step times are not RL seconds per step
     grpo, litereason = asdict(method_config("grpo", budget, 0)), asdict(method_config("litereason", budget, 0))
-    # same prompts and budget; GRPO at its own lr (lr_by_row)
-    assert {k for k in grpo if grpo[k] != litereason[k]} == {"method", "method_kwargs", "lr"}
-    assert (grpo["lr"], litereason["lr"]) == (budget.lr_by_row["grpo"], budget.lr)
+    # same prompts, budget and lr
+    assert {k for k in grpo if grpo[k] != litereason[k]} == {"method", "method_kwargs"}

@@ -680,9 +680,9 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     from thinklean.methods import DEMO_ROWS, METHODS
 
     budget = DemoBudget()
-    own = ", ".join(f"{row} {lr:g}" for row, lr in budget.lr_by_row.items())
-    p.description += (f" Learning rate {budget.lr:g}, except {own} (GRPO at the best lr of its sweep, "
-                      "docs/task.md; BuPO is GRPO after an internal-policy phase).")
+    p.description += (f" Every row trains the weights matching {budget.train_only!r} (the MLPs) at learning rate "
+                      f"{budget.lr:g}, GRPO's best of its sweep (docs/task.md); --model base-v3 keeps the budget "
+                      "its figures were measured with (every weight; GRPO and BuPO at 1e-5).")
 
     starts = [f"{name} first builds {spec.start.description}, the '{spec.start.row}' row"
               for name, spec in METHODS.items() if spec.start is not None and name in DEMO_ROWS]
@@ -691,10 +691,10 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
                    f"l1 is evaluated without its length target; {'; '.join(starts)})")
     _add_plugin(p)
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
-    p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v2 first (about 30 min on 2 cores)")
+    p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v3 first (about 8 min on 2 cores)")
     p.add_argument("--model", default="base",
                    help="the model every row starts from: 'base' (shipped), an earlier embedded base model "
-                        "('base-v1', 'base-v2'; docs/base-model.md) or a local directory of a model trained on the "
+                        "('base-v1' to 'base-v3'; docs/base-model.md) or a local directory of a model trained on the "
                         "embedded task (rows already in OUTPUT from another model are refused, see --overwrite)")
     p.add_argument("--n", type=AT_LEAST_1, default=None, help="held-out problems to evaluate (default 500, --quick 40)")
     p.add_argument("--steps", type=AT_LEAST_1, default=None,

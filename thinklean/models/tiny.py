@@ -22,12 +22,13 @@ from thinklean.models.card import CardInfo, write_model_card
 hf_logging.disable_progress_bar()  # per-file load/save bars drown thinklean's own progress output
 
 BASE_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "base"
-# the earlier base models: base-v1 (task v1; docs/base-model.md keeps what it showed) and base-v2
-# (checks on every step, trained from base-v1), which the current one is trained from;
-# `--model base-v1` / `--model base-v2` load them
+# the earlier base models: base-v1 (task v1; docs/base-model.md keeps what it showed), base-v2
+# (checks on every step, trained from base-v1) and base-v3 (the task's problems and check
+# openers, trained from base-v2), which the current one is trained from; `--model base-vN` loads them
 BASE_V1_MODEL_DIR = BASE_MODEL_DIR.with_name("base-v1")
 BASE_V2_MODEL_DIR = BASE_MODEL_DIR.with_name("base-v2")
-EARLIER_BASE_MODELS = {"base-v1": BASE_V1_MODEL_DIR, "base-v2": BASE_V2_MODEL_DIR}
+BASE_V3_MODEL_DIR = BASE_MODEL_DIR.with_name("base-v3")
+EARLIER_BASE_MODELS = {"base-v1": BASE_V1_MODEL_DIR, "base-v2": BASE_V2_MODEL_DIR, "base-v3": BASE_V3_MODEL_DIR}
 TINY_CONFIG = dict(
     hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=1024
 )
@@ -159,7 +160,7 @@ def check_safetensors(file: str | Path) -> None:
 
 
 def resolve_model_path(path: str | Path | None) -> Path:
-    """``None`` or ``"base"`` means the shipped embedded base model, ``"base-v1"`` and ``"base-v2"``
+    """``None`` or ``"base"`` means the shipped embedded base model, ``"base-v1"`` to ``"base-v3"``
     the earlier ones."""
     if str(path) in EARLIER_BASE_MODELS:
         return EARLIER_BASE_MODELS[str(path)]

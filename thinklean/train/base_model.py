@@ -4,12 +4,12 @@ The result is what ``thinklean demo`` starts RL from. It is shipped inside the p
 (``thinklean/assets/base``, bfloat16 safetensors) with ``BUILD.json`` recording the command,
 settings and the weights' SHA-256; ``thinklean demo --rebuild`` runs this again.
 
-The current recipe (:data:`BASE_STAGES`) starts from the second base model
-(``thinklean/assets/base-v2``, built at commit 5786172 by the same command from the first,
-``base-v1``, built at ef1dd72; each keeps its ``BUILD.json``), which already checks every step of
-the task (:mod:`thinklean.data.arith`), and moves it to the task's problems with a style mix in
-which a fifth of the rows check only the risky steps. ``init=None`` trains a tokenizer and a
-fresh model instead.
+The current recipe (:data:`BASE_STAGES`) starts from the third base model
+(``thinklean/assets/base-v3``, built by the same command from ``base-v2``, which was built from
+``base-v1``; each keeps its ``BUILD.json``), which checks most steps of the task
+(:mod:`thinklean.data.arith`), and teaches it safe checks that restate the result they confirmed,
+in a mix that checks every step in three rows of five. ``init=None`` trains a tokenizer and a fresh
+model instead.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from thinklean.data.arith import BASE_CHECK_RATE, BASE_STYLE_WEIGHTS, REPAIR_RATE, TASK, VARIANTS, X7X9_KINDS, sft_records
+from thinklean.data.arith import REPAIR_RATE, TASK, VARIANTS, X7X9_RESTATE, sft_records
 from thinklean.models.tiny import (
-    BASE_V2_MODEL_DIR,
+    BASE_V3_MODEL_DIR,
     build_model,
     build_tokenizer,
     load_model,
@@ -53,14 +53,15 @@ class BuildStage:
     mask_products: bool = False
 
 
-# From base-v2 (every step checked, three-digit problems), one stage on the task's problems
-# (x7x9 multiplications, checks opened by kind). Four rows in five are ``partial`` at
-# check_rate 0.8, one in five checks only the risky steps; every risky step's first-written
-# result is masked from the loss. Without the risky-only rows, length-shaped RL from this start
-# learnt to misread long questions (docs/results-v2.md).
+# From base-v3 (the task's problems and check openers, most steps checked), one stage in which a
+# safe check restates the result it confirmed ("Correct. The result is 2434."), so that the
+# redundant share of a checking response grows: three rows in five check every step, one checks
+# each step with probability 0.8, one only the risky steps; every risky step's first-written result
+# is masked from the loss (docs/base-model.md, docs/task.md).
+RESTATE_STYLE_WEIGHTS = {"full": 0.6, "partial": 0.2, "risky": 0.2}
 BASE_STAGES = (
-    BuildStage("mix", SFTConfig(steps=1200, batch_size=32, lr=1e-4, save_every=200),
-               BASE_STYLE_WEIGHTS, 9_600, REPAIR_RATE, X7X9_KINDS.name, BASE_CHECK_RATE, mask_products=True),
+    BuildStage("restate", SFTConfig(steps=200, batch_size=32, lr=1e-4, save_every=100),
+               RESTATE_STYLE_WEIGHTS, 6_400, REPAIR_RATE, X7X9_RESTATE.name, 0.8, mask_products=True),
 )
 
 
@@ -91,7 +92,7 @@ def build_base_model(
     output_dir: str | Path,
     work_dir: str | Path,
     stages: tuple[BuildStage, ...] = BASE_STAGES,
-    init: str | Path | None = BASE_V2_MODEL_DIR,
+    init: str | Path | None = BASE_V3_MODEL_DIR,
     seed: int = 0,
     resume: bool = True,
     show_progress: bool = True,
