@@ -73,7 +73,7 @@ def _add_style(p: argparse.ArgumentParser) -> None:
 
     base_mix = ",".join(f"{name}={weight}" for name, weight in BASE_STYLE_WEIGHTS.items())
     p.add_argument("--style", type=_style_weights, default="base", metavar="STYLE|STYLE=W,...",
-                   help=f"arith solutions: which steps are checked: 'base' = the base model's mix ({base_mix}; "
+                   help=f"arith solutions: which steps are checked: 'base' = base-v3's build mix ({base_mix}; "
                         f"its rows also use --check-rate {BASE_CHECK_RATE} --mask-products), "
                         "'terse' none, 'full' every step, 'partial' each with probability --check-rate, 'risky' the "
                         "multiplications only; or a mix drawn per row, e.g. partial=0.8,terse=0.2")

@@ -28,8 +28,9 @@ so the new model, trained from it, never spells a word letter by letter.
 
 Which steps are checked is the *style* (:data:`STYLES`): ``terse`` checks none, ``full`` every
 step, ``partial`` each step with probability ``check_rate``, ``risky`` only the risky steps (the
-policy RL should find). The base model is trained on ``partial`` at :data:`BASE_CHECK_RATE` and
-on ``risky`` (:data:`BASE_STYLE_WEIGHTS`): it checks most steps, safe ones included.
+policy RL should find). base-v3 was trained on ``partial`` at :data:`BASE_CHECK_RATE` and on
+``risky`` (:data:`BASE_STYLE_WEIGHTS`, also the think rows of HFT data); the shipped base model
+adds ``full`` rows in :data:`X7X9_RESTATE`'s wording (``thinklean.train.base_model.BASE_STAGES``).
 In :func:`sft_records` a share of the risky steps (``repair_rate``) is first written with a
 wrong result that the check repairs; the wrong digits are listed in ``masked_spans`` so SFT can
 keep them out of the loss.
@@ -46,8 +47,8 @@ from thinklean.data.formats import THINK, THINK_END, format_prompt, no_think_res
 
 DIFFICULTIES = (1, 2, 3, 4, 5, 6)
 STYLES = ("terse", "partial", "full", "risky")
-# The base model's last build stage is trained on this mix, ``partial`` at BASE_CHECK_RATE: it
-# checks most steps, and a fifth of its rows show the risky-only policy (see docs/task.md).
+# base-v3's build stage was trained on this mix, ``partial`` at BASE_CHECK_RATE (HFT's think rows
+# still are): it checks most steps, and a fifth of its rows show the risky-only policy.
 BASE_STYLE_WEIGHTS = {"partial": 0.8, "risky": 0.2}
 BASE_CHECK_RATE = 0.8
 # share of checked risky steps first written wrong, then repaired, in SFT rows: at 0.3 a first model
@@ -108,7 +109,8 @@ EVERY_RISKY = replace(X7X9, name="every-risky", multiply_share=1.0)
 X7X9_KINDS = replace(X7X9, name="x7x9-kinds", kind_openers=True)
 # no safe step undoes the one before it: skipping two steps never stays right by luck
 X7X9_KINDS_NI = replace(X7X9_KINDS, name="x7x9-kinds-ni", inverse_pairs=False)
-# the task: what the demo, the base model's last build stage and ``arith`` data default to
+# the task: what the demo and ``arith`` data default to; the shipped base model's build stage poses
+# its problems in X7X9_RESTATE's wording
 TASK = X7X9_KINDS_NI
 # the same problems, a safe check closing with the result it confirmed ("Correct. The result is 2087."):
 # longer safe checks, so that the redundant share of a checking response grows (docs/task.md)
