@@ -94,8 +94,9 @@ def test_the_sft_gradient_runs_through_the_whole_latent_chain():
     detached = _unrolled_gradient(model, projector, prompt, response, segments, scored, detach_chain=True)
     for got, want, cut in zip(library, unrolled, detached):
         assert float((got - want).norm()) < 1e-5 * float(want.norm())
-        # the steps after the first reach the loss through the chain: cutting it changes the gradient
-        assert float((got - cut).norm()) > 0.5 * float(want.norm())
+        # the steps after the first reach the loss through the chain: cutting it moves the gradient by
+        # 1.5-8% per parameter on the shipped model, a thousand times the tolerance above
+        assert float((got - cut).norm()) > 1e-2 * float(want.norm())
 
 
 def test_the_probe_reads_a_problem_independent_latent_as_cosine_one_and_zero_swap_kl(base):
