@@ -691,7 +691,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
                    f"l1 is evaluated without its length target; {'; '.join(starts)})")
     _add_plugin(p)
     p.add_argument("--quick", action="store_true", help="smoke run: 3 steps per method, 40 eval problems")
-    p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v3 first (about 8 min on 2 cores)")
+    p.add_argument("--rebuild", action="store_true", help="retrain the shipped base model from base-v3 first (about 5 min on 2 cores)")
     p.add_argument("--model", default="base",
                    help="the model every row starts from: 'base' (shipped), an earlier embedded base model "
                         "('base-v1' to 'base-v3'; docs/base-model.md) or a local directory of a model trained on the "

@@ -59,9 +59,11 @@ class DemoBudget:
     steps: int = 40
     prompts_per_step: int = 8
     samples_per_prompt: int = 8
-    max_new_tokens: int = 320  # the longest checking responses (6 operations, every step checked) are <= 318
-    # GRPO's best lr of its sweep (1e-5 / 3e-5 / 5e-5, MLPs only), so the baseline is not weakened;
-    # HMPO: 91.6% here, 90.7% at 2e-5 (docs/task.md)
+    # the base model's longest responses (6 operations, every step checked) average 289 tokens and
+    # reach 321 (1 of 100 references); none of its 2,000 samples was cut (docs/task.md)
+    max_new_tokens: int = 320
+    # GRPO's best lr over 5 seeds (3e-5 of 1e-5 / 3e-5 / 5e-5, MLPs only; docs/task.md), so the baseline
+    # is not weakened; HMPO: 91.7% here, 90.7% at 2e-5 on cand-restate (docs/results-v3.md)
     lr: float = 3e-5
     lr_by_row: dict[str, float] = field(default_factory=dict)
     # the MLP weights only: GRPO and HMPO are both more accurate than with every weight (docs/task.md)
