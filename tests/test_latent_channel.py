@@ -71,9 +71,11 @@ def _unrolled_gradient(model, projector, prompt: list[int], response: list[int],
 
 
 def test_the_sft_gradient_runs_through_the_whole_latent_chain():
-    # float64: the gradient through three chained copies of the shipped MLP is ill-conditioned
-    # enough that float32 rounding alone moves it by ~0.3% between the two computations
-    model, tokenizer = load_pretrained(dtype=torch.float64)
+    # float64: the gradient through three chained copies of the model's MLP is ill-conditioned
+    # enough that float32 rounding alone moves it by ~0.3% between the two computations. base-v3:
+    # there the later latent steps carry most of the gradient (the shipped model: 1.5-8%), so
+    # cutting the chain must move it by half
+    model, tokenizer = load_pretrained("base-v3", dtype=torch.float64)
     model.requires_grad_(False)
     projector = ReasoningProjector.from_model(model)
     prompt = tokenizer(_prompts(tokenizer, 1)[0], add_special_tokens=False).input_ids
@@ -94,9 +96,8 @@ def test_the_sft_gradient_runs_through_the_whole_latent_chain():
     detached = _unrolled_gradient(model, projector, prompt, response, segments, scored, detach_chain=True)
     for got, want, cut in zip(library, unrolled, detached):
         assert float((got - want).norm()) < 1e-5 * float(want.norm())
-        # the steps after the first reach the loss through the chain: cutting it moves the gradient by
-        # 1.5-8% per parameter on the shipped model, a thousand times the tolerance above
-        assert float((got - cut).norm()) > 1e-2 * float(want.norm())
+        # the steps after the first reach the loss through the chain: cutting it changes the gradient
+        assert float((got - cut).norm()) > 0.5 * float(want.norm())
 
 
 def test_the_probe_reads_a_problem_independent_latent_as_cosine_one_and_zero_swap_kl(base):
