@@ -676,13 +676,14 @@ def _add_method_flags(p: argparse.ArgumentParser, flags: Sequence[Any], where: s
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     """``thinklean demo``'s arguments: the demo rows of every registered method."""
-    from thinklean.demo import DemoBudget
+    from thinklean.demo import BASE_V3_BUDGET, DemoBudget
     from thinklean.methods import DEMO_ROWS, METHODS
 
     budget = DemoBudget()
+    v3_own = ", ".join(f"{row} at {lr:g}" for row, lr in BASE_V3_BUDGET.lr_by_row.items())
     p.description += (f" Every row trains the weights matching {budget.train_only!r} (the MLPs) at learning rate "
                       f"{budget.lr:g}, GRPO's best of its sweep (docs/task.md); --model base-v3 keeps the budget "
-                      "its figures were measured with (every weight; GRPO and BuPO at 1e-5).")
+                      f"its figures were measured with (every weight; {v3_own}).")
 
     starts = [f"{name} first builds {spec.start.description}, the '{spec.start.row}' row"
               for name, spec in METHODS.items() if spec.start is not None and name in DEMO_ROWS]
